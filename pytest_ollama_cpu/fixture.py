@@ -1,0 +1,132 @@
+"""The ``ollama_cpu`` fixture object: what a test calls to run a sweep.
+
+It turns the test's marker and the run's settings into a workload, runs the
+sweep, records it for the report and the JSON file (also when the server fails
+half-way), and turns the plugin's errors into test failures with their message
+alone, since a traceback into the plugin would not help anyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from .client import OllamaCpuError
+from .markers import ThreadSpec, expand_threads
+from .sampler import RESERVED_OPTIONS, SweepInterrupted, SweepRunner, Workload
+from .session import Connection, RunState
+
+
+class OllamaCpu:
+    """Runs the test's workload at each thread count of its ``threads`` marker."""
+
+    def __init__(
+        self,
+        state: RunState,
+        nodeid: str,
+        threads: ThreadSpec,
+        rounds: int,
+        reporter: Any = None,
+    ) -> None:
+        self._state = state
+        self._nodeid = nodeid
+        self._threads_spec = threads
+        self.rounds = rounds
+        self._reporter = reporter
+
+    @property
+    def settings(self) -> Any:
+        return self._state.settings
+
+    def _connection(self) -> Connection:
+        try:
+            return self._state.connect()
+        except OllamaCpuError as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    @property
+    def threads(self) -> list[int]:
+        """The thread counts this test sweeps, with ``auto`` expanded."""
+        machine = self._connection().machine
+        return expand_threads(self._threads_spec, machine.usable_threads)
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        num_predict: int | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Sweep ``/api/generate`` with ``prompt``; returns a ``Sweep``."""
+        if not isinstance(prompt, str) or not prompt:
+            raise TypeError("generate() needs a non-empty prompt string")
+        return self._run("generate", model, num_predict, options, prompt=prompt)
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        num_predict: int | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Sweep ``/api/chat`` with ``messages``; returns a ``Sweep``."""
+        if isinstance(messages, (str, bytes)) or not messages:
+            raise TypeError(
+                "chat() needs a non-empty list of messages such as "
+                "[{'role': 'user', 'content': '...'}]"
+            )
+        return self._run("chat", model, num_predict, options, messages=list(messages))
+
+    def _run(
+        self,
+        kind: str,
+        model: str | None,
+        num_predict: int | None,
+        options: Mapping[str, Any] | None,
+        prompt: str | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Any:
+        reserved = sorted(set(options or {}) & set(RESERVED_OPTIONS))
+        if reserved:
+            raise ValueError(
+                f"options {', '.join(reserved)} are set by the plugin: use the threads marker "
+                "for num_thread and the num_predict argument for num_predict"
+            )
+        if num_predict is not None and (
+            isinstance(num_predict, bool) or not isinstance(num_predict, int) or num_predict < 1
+        ):
+            raise ValueError(f"num_predict={num_predict!r} must be a whole number of 1 or more")
+        model_name = model or self.settings.model
+        if not model_name:
+            pytest.fail(
+                "no model given: pass --ollama-cpu-model NAME (or set OLLAMA_CPU_MODEL, or the "
+                "ini option ollama_cpu_model), or call generate(..., model=NAME)",
+                pytrace=False,
+            )
+        connection = self._connection()
+        try:
+            model_facts = connection.client.model_facts(model_name)
+        except OllamaCpuError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        workload = Workload(
+            kind=kind,
+            model=model_name,
+            num_predict=num_predict or self.settings.num_predict,
+            prompt=prompt,
+            messages=messages,
+            options=options,
+        )
+        runner = SweepRunner(
+            connection.client, connection.server, connection.facts, connection.machine
+        )
+        try:
+            sweep = runner.run(workload, model_facts, self.threads, self.rounds)
+        except SweepInterrupted as exc:
+            self._state.record(self._nodeid, exc.sweep)
+            pytest.fail(str(exc), pytrace=False)
+        self._state.record(self._nodeid, sweep)
+        return sweep

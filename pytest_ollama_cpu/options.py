@@ -1,0 +1,237 @@
+"""The plugin's settings: one table of options, resolved once into ``Settings``.
+
+Every option is ``--ollama-cpu-*`` on the command line with an ini twin of the
+same name in snake case; some also read an environment variable. Precedence,
+highest first: the test's marker (for the keywords it takes), the command line,
+the environment, the ini file, the default. A bad value is a
+``pytest.UsageError`` that says where the value came from and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .host import DEFAULT_HOST, normalize_host
+from .markers import AUTO, ThreadSpec, parse_thread_list
+
+GROUP = "ollama-cpu"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    flag: str
+    help: str
+    env: str | None = None
+    metavar: str | None = None
+    is_flag: bool = False
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def ini(self) -> str:
+        return self.dest
+
+
+ENABLE = OptionSpec(
+    "--ollama-cpu",
+    "Run the ollama-cpu performance tests (they are skipped without it).",
+    is_flag=True,
+)
+HOST = OptionSpec(
+    "--ollama-cpu-host",
+    f"Ollama server to measure. Default: $OLLAMA_HOST, else {DEFAULT_HOST}.",
+    env="OLLAMA_HOST",
+    metavar="URL",
+)
+MODEL = OptionSpec(
+    "--ollama-cpu-model",
+    "Model the sweeps use unless a test names one (must be pulled on the server). "
+    "Default: $OLLAMA_CPU_MODEL.",
+    env="OLLAMA_CPU_MODEL",
+    metavar="NAME",
+)
+ROUNDS = OptionSpec(
+    "--ollama-cpu-rounds",
+    "Measured requests per thread count, after one warm-up request. Default: 5.",
+    env="OLLAMA_CPU_ROUNDS",
+    metavar="N",
+)
+NUM_PREDICT = OptionSpec(
+    "--ollama-cpu-num-predict",
+    "Tokens to generate per request unless a test says otherwise. Default: 64.",
+    metavar="N",
+)
+THREADS = OptionSpec(
+    "--ollama-cpu-threads",
+    "Thread counts swept by tests without a threads marker: 'auto' (1, 2, 4, ... up to the "
+    "usable CPUs) or a comma-separated list such as '1,2,4'. Default: auto.",
+    metavar="LIST",
+)
+TIMEOUT = OptionSpec(
+    "--ollama-cpu-timeout",
+    "Seconds to wait for one request before giving up. Default: 300.",
+    metavar="SECONDS",
+)
+JSON = OptionSpec(
+    "--ollama-cpu-json",
+    "Write every raw sample and the machine facts to this JSON file.",
+    metavar="PATH",
+)
+
+ALL_OPTIONS = (ENABLE, HOST, MODEL, ROUNDS, NUM_PREDICT, THREADS, TIMEOUT, JSON)
+
+DEFAULT_ROUNDS = 5
+DEFAULT_NUM_PREDICT = 64
+DEFAULT_TIMEOUT = 300.0
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup(GROUP, "measure Ollama's CPU use across num_thread values")
+    for spec in ALL_OPTIONS:
+        if spec.is_flag:
+            group.addoption(spec.flag, action="store_true", default=None, help=spec.help)
+            parser.addini(spec.ini, spec.help, type="bool", default=False)
+        else:
+            group.addoption(spec.flag, default=None, metavar=spec.metavar, help=spec.help)
+            parser.addini(spec.ini, spec.help, default=None)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a sweep needs to know from configuration, after precedence."""
+
+    enabled: bool
+    host: str
+    model: str | None
+    rounds: int
+    num_predict: int
+    threads: ThreadSpec
+    timeout: float
+    json_path: Path | None
+
+    def describe(self) -> str:
+        threads = ",".join(str(t) for t in self.threads)
+        return (
+            f"host {self.host}, model {self.model or '(not set)'}, rounds {self.rounds}, "
+            f"num_predict {self.num_predict}, threads {threads}, timeout {self.timeout:g}s"
+        )
+
+
+@dataclass(frozen=True)
+class _Raw:
+    value: str
+    source: str
+
+
+class _Lookup:
+    """Finds an option's raw value and remembers where it came from."""
+
+    def __init__(
+        self,
+        getoption: Callable[[str], Any],
+        getini: Callable[[str], Any],
+        environ: Mapping[str, str],
+    ) -> None:
+        self._getoption = getoption
+        self._getini = getini
+        self._environ = environ
+
+    def __call__(self, spec: OptionSpec) -> _Raw | None:
+        cli = self._getoption(spec.dest)
+        if cli is not None:
+            return _Raw(str(cli), f"{spec.flag} on the command line")
+        if spec.env and self._environ.get(spec.env, "").strip():
+            return _Raw(self._environ[spec.env].strip(), f"environment variable {spec.env}")
+        ini = self._getini(spec.ini)
+        if ini not in (None, "", []):
+            return _Raw(str(ini), f"ini option {spec.ini}")
+        return None
+
+
+def _usage_error(raw: _Raw, spec: OptionSpec, allowed: str) -> pytest.UsageError:
+    return pytest.UsageError(
+        f"{spec.flag}: {raw.value!r} (from {raw.source}) is not valid: {allowed}"
+    )
+
+
+def _positive_int(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw.value)
+    except ValueError:
+        raise _usage_error(raw, spec, "expected a whole number of 1 or more") from None
+    if value < 1:
+        raise _usage_error(raw, spec, "expected a whole number of 1 or more")
+    return value
+
+
+def _positive_float(raw: _Raw | None, spec: OptionSpec, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw.value)
+    except ValueError:
+        raise _usage_error(raw, spec, "expected a number of seconds above 0") from None
+    if not value > 0:
+        raise _usage_error(raw, spec, "expected a number of seconds above 0")
+    return value
+
+
+def resolve_settings(
+    getoption: Callable[[str], Any],
+    getini: Callable[[str], Any],
+    environ: Mapping[str, str] | None = None,
+    rootpath: Path | None = None,
+) -> Settings:
+    lookup = _Lookup(getoption, getini, os.environ if environ is None else environ)
+
+    enabled = bool(getoption(ENABLE.dest)) or bool(getini(ENABLE.ini))
+
+    raw_host = lookup(HOST)
+    try:
+        host = normalize_host(raw_host.value if raw_host else DEFAULT_HOST)
+    except ValueError as exc:
+        assert raw_host is not None
+        raise _usage_error(raw_host, HOST, str(exc)) from None
+
+    raw_model = lookup(MODEL)
+    model = raw_model.value if raw_model else None
+
+    raw_threads = lookup(THREADS)
+    threads: ThreadSpec = (AUTO,)
+    if raw_threads is not None:
+        try:
+            threads = parse_thread_list(raw_threads.value)
+        except ValueError as exc:
+            raise _usage_error(raw_threads, THREADS, str(exc)) from None
+
+    raw_json = lookup(JSON)
+    json_path = None
+    if raw_json is not None:
+        json_path = Path(raw_json.value).expanduser()
+        if not json_path.is_absolute() and rootpath is not None and raw_json.source.startswith(
+            "ini"
+        ):
+            json_path = rootpath / json_path
+        if json_path.is_dir():
+            raise _usage_error(raw_json, JSON, "it is a folder; give a file name")
+
+    return Settings(
+        enabled=enabled,
+        host=host,
+        model=model,
+        rounds=_positive_int(lookup(ROUNDS), ROUNDS, DEFAULT_ROUNDS),
+        num_predict=_positive_int(lookup(NUM_PREDICT), NUM_PREDICT, DEFAULT_NUM_PREDICT),
+        threads=threads,
+        timeout=_positive_float(lookup(TIMEOUT), TIMEOUT, DEFAULT_TIMEOUT),
+        json_path=json_path,
+    )

@@ -1,0 +1,188 @@
+"""The Ollama server's processes: where the CPU time goes during a request.
+
+Generation runs in a child of ``ollama serve`` (``ollama_llama_server`` up to
+0.5, ``ollama runner`` from 0.6, ``llama-server`` from 0.30), which is restarted
+whenever ``num_thread`` changes. So CPU time is summed over the server's whole
+process tree, per pid, and the runner's command line tells how many threads it
+was really started with.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psutil
+
+from .host import is_local, split_host
+
+_THREADS_FLAG = re.compile(r"^(?:--threads|-t|--n-threads)(?:=(\d+))?$")
+
+
+def threads_from_cmdline(cmdline: Sequence[str]) -> int | None:
+    """``[... "--threads", "4" ...]`` or ``-t 4`` or ``--threads=4`` -> 4."""
+    for i, arg in enumerate(cmdline):
+        match = _THREADS_FLAG.match(arg)
+        if not match:
+            continue
+        value = match.group(1) or (cmdline[i + 1] if i + 1 < len(cmdline) else "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def _is_runner(cmdline: Sequence[str]) -> bool:
+    if not cmdline:
+        return False
+    exe = cmdline[0].rsplit("/", 1)[-1]
+    if exe in ("ollama_llama_server", "llama-server"):
+        return True
+    return "runner" in cmdline[1:2] or threads_from_cmdline(cmdline) is not None
+
+
+@dataclass(frozen=True)
+class Runner:
+    pid: int
+    threads: int | None
+    cmdline: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds per (pid, start time) of the tree, and the whole machine's busy time."""
+
+    at: float
+    tree: dict[tuple[int, float], float]
+    machine_busy: float
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds used between two snapshots."""
+
+    wall: float
+    server: float
+    other: float
+    lost_processes: int
+
+
+def _busy_seconds() -> float:
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    total = sum(times)
+    # guest time is already counted in user time on Linux
+    total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+    return float(total - idle)
+
+
+class ServerProcess:
+    """A local Ollama server, found by the port it listens on."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._process = psutil.Process(pid)
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            return [self._process, *self._process.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def alive(self) -> bool:
+        try:
+            return bool(self._process.is_running())
+        except psutil.Error:
+            return False
+
+    def snapshot(self) -> CpuSnapshot:
+        tree: dict[tuple[int, float], float] = {}
+        for proc in self._tree():
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    tree[(proc.pid, proc.create_time())] = times.user + times.system
+            except psutil.Error:
+                continue
+        return CpuSnapshot(time.perf_counter(), tree, _busy_seconds())
+
+    @staticmethod
+    def cpu_use(before: CpuSnapshot, after: CpuSnapshot) -> CpuUse:
+        server = 0.0
+        for key, seconds in after.tree.items():
+            server += seconds - before.tree.get(key, 0.0)
+        lost = sum(1 for key in before.tree if key not in after.tree)
+        machine = max(0.0, after.machine_busy - before.machine_busy)
+        return CpuUse(
+            wall=after.at - before.at,
+            server=max(0.0, server),
+            other=max(0.0, machine - server),
+            lost_processes=lost,
+        )
+
+    def runner(self) -> Runner | None:
+        for proc in self._tree()[1:]:
+            try:
+                cmdline = proc.cmdline()
+            except psutil.Error:
+                continue
+            if _is_runner(cmdline):
+                return Runner(proc.pid, threads_from_cmdline(cmdline), tuple(cmdline))
+        return None
+
+
+@dataclass(frozen=True)
+class Located:
+    server: ServerProcess | None
+    reason: str
+
+
+def _listening_pid(port: int) -> int | None:
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            if conn.pid:
+                return int(conn.pid)
+    return None
+
+
+def _ollama_serve_pids() -> list[int]:
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if len(cmdline) >= 2 and "ollama" in cmdline[0].rsplit("/", 1)[-1] and (
+            cmdline[1] == "serve"
+        ):
+            pids.append(int(proc.info["pid"]))
+    return pids
+
+
+def locate_server(host: str) -> Located:
+    """Find the process that serves ``host``; say why when it cannot be watched."""
+    if not is_local(host):
+        return Located(
+            None,
+            f"{host} is not on this machine, so CPU utilization cannot be measured; "
+            "throughput still is",
+        )
+    _, port = split_host(host)
+    pid = _listening_pid(port)
+    if pid is None:
+        candidates = _ollama_serve_pids()
+        if len(candidates) == 1:
+            pid = candidates[0]
+        else:
+            return Located(
+                None,
+                f"could not tell which process listens on port {port} (run pytest as the "
+                "server's user or as root), so CPU utilization is not measured; "
+                "throughput still is",
+            )
+    try:
+        return Located(ServerProcess(pid), f"server pid {pid}")
+    except psutil.Error as exc:
+        return Located(None, f"cannot watch process {pid}: {exc}")

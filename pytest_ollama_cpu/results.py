@@ -1,0 +1,249 @@
+"""What a sweep measured: samples per thread count, their summaries, the sweep.
+
+Plain dataclasses, no pytest and no network: the sampler fills them, the report,
+the JSON file and (later) the verdicts read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from .client import ModelFacts, Timings
+from .machine import MachineFacts
+from .statistics import Summary, ratio
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request at one thread count.
+
+    ``cpu_seconds`` is the CPU time of the server's whole process tree during the
+    request and ``other_cpu_seconds`` that of everything else on the machine;
+    both are ``None`` when the server's processes cannot be watched.
+    """
+
+    threads: int
+    round: int
+    timings: Timings
+    wall_seconds: float
+    usable_cpus: float
+    cpu_seconds: float | None = None
+    other_cpu_seconds: float | None = None
+    runner_threads: int | None = None
+    runner_pid: int | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        if self.timings.eval_duration <= 0:
+            return 0.0
+        return self.timings.eval_count / self.timings.eval_duration
+
+    @property
+    def prompt_tokens_per_second(self) -> float | None:
+        if self.timings.prompt_eval_duration <= 0:
+            return None
+        return self.timings.prompt_eval_count / self.timings.prompt_eval_duration
+
+    @property
+    def cores_busy(self) -> float | None:
+        """Average number of cores the server kept busy during the request."""
+        if self.cpu_seconds is None or self.wall_seconds <= 0:
+            return None
+        return self.cpu_seconds / self.wall_seconds
+
+    @property
+    def thread_utilization(self) -> float | None:
+        """Cores busy / threads asked for: 1.0 means every thread kept a core busy."""
+        busy = self.cores_busy
+        return None if busy is None else busy / self.threads
+
+    @property
+    def machine_utilization(self) -> float | None:
+        """Cores busy / usable CPUs: how much of what the machine offers was used."""
+        busy = self.cores_busy
+        return None if busy is None or self.usable_cpus <= 0 else busy / self.usable_cpus
+
+    @property
+    def other_cores_busy(self) -> float | None:
+        """Cores kept busy by everything else on the machine: noise for this sample."""
+        if self.other_cpu_seconds is None or self.wall_seconds <= 0:
+            return None
+        return self.other_cpu_seconds / self.wall_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threads": self.threads,
+            "round": self.round,
+            "tokens_per_second": self.tokens_per_second,
+            "prompt_tokens_per_second": self.prompt_tokens_per_second,
+            "wall_seconds": self.wall_seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "other_cpu_seconds": self.other_cpu_seconds,
+            "thread_utilization": self.thread_utilization,
+            "machine_utilization": self.machine_utilization,
+            "usable_cpus": self.usable_cpus,
+            "runner_threads": self.runner_threads,
+            "runner_pid": self.runner_pid,
+            "timings": self.timings.to_dict(),
+        }
+
+
+def _summary(values: Sequence[float | None]) -> Summary | None:
+    present = [v for v in values if v is not None]
+    return Summary.from_values(present) if present else None
+
+
+@dataclass(frozen=True)
+class ThreadResult:
+    """All samples taken at one thread count, and their summaries."""
+
+    threads: int
+    samples: tuple[Sample, ...]
+    warmup: Sample | None = None
+
+    @cached_property
+    def tokens_per_second(self) -> Summary:
+        if not self.samples:
+            raise ValueError(f"no samples were taken at {self.threads} threads")
+        return Summary.from_values([s.tokens_per_second for s in self.samples])
+
+    @cached_property
+    def prompt_tokens_per_second(self) -> Summary | None:
+        return _summary([s.prompt_tokens_per_second for s in self.samples])
+
+    @cached_property
+    def wall_seconds(self) -> Summary | None:
+        return _summary([s.wall_seconds for s in self.samples])
+
+    @cached_property
+    def thread_utilization(self) -> Summary | None:
+        return _summary([s.thread_utilization for s in self.samples])
+
+    @cached_property
+    def machine_utilization(self) -> Summary | None:
+        return _summary([s.machine_utilization for s in self.samples])
+
+    @cached_property
+    def other_cores_busy(self) -> Summary | None:
+        return _summary([s.other_cores_busy for s in self.samples])
+
+    @property
+    def runner_threads(self) -> int | None:
+        """Threads the runner was started with, as its command line says."""
+        seen = {s.runner_threads for s in self.samples if s.runner_threads is not None}
+        return seen.pop() if len(seen) == 1 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        def dump(summary: Summary | None) -> dict[str, Any] | None:
+            return None if summary is None else summary.to_dict()
+
+        return {
+            "threads": self.threads,
+            "runner_threads": self.runner_threads,
+            "summary": {
+                "tokens_per_second": dump(self.tokens_per_second) if self.samples else None,
+                "prompt_tokens_per_second": dump(self.prompt_tokens_per_second),
+                "wall_seconds": dump(self.wall_seconds),
+                "thread_utilization": dump(self.thread_utilization),
+                "machine_utilization": dump(self.machine_utilization),
+                "other_cores_busy": dump(self.other_cores_busy),
+            },
+            "warmup": None if self.warmup is None else self.warmup.to_dict(),
+            "samples": [s.to_dict() for s in self.samples],
+        }
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    host: str
+    version: str
+    local: bool
+    utilization_note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "version": self.version,
+            "local": self.local,
+            "utilization_note": self.utilization_note,
+        }
+
+
+@dataclass
+class Sweep:
+    """Measurements of one workload across thread counts; ``sweep[2]`` is 2 threads.
+
+    ``complete`` is False when the sweep stopped early (the server failed); the
+    thread counts measured until then are kept.
+    """
+
+    kind: str
+    model: ModelFacts
+    num_predict: int
+    threads: tuple[int, ...]
+    machine: MachineFacts
+    server: ServerFacts
+    results: dict[int, ThreadResult] = field(default_factory=dict)
+    complete: bool = True
+    error: str | None = None
+
+    def __getitem__(self, threads: int) -> ThreadResult:
+        try:
+            return self.results[threads]
+        except KeyError:
+            measured = ", ".join(str(t) for t in self.results) or "none"
+            raise KeyError(
+                f"{threads} threads were not measured in this sweep (measured: {measured})"
+            ) from None
+
+    def __iter__(self) -> Iterator[ThreadResult]:
+        return iter(self.results[t] for t in sorted(self.results))
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __contains__(self, threads: object) -> bool:
+        return threads in self.results
+
+    @property
+    def baseline(self) -> ThreadResult:
+        """The smallest thread count measured: speedups are relative to it."""
+        if not self.results:
+            raise ValueError("the sweep has no results")
+        return self.results[min(self.results)]
+
+    def speedup(self, threads: int) -> float | None:
+        """Median tokens/s at ``threads`` over the median at the smallest count."""
+        return ratio(
+            self[threads].tokens_per_second.median, self.baseline.tokens_per_second.median
+        )
+
+    def efficiency(self, threads: int) -> float | None:
+        """Speedup divided by the thread ratio: 1.0 is perfect scaling."""
+        speedup = self.speedup(threads)
+        if speedup is None:
+            return None
+        return speedup / (threads / self.baseline.threads)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "model": self.model.to_dict(),
+            "num_predict": self.num_predict,
+            "threads": list(self.threads),
+            "complete": self.complete,
+            "error": self.error,
+            "machine": self.machine.to_dict(),
+            "server": self.server.to_dict(),
+            "results": [
+                {
+                    **r.to_dict(),
+                    "speedup": self.speedup(r.threads) if r.samples else None,
+                    "efficiency": self.efficiency(r.threads) if r.samples else None,
+                }
+                for r in self
+            ],
+        }

@@ -1,0 +1,137 @@
+"""Running a sweep: warm up, then sample, at each thread count in turn.
+
+``num_thread`` is a load-time option: a request with a new value makes Ollama
+restart its runner, so the first reply after a change carries the load and is
+kept apart as the warm-up. The measured requests use a fixed seed and
+temperature 0 so every sample does the same work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .client import ModelFacts, OllamaClient, OllamaCpuError, Timings
+from .machine import MachineFacts
+from .processes import ServerProcess
+from .results import Sample, ServerFacts, Sweep, ThreadResult
+
+#: Options the plugin owns; a test may not set them through ``options``.
+RESERVED_OPTIONS = ("num_thread", "num_predict")
+
+#: Defaults that make repeated requests do identical work.
+DETERMINISTIC_OPTIONS: Mapping[str, Any] = {"seed": 42, "temperature": 0.0}
+
+
+class SweepInterrupted(OllamaCpuError):
+    """The server failed mid-sweep; ``sweep`` holds what was measured before."""
+
+    def __init__(self, message: str, sweep: Sweep) -> None:
+        super().__init__(message)
+        self.sweep = sweep
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What each request asks for: ``kind`` is ``generate`` or ``chat``."""
+
+    kind: str
+    model: str
+    num_predict: int
+    prompt: str | None = None
+    messages: Sequence[Mapping[str, Any]] | None = None
+    options: Mapping[str, Any] | None = None
+
+
+def request_options(workload: Workload, threads: int) -> dict[str, Any]:
+    options: dict[str, Any] = dict(DETERMINISTIC_OPTIONS)
+    options.update(workload.options or {})
+    options["num_thread"] = threads
+    options["num_predict"] = workload.num_predict
+    return options
+
+
+class SweepRunner:
+    def __init__(
+        self,
+        client: OllamaClient,
+        server: ServerProcess | None,
+        server_facts: ServerFacts,
+        machine: MachineFacts,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.server = server
+        self.server_facts = server_facts
+        self.machine = machine
+        self._progress = on_progress or (lambda _message: None)
+
+    def _request(self, workload: Workload, threads: int) -> Timings:
+        options = request_options(workload, threads)
+        if workload.kind == "chat":
+            assert workload.messages is not None
+            return self.client.chat(workload.model, workload.messages, options)
+        assert workload.prompt is not None
+        return self.client.generate(workload.model, workload.prompt, options)
+
+    def _sample(self, workload: Workload, threads: int, round_: int) -> Sample:
+        server = self.server
+        before = server.snapshot() if server else None
+        started = time.perf_counter()
+        timings = self._request(workload, threads)
+        wall = time.perf_counter() - started
+        cpu = other = None
+        runner_threads = runner_pid = None
+        if server is not None and before is not None:
+            use = server.cpu_use(before, server.snapshot())
+            cpu, other = use.server, use.other
+            runner = server.runner()
+            if runner is not None:
+                runner_threads, runner_pid = runner.threads, runner.pid
+        return Sample(
+            threads=threads,
+            round=round_,
+            timings=timings,
+            wall_seconds=wall,
+            usable_cpus=self.machine.usable_cpus,
+            cpu_seconds=cpu,
+            other_cpu_seconds=other,
+            runner_threads=runner_threads,
+            runner_pid=runner_pid,
+        )
+
+    def run(
+        self, workload: Workload, model: ModelFacts, threads: Sequence[int], rounds: int
+    ) -> Sweep:
+        sweep = Sweep(
+            kind=workload.kind,
+            model=model,
+            num_predict=workload.num_predict,
+            threads=tuple(threads),
+            machine=self.machine,
+            server=self.server_facts,
+        )
+        for count in threads:
+            warmup: Sample | None = None
+            samples: list[Sample] = []
+            try:
+                self._progress(f"{count} threads: warm-up")
+                warmup = self._sample(workload, count, 0)
+                for round_ in range(1, rounds + 1):
+                    self._progress(f"{count} threads: round {round_}/{rounds}")
+                    samples.append(self._sample(workload, count, round_))
+            except OllamaCpuError as exc:
+                if samples:
+                    sweep.results[count] = ThreadResult(count, tuple(samples), warmup)
+                sweep.complete = False
+                sweep.error = str(exc)
+                measured = ", ".join(str(t) for t in sweep.results) or "none"
+                raise SweepInterrupted(
+                    f"{exc}\nThe sweep stopped at {count} threads after {len(samples)} of "
+                    f"{rounds} rounds; thread counts measured before: {measured}.",
+                    sweep,
+                ) from None
+            sweep.results[count] = ThreadResult(count, tuple(samples), warmup)
+        return sweep

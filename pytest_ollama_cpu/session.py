@@ -1,0 +1,75 @@
+"""Per-run state: the connection to Ollama, found once, and the sweeps recorded.
+
+The server is contacted on first use, not at start-up, so a run whose tests
+are all skipped never waits on the network. A failed connection is remembered
+and reported to every test that needs it, with the same message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .client import OllamaClient, OllamaCpuError
+from .machine import MachineFacts, read_machine_facts
+from .options import Settings
+from .processes import ServerProcess, locate_server
+from .results import ServerFacts, Sweep
+
+
+@dataclass(frozen=True)
+class Connection:
+    client: OllamaClient
+    server: ServerProcess | None
+    facts: ServerFacts
+    machine: MachineFacts
+
+
+@dataclass(frozen=True)
+class RecordedSweep:
+    nodeid: str
+    sweep: Sweep
+
+
+@dataclass
+class RunState:
+    settings: Settings
+    sweeps: list[RecordedSweep] = field(default_factory=list)
+    json_written: Path | None = None
+    _connection: Connection | None = None
+    _error: OllamaCpuError | None = None
+
+    def connect(self) -> Connection:
+        """The connection, made on first call; raises the same error every time."""
+        if self._connection is not None:
+            return self._connection
+        if self._error is not None:
+            raise self._error
+        try:
+            self._connection = _connect(self.settings)
+        except OllamaCpuError as exc:
+            self._error = exc
+            raise
+        return self._connection
+
+    @property
+    def connection(self) -> Connection | None:
+        return self._connection
+
+    def record(self, nodeid: str, sweep: Sweep) -> None:
+        self.sweeps.append(RecordedSweep(nodeid, sweep))
+
+
+def _connect(settings: Settings) -> Connection:
+    client = OllamaClient(settings.host, settings.timeout)
+    version = client.version()
+    located = locate_server(settings.host)
+    server = located.server
+    machine = read_machine_facts(server.pid if server else None)
+    facts = ServerFacts(
+        host=settings.host,
+        version=version,
+        local=server is not None,
+        utilization_note=located.reason,
+    )
+    return Connection(client, server, facts, machine)
