@@ -90,6 +90,9 @@ class OllamaClient:
         self.timeout = timeout
         self._client = ollama.Client(host=host, timeout=timeout)
 
+    def close(self) -> None:
+        self._client.close()
+
     # -- server facts -------------------------------------------------------
 
     def version(self) -> str:

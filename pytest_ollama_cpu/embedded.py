@@ -90,7 +90,9 @@ def _dist_file(dist_name: str, file_name: str) -> Path:
     try:
         dist = metadata.distribution(dist_name)
     except metadata.PackageNotFoundError:
-        raise EmbeddedUnavailable(f"package {dist_name} is not installed. {_install_hint()}")
+        raise EmbeddedUnavailable(
+            f"package {dist_name} is not installed. {_install_hint()}"
+        ) from None
     for entry in dist.files or ():
         if entry.name == file_name:
             return Path(str(dist.locate_file(entry))).resolve()
@@ -107,9 +109,12 @@ def _check_platform() -> None:
 
 
 def _copy_if_changed(source: Path, target: Path) -> None:
-    if target.exists() and target.stat().st_size == source.stat().st_size:
-        if target.stat().st_mtime >= source.stat().st_mtime:
-            return
+    if (
+        target.exists()
+        and target.stat().st_size == source.stat().st_size
+        and target.stat().st_mtime >= source.stat().st_mtime
+    ):
+        return
     temp = target.with_name(target.name + ".tmp")
     shutil.copy2(source, temp)
     os.replace(temp, target)
@@ -140,9 +145,7 @@ def provision(root: Path = DEFAULT_ROOT) -> Installation:
     """Lay out a runnable copy of the server under ``root`` (idempotent, about a second)."""
     _check_platform()
     libs = _dist_file("bigdl-core-cpp", "ollama-lib").parent
-    runtime = tuple(
-        sorted({_dist_file(dist, lib).parent for dist, lib in _RUNTIME_LIBS.items()})
-    )
+    runtime = tuple(sorted({_dist_file(dist, lib).parent for dist, lib in _RUNTIME_LIBS.items()}))
     root = root.resolve()
     bin_dir = root / "bin"
     for folder in (bin_dir, root / "models", root / "home", root / "logs"):
@@ -210,7 +213,7 @@ class EmbeddedServer:
             return "(no log)"
 
     def start(self) -> EmbeddedServer:
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         preexec = None
         if self.cpus is not None:
             cpus = set(self.cpus)

@@ -9,12 +9,14 @@ alone, since a traceback into the plugin would not help anyone.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from .client import OllamaCpuError
 from .markers import ThreadSpec, expand_threads
+from .options import Settings
+from .results import Sweep
 from .sampler import RESERVED_OPTIONS, SweepInterrupted, SweepRunner, Workload
 from .session import Connection, RunState
 
@@ -28,23 +30,23 @@ class OllamaCpu:
         nodeid: str,
         threads: ThreadSpec,
         rounds: int,
-        reporter: Any = None,
     ) -> None:
         self._state = state
         self._nodeid = nodeid
         self._threads_spec = threads
         self.rounds = rounds
-        self._reporter = reporter
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> Settings:
         return self._state.settings
 
     def _connection(self) -> Connection:
         try:
             return self._state.connect()
         except OllamaCpuError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            message = str(exc)
+        # failing outside the except block keeps pytest from chaining the two errors
+        pytest.fail(message, pytrace=False)
 
     @property
     def threads(self) -> list[int]:
@@ -59,7 +61,7 @@ class OllamaCpu:
         model: str | None = None,
         num_predict: int | None = None,
         options: Mapping[str, Any] | None = None,
-    ) -> Any:
+    ) -> Sweep:
         """Sweep ``/api/generate`` with ``prompt``; returns a ``Sweep``."""
         if not isinstance(prompt, str) or not prompt:
             raise TypeError("generate() needs a non-empty prompt string")
@@ -72,7 +74,7 @@ class OllamaCpu:
         model: str | None = None,
         num_predict: int | None = None,
         options: Mapping[str, Any] | None = None,
-    ) -> Any:
+    ) -> Sweep:
         """Sweep ``/api/chat`` with ``messages``; returns a ``Sweep``."""
         if isinstance(messages, (str, bytes)) or not messages:
             raise TypeError(
@@ -89,7 +91,7 @@ class OllamaCpu:
         options: Mapping[str, Any] | None,
         prompt: str | None = None,
         messages: Sequence[Mapping[str, Any]] | None = None,
-    ) -> Any:
+    ) -> Sweep:
         reserved = sorted(set(options or {}) & set(RESERVED_OPTIONS))
         if reserved:
             raise ValueError(
@@ -111,7 +113,7 @@ class OllamaCpu:
         try:
             model_facts = connection.client.model_facts(model_name)
         except OllamaCpuError as exc:
-            pytest.fail(str(exc), pytrace=False)
+            _fail(exc)
         workload = Workload(
             kind=kind,
             model=model_name,
@@ -127,6 +129,14 @@ class OllamaCpu:
             sweep = runner.run(workload, model_facts, self.threads, self.rounds)
         except SweepInterrupted as exc:
             self._state.record(self._nodeid, exc.sweep)
-            pytest.fail(str(exc), pytrace=False)
+            _fail(exc)
         self._state.record(self._nodeid, sweep)
         return sweep
+
+
+def _fail(exc: Exception) -> NoReturn:
+    """Fail the test with the plugin's message alone, not chained to ``exc``."""
+    __tracebackhide__ = True
+    failure = pytest.fail.Exception(str(exc), pytrace=False)
+    failure.__suppress_context__ = True
+    raise failure

@@ -90,13 +90,13 @@ def parse_marker(args: Sequence[Any], kwargs: Mapping[str, Any]) -> ThreadsMarke
     unknown = sorted(set(kwargs) - set(_KEYWORDS))
     if unknown:
         raise MarkerError(
-            f"unknown keyword {', '.join(unknown)}; the threads marker takes "
-            f"{', '.join(_KEYWORDS)}"
+            f"unknown keyword {', '.join(unknown)}; the threads marker takes {', '.join(_KEYWORDS)}"
         )
     rounds = kwargs.get("rounds")
-    if rounds is not None:
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-            raise MarkerError(f"rounds={rounds!r} must be a whole number of 1 or more")
+    if rounds is not None and (
+        isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1
+    ):
+        raise MarkerError(f"rounds={rounds!r} must be a whole number of 1 or more")
     return ThreadsMarker(parse_thread_values(args), rounds)
 
 

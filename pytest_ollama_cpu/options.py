@@ -218,8 +218,10 @@ def resolve_settings(
     json_path = None
     if raw_json is not None:
         json_path = Path(raw_json.value).expanduser()
-        if not json_path.is_absolute() and rootpath is not None and raw_json.source.startswith(
-            "ini"
+        if (
+            not json_path.is_absolute()
+            and rootpath is not None
+            and raw_json.source.startswith("ini")
         ):
             json_path = rootpath / json_path
         if json_path.is_dir():

@@ -95,6 +95,12 @@ def ollama_cpu(request: pytest.FixtureRequest) -> Iterator[OllamaCpu]:
     yield OllamaCpu(state, request.node.nodeid, threads, rounds)
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is not None:
+        state.close()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     state = terminalreporter.config.stash.get(STATE_KEY, None)
     if state is None or not state.sweeps:

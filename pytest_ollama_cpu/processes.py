@@ -144,9 +144,9 @@ def _listening_pid(port: int) -> int | None:
     except (psutil.AccessDenied, OSError):
         return None
     for conn in connections:
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-            if conn.pid:
-                return int(conn.pid)
+        listening = conn.status == psutil.CONN_LISTEN and conn.laddr
+        if listening and conn.laddr.port == port and conn.pid:
+            return int(conn.pid)
     return None
 
 
@@ -154,8 +154,10 @@ def _ollama_serve_pids() -> list[int]:
     pids = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info.get("cmdline") or []
-        if len(cmdline) >= 2 and "ollama" in cmdline[0].rsplit("/", 1)[-1] and (
-            cmdline[1] == "serve"
+        if (
+            len(cmdline) >= 2
+            and "ollama" in cmdline[0].rsplit("/", 1)[-1]
+            and (cmdline[1] == "serve")
         ):
             pids.append(int(proc.info["pid"]))
     return pids

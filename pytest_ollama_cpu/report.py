@@ -59,17 +59,15 @@ def _row(sweep: Sweep, result: ThreadResult) -> list[str]:
 
 def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=False))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=False)) for row in rows]
     return lines
 
 
 def sweep_lines(recorded: RecordedSweep) -> list[str]:
     sweep = recorded.sweep
     model = sweep.model
-    details = ", ".join(
-        x for x in (model.parameter_size, model.quantization) if x
-    )
+    details = ", ".join(x for x in (model.parameter_size, model.quantization) if x)
     title = (
         f"{recorded.nodeid}: {sweep.kind} with {model.name}"
         f"{f' ({details})' if details else ''}, {sweep.num_predict} tokens per request"
@@ -87,8 +85,7 @@ def sweep_lines(recorded: RecordedSweep) -> list[str]:
     ]
     for r in mismatched:
         lines.append(
-            f"  note: asked for {r.threads} threads, the runner was started with "
-            f"{r.runner_threads}"
+            f"  note: asked for {r.threads} threads, the runner was started with {r.runner_threads}"
         )
     return lines
 

@@ -217,9 +217,7 @@ class Sweep:
 
     def speedup(self, threads: int) -> float | None:
         """Median tokens/s at ``threads`` over the median at the smallest count."""
-        return ratio(
-            self[threads].tokens_per_second.median, self.baseline.tokens_per_second.median
-        )
+        return ratio(self[threads].tokens_per_second.median, self.baseline.tokens_per_second.median)
 
     def efficiency(self, threads: int) -> float | None:
         """Speedup divided by the thread ratio: 1.0 is perfect scaling."""

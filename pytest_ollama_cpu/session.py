@@ -56,6 +56,10 @@ class RunState:
     def connection(self) -> Connection | None:
         return self._connection
 
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.client.close()
+
     def record(self, nodeid: str, sweep: Sweep) -> None:
         self.sweeps.append(RecordedSweep(nodeid, sweep))
 

@@ -8,6 +8,7 @@ that path is the user's and is never overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -77,8 +78,6 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
             os.fsync(handle.fileno())
         os.replace(temp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(temp)
-        except OSError:
-            pass
         raise

@@ -1,0 +1,131 @@
+"""A small fake Ollama HTTP server for faults the real one won't produce on cue.
+
+It answers /api/version, /api/tags, /api/generate and /api/chat with made-up
+but well-formed timings; ``behaviour`` switches on failures: a missing model,
+a server that dies after N measured requests, a request that hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Behaviour:
+    models: tuple[str, ...] = ("tiny:latest",)
+    # generation rate per thread count: tokens/s = base * threads ** exponent
+    base_rate: float = 20.0
+    exponent: float = 0.8
+    die_after: int | None = None  # close the socket on request number N+1
+    hang_seconds: float = 0.0
+    error_status: int | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    def _reply(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        b = self.server.behaviour
+        if self.path == "/api/version":
+            self._reply(200, {"version": "0.0.0-fake"})
+        elif self.path == "/api/tags":
+            models = [
+                {
+                    "name": m,
+                    "model": m,
+                    "digest": "f" * 64,
+                    "size": 1000,
+                    "details": {
+                        "family": "fake",
+                        "parameter_size": "1M",
+                        "quantization_level": "Q4",
+                    },
+                }
+                for m in b.models
+            ]
+            self._reply(200, {"models": models})
+        else:
+            self._reply(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        b = self.server.behaviour
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        if self.path not in ("/api/generate", "/api/chat"):
+            self._reply(404, {"error": "not found"})
+            return
+        name = body.get("model", "")
+        if name not in b.models and f"{name}:latest" not in b.models:
+            self._reply(404, {"error": f"model '{name}' not found"})
+            return
+        if b.die_after is not None and len(b.requests) >= b.die_after:
+            # like a crashed server: no reply at all
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        b.requests.append(body)
+        if b.error_status is not None:
+            self._reply(b.error_status, {"error": "llama runner process has terminated"})
+            return
+        if b.hang_seconds:
+            threading.Event().wait(b.hang_seconds)
+        options = body.get("options", {})
+        threads = int(options.get("num_thread", 1))
+        count = int(options.get("num_predict", 16))
+        rate = b.base_rate * threads**b.exponent
+        reply = {
+            "model": name,
+            "done": True,
+            "total_duration": int(count / rate * 1e9) + 1_000_000,
+            "load_duration": 500_000,
+            "prompt_eval_count": 8,
+            "prompt_eval_duration": 4_000_000,
+            "eval_count": count,
+            "eval_duration": int(count / rate * 1e9),
+        }
+        if self.path == "/api/chat":
+            reply["message"] = {"role": "assistant", "content": "ok"}
+        else:
+            reply["response"] = "ok"
+        self._reply(200, reply)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    behaviour: Behaviour
+
+
+class FakeOllama:
+    def __init__(self, behaviour: Behaviour | None = None) -> None:
+        self.behaviour = behaviour or Behaviour()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.behaviour = self.behaviour
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FakeOllama:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

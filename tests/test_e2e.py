@@ -1,0 +1,179 @@
+"""End to end against the genuine Ollama server (embedded, from PyPI) and Gemma 3 270M."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_ollama_cpu.embedded import MODEL_NAME, EmbeddedServer
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(pytester: pytest.Pytester, server: EmbeddedServer, *args: str) -> pytest.RunResult:
+    return pytester.runpytest(
+        "--ollama-cpu",
+        f"--ollama-cpu-host={server.host}",
+        f"--ollama-cpu-model={MODEL_NAME}",
+        "--ollama-cpu-num-predict=32",
+        "--ollama-cpu-rounds=2",
+        *args,
+    )
+
+
+def test_a_real_sweep_measures_throughput_and_utilization(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads(1, 2)
+def test_generation(ollama_cpu):
+    sweep = ollama_cpu.generate("Explain what a CPU cache is.")
+    for result in sweep:
+        assert result.runner_threads == result.threads
+        assert result.tokens_per_second.median > 1
+        assert all(s.timings.eval_count == 32 for s in result.samples)
+"""
+    )
+    out = pytester.path / "run.json"
+    result = run(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "ollama-cpu: Ollama 0.5.4-ipexllm-*; server pid *",
+            "*::test_generation: generate with gemma3-270m (268.10M, Q4_K_M), 32 tokens*",
+            "*threads*runner*tokens/s*",
+            "*1*1*1.00*1.00*",
+            "*2*2*",
+        ]
+    )
+    data = json.loads(out.read_text())
+    assert data["server"]["version"].startswith("0.5.4")
+    assert data["server"]["local"] is True
+    (sweep,) = data["sweeps"]
+    assert sweep["model"]["quantization"] == "Q4_K_M" and len(sweep["model"]["digest"]) == 64
+    one, two = sweep["results"]
+    for result_ in (one, two):
+        # the warm-up carried the runner's restart; the measured samples did not
+        assert result_["warmup"]["timings"]["load_duration"] > 0.1
+        assert all(s["timings"]["load_duration"] < 0.1 for s in result_["samples"])
+    # a change of num_thread restarted the runner: a new process
+    assert {s["runner_pid"] for s in one["samples"]}.isdisjoint(
+        {s["runner_pid"] for s in two["samples"]}
+    )
+    # one thread keeps about one core busy; the server's own process adds a little
+    assert 0.6 < one["summary"]["thread_utilization"]["median"] < 1.4
+    usable = data["machine"]["usable_cpus"]
+    if usable >= 2:
+        assert (
+            two["summary"]["machine_utilization"]["median"]
+            > (one["summary"]["machine_utilization"]["median"])
+        )
+
+
+def test_a_real_chat_sweep_over_auto_threads(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads("auto", rounds=1)
+def test_chat(ollama_cpu):
+    sweep = ollama_cpu.chat([{"role": "user", "content": "Name a prime number."}], num_predict=16)
+    assert [r.threads for r in sweep] == ollama_cpu.threads
+    assert sweep.threads[-1] == ollama_cpu.threads[-1]
+"""
+    )
+    run(pytester, embedded_ollama).assert_outcomes(passed=1)
+
+
+def test_a_model_that_is_not_pulled_on_the_real_server(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads(1)
+def test_missing(ollama_cpu):
+    ollama_cpu.generate("x", model="no-such-model")
+"""
+    )
+    result = run(pytester, embedded_ollama)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*model 'no-such-model' is not on the Ollama server*'ollama pull no-such-model'*"]
+    )
+
+
+def test_a_real_server_killed_mid_sweep(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    """A second real server is killed as soon as its 2-thread runner starts."""
+    victim = EmbeddedServer(embedded_ollama.installation)
+    victim.start()
+    try:
+        pytester.makeconftest(
+            f"""
+import os, signal, threading, time
+import psutil
+
+def _kill_when_two_threads_start():
+    server = psutil.Process({victim.process.pid})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for child in server.children(recursive=True):
+            try:
+                cmdline = child.cmdline()
+            except psutil.Error:
+                continue
+            if "--threads" in cmdline and cmdline[cmdline.index("--threads") + 1] == "2":
+                os.killpg({victim.process.pid}, signal.SIGKILL)
+                return
+        time.sleep(0.02)
+
+def pytest_sessionstart(session):
+    threading.Thread(target=_kill_when_two_threads_start, daemon=True).start()
+"""
+        )
+        pytester.makepyfile(
+            """
+import pytest
+
+@pytest.mark.threads(1, 2)
+def test_dies(ollama_cpu):
+    ollama_cpu.generate("Explain what a CPU cache is.")
+"""
+        )
+        out = pytester.path / "partial.json"
+        result = run(pytester, victim, f"--ollama-cpu-json={out}")
+    finally:
+        victim.stop()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*{victim.host}*while generating with gemma3-270m*",
+            "*The sweep stopped at 2 threads after 0 of 2 rounds; thread counts measured "
+            "before: 1.",
+            "*INCOMPLETE*",
+        ]
+    )
+    (sweep,) = json.loads(out.read_text())["sweeps"]
+    assert [r["threads"] for r in sweep["results"]] == [1]
+    assert len(sweep["results"][0]["samples"]) == 2
+
+
+def test_the_example_project_passes(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    shutil.copy(ROOT / "example_project" / "test_performance.py", pytester.path)
+    result = run(pytester, embedded_ollama, "--ollama-cpu-rounds=2")
+    result.assert_outcomes(passed=2)

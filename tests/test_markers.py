@@ -1,0 +1,52 @@
+import pytest
+
+from pytest_ollama_cpu.markers import (
+    AUTO,
+    MarkerError,
+    expand_threads,
+    parse_marker,
+    parse_thread_list,
+)
+
+
+def test_ints_ranges_and_auto():
+    marker = parse_marker((1, range(2, 5, 2), "auto"), {"rounds": 3})
+    assert marker.counts == (1, 2, 4, AUTO)
+    assert marker.rounds == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((0,), {}, "thread count 0 must be 1 or more"),
+        ((-2,), {}, "thread count -2 must be 1 or more"),
+        ((1.5,), {}, "thread count 1.5 is not a whole number"),
+        (("two",), {}, "thread count 'two' is not a whole number"),
+        ((True,), {}, "thread count True is not a whole number"),
+        ((range(0, 2),), {}, "thread count 0 (in range(0, 2)) must be 1 or more"),
+        ((range(3, 3),), {}, "range(3, 3) is empty"),
+        ((), {}, "no thread counts given"),
+        ((1,), {"round": 3}, "unknown keyword round"),
+        ((1,), {"rounds": 0}, "rounds=0 must be"),
+    ],
+)
+def test_bad_markers_name_the_argument(args, kwargs, message):
+    with pytest.raises(MarkerError) as info:
+        parse_marker(args, kwargs)
+    assert message in str(info.value)
+
+
+def test_expand_auto_follows_usable_cpus():
+    assert expand_threads((AUTO,), 1) == [1]
+    assert expand_threads((AUTO,), 6) == [1, 2, 4, 6]
+    assert expand_threads((AUTO,), 8) == [1, 2, 4, 8]
+    assert expand_threads((8, AUTO, 1), 2) == [1, 2, 8]
+
+
+def test_option_list_form():
+    assert parse_thread_list("1, 2,4") == (1, 2, 4)
+    assert parse_thread_list("auto") == (AUTO,)
+    with pytest.raises(ValueError, match="'x' is not a whole number"):
+        parse_thread_list("1,x")
+    with pytest.raises(ValueError, match="must be 1 or more"):
+        parse_thread_list("0")

@@ -1,0 +1,336 @@
+"""The plugin's behaviour in a pytest run, against the fake server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .fake_ollama import Behaviour, FakeOllama
+
+SWEEP_TEST = """
+import pytest
+
+@pytest.mark.threads(1, 2, rounds=2)
+def test_sweep(ollama_cpu):
+    sweep = ollama_cpu.generate("hello", num_predict=8)
+    assert sweep[2].tokens_per_second.median > sweep[1].tokens_per_second.median
+    assert sweep.speedup(1) == 1.0
+    assert sweep.efficiency(2) == pytest.approx(sweep.speedup(2) / 2)
+"""
+
+
+def run(pytester: pytest.Pytester, fake: FakeOllama, *args: str) -> pytest.RunResult:
+    return pytester.runpytest(
+        "--ollama-cpu", f"--ollama-cpu-host={fake.host}", "--ollama-cpu-model=tiny", *args
+    )
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_skipped_without_the_flag_with_a_reason_naming_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        SWEEP_TEST
+        + """
+def test_without_marker(ollama_cpu):
+    ollama_cpu.generate("x")
+
+def test_ordinary():
+    pass
+"""
+    )
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines(["*run pytest with --ollama-cpu to measure it*"])
+    result.stdout.no_fnmatch_line("*ollama-cpu: host*")
+
+
+def test_the_plugin_can_be_switched_off(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest("-p", "no:ollama_cpu")
+    result.assert_outcomes(passed=1)
+    result = pytester.runpytest("-p", "no:ollama_cpu", "--ollama-cpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("threads(0)", "thread count 0 must be 1 or more"),
+        ("threads(1, 'many')", "thread count 'many' is not a whole number"),
+        ("threads(1, rounds=-1)", "rounds=-1 must be a whole number"),
+        ("threads(1, min_speed=3)", "unknown keyword min_speed"),
+    ],
+)
+def test_bad_marker_is_a_collection_error_naming_test_and_argument(
+    pytester: pytest.Pytester, marker: str, message: str
+) -> None:
+    pytester.makepyfile(
+        f"""
+import pytest
+
+@pytest.mark.{marker}
+def test_bad(ollama_cpu):
+    pass
+"""
+    )
+    # also without --ollama-cpu: a typo should not wait for the next measuring run
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*test_bad_marker*::test_bad: bad @pytest.mark.threads*{message}*"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "ini", "message"),
+    [
+        (
+            ["--ollama-cpu-rounds=abc"],
+            {},
+            "",
+            "--ollama-cpu-rounds: 'abc' (from --ollama-cpu-rounds on the command line) is not "
+            "valid: expected a whole number of 1 or more",
+        ),
+        (
+            [],
+            {"OLLAMA_CPU_ROUNDS": "0"},
+            "",
+            "--ollama-cpu-rounds: '0' (from environment variable OLLAMA_CPU_ROUNDS)*",
+        ),
+        (
+            [],
+            {},
+            "ollama_cpu_num_predict = -5",
+            "--ollama-cpu-num-predict: '-5' (from ini option ollama_cpu_num_predict)*",
+        ),
+        (["--ollama-cpu-threads=1,zero"], {}, "", "*'zero' is not a whole number*"),
+        (["--ollama-cpu-timeout=0"], {}, "", "*expected a number of seconds above 0*"),
+        (["--ollama-cpu-host=ftp://x"], {}, "", "*scheme 'ftp' is not http or https*"),
+    ],
+)
+def test_bad_settings_say_where_they_came_from(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    ini: str,
+    message: str,
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if ini:
+        pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+def test_precedence_marker_cli_env_ini(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini("[pytest]\nollama_cpu_rounds = 7\nollama_cpu_threads = 1\n")
+    pytester.makepyfile(
+        """
+import pytest
+
+def test_settings(ollama_cpu):
+    ollama_cpu.generate("x", num_predict=4)
+
+@pytest.mark.threads(1, rounds=1)
+def test_marker_rounds(ollama_cpu):
+    ollama_cpu.generate("x", num_predict=4)
+"""
+    )
+    requests = fake_ollama.behaviour.requests
+    # ini alone: 1 warm-up + 7 rounds for the first test, 1 + 1 for the second
+    run(pytester, fake_ollama).assert_outcomes(passed=2)
+    assert len(requests) == 8 + 2
+    requests.clear()
+    monkeypatch.setenv("OLLAMA_CPU_ROUNDS", "3")
+    run(pytester, fake_ollama).assert_outcomes(passed=2)
+    assert len(requests) == 4 + 2
+    requests.clear()
+    run(pytester, fake_ollama, "--ollama-cpu-rounds=2").assert_outcomes(passed=2)
+    assert len(requests) == 3 + 2
+
+
+def test_a_sweep_requests_and_reports(pytester: pytest.Pytester, fake_ollama: FakeOllama) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    result = run(pytester, fake_ollama)
+    result.assert_outcomes(passed=1)
+    sent = [r["options"] for r in fake_ollama.behaviour.requests]
+    assert [o["num_thread"] for o in sent] == [1, 1, 1, 2, 2, 2]
+    assert all(o["num_predict"] == 8 and o["temperature"] == 0 for o in sent)
+    assert len({o["seed"] for o in sent}) == 1
+    result.stdout.fnmatch_lines(
+        [
+            "ollama-cpu: host http://127.0.0.1:*, model tiny, rounds 5, num_predict 64*",
+            "ollama-cpu: Ollama 0.0.0-fake; server pid *",
+            "ollama-cpu: *usable CPUs*",
+            "*= ollama-cpu: thread sweeps =*",
+            "*::test_sweep: generate with tiny (1M, Q4), 8 tokens per request",
+            "*threads*runner*tokens/s*speedup*efficiency*thread util*machine util*",
+            "*1*20.0*1.00*1.00*",
+            "*2*34.8*1.74*0.87*",
+        ]
+    )
+
+
+def test_without_a_marker_the_default_threads_are_swept(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama
+) -> None:
+    pytester.makepyfile(
+        """
+def test_default(ollama_cpu):
+    sweep = ollama_cpu.chat([{"role": "user", "content": "hi"}], num_predict=4)
+    assert [r.threads for r in sweep] == ollama_cpu.threads
+"""
+    )
+    run(pytester, fake_ollama, "--ollama-cpu-rounds=1", "--ollama-cpu-threads=1,3").assert_outcomes(
+        passed=1
+    )
+    assert [r["options"]["num_thread"] for r in fake_ollama.behaviour.requests] == [1, 1, 3, 3]
+    assert all("messages" in r for r in fake_ollama.behaviour.requests)
+
+
+def test_json_has_every_raw_sample_and_the_machine(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama
+) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    out = pytester.path / "results.json"
+    result = run(pytester, fake_ollama, f"--ollama-cpu-json={out}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"ollama-cpu: samples written to {out}"])
+    data = json.loads(out.read_text())
+    assert data["format"] == "pytest-ollama-cpu" and data["schema_version"] == 1
+    assert data["machine"]["usable_cpus"] > 0 and data["machine"]["cpu_model"]
+    assert data["server"]["version"] == "0.0.0-fake"
+    (sweep,) = data["sweeps"]
+    assert sweep["test"].endswith("::test_sweep")
+    assert sweep["model"]["digest"] == "f" * 64
+    assert [r["threads"] for r in sweep["results"]] == [1, 2]
+    two = sweep["results"][1]
+    assert len(two["samples"]) == 2 and two["warmup"]["round"] == 0
+    assert two["samples"][0]["timings"]["eval_count"] == 8
+    assert two["summary"]["tokens_per_second"]["median"] == pytest.approx(34.82, abs=0.01)
+    assert two["speedup"] == pytest.approx(2**0.8, rel=1e-3)
+    assert not list(pytester.path.glob(".results.json.*.tmp"))
+
+    # a second run replaces our own file...
+    run(pytester, fake_ollama, f"--ollama-cpu-json={out}").assert_outcomes(passed=1)
+    assert json.loads(out.read_text())["datetime"] != data["datetime"]
+
+
+def test_json_never_overwrites_a_file_that_is_not_ours(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama
+) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    precious = pytester.path / "notes.json"
+    precious.write_text('{"mine": true}')
+    result = run(pytester, fake_ollama, f"--ollama-cpu-json={precious}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*notes.json already exists and is not a pytest-ollama-cpu*"])
+    assert precious.read_text() == '{"mine": true}'
+    result = run(pytester, fake_ollama, f"--ollama-cpu-json={pytester.path}/nope/r.json")
+    result.stderr.fnmatch_lines(["*folder */nope does not exist*"])
+
+
+def test_nothing_listening_is_an_error_that_says_what_to_do(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    result = pytester.runpytest(
+        "--ollama-cpu", "--ollama-cpu-host=127.0.0.1:9", "--ollama-cpu-model=tiny"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "ollama-cpu: NOT CONNECTED: no Ollama server answered at http://127.0.0.1:9*",
+            "*no Ollama server answered at http://127.0.0.1:9*ollama serve*--ollama-cpu-host*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*Traceback*")
+
+
+def test_a_model_that_is_not_pulled(pytester: pytest.Pytester, fake_ollama: FakeOllama) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    result = pytester.runpytest(
+        "--ollama-cpu", f"--ollama-cpu-host={fake_ollama.host}", "--ollama-cpu-model=llama9"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*model 'llama9' is not on the Ollama server*'ollama pull llama9'*models there: tiny*"]
+    )
+
+
+def test_no_model_configured(pytester: pytest.Pytester, fake_ollama: FakeOllama) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    result = pytester.runpytest("--ollama-cpu", f"--ollama-cpu-host={fake_ollama.host}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*no model given: pass --ollama-cpu-model NAME*"])
+
+
+def test_a_server_that_dies_mid_sweep_keeps_what_was_measured(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    out = pytester.path / "partial.json"
+    # warm-up + 2 rounds at 1 thread, then the warm-up at 2 threads, then it dies
+    with FakeOllama(Behaviour(die_after=4)) as fake:
+        result = run(pytester, fake, f"--ollama-cpu-json={out}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*lost the Ollama server at * while generating with tiny*",
+            "*The sweep stopped at 2 threads after 0 of 2 rounds; thread counts measured "
+            "before: 1.",
+            "*= ollama-cpu: thread sweeps =*",
+            "*1*20.0*1.00*",
+            "*INCOMPLETE: lost the Ollama server*",
+        ]
+    )
+    data = json.loads(out.read_text())
+    (sweep,) = data["sweeps"]
+    assert sweep["complete"] is False and "lost the Ollama server" in sweep["error"]
+    assert [r["threads"] for r in sweep["results"]] == [1]
+
+
+def test_a_server_error_is_reported_with_its_text(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    with FakeOllama(Behaviour(error_status=500)) as fake:
+        result = run(pytester, fake)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*failed while generating with tiny: llama runner process has terminated (HTTP 500)*"]
+    )
+
+
+def test_a_request_that_takes_too_long(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    with FakeOllama(Behaviour(hang_seconds=3)) as fake:
+        result = run(pytester, fake, "--ollama-cpu-timeout=0.5")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*took longer than 0.5s while generating*--ollama-cpu-timeout*"])
+
+
+def test_options_the_plugin_owns_are_refused(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama
+) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads(1)
+def test_owned(ollama_cpu):
+    with pytest.raises(ValueError, match="num_thread are set by the plugin"):
+        ollama_cpu.generate("x", options={"num_thread": 8})
+    with pytest.raises(ValueError, match="num_predict=0 must be"):
+        ollama_cpu.generate("x", num_predict=0)
+    with pytest.raises(TypeError, match="list of messages"):
+        ollama_cpu.chat("hello")
+"""
+    )
+    run(pytester, fake_ollama).assert_outcomes(passed=1)
+    assert fake_ollama.behaviour.requests == []

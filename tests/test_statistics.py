@@ -1,0 +1,50 @@
+import math
+
+import pytest
+
+from pytest_ollama_cpu.statistics import Summary, ratio
+
+
+def test_summary_of_known_values():
+    s = Summary.from_values([10.0, 12.0, 14.0, 16.0])
+    assert s.n == 4
+    assert s.median == 13.0
+    assert s.mean == 13.0
+    assert s.stdev == pytest.approx(math.sqrt(20 / 3))
+    assert (s.minimum, s.maximum) == (10.0, 16.0)
+    # t(0.975, 3) = 3.182446...; half width = t * stdev / sqrt(4)
+    half = 3.1824463 * math.sqrt(20 / 3) / 2
+    assert s.ci_low == pytest.approx(13.0 - half, rel=1e-6)
+    assert s.ci_high == pytest.approx(13.0 + half, rel=1e-6)
+    assert s.relative_stdev == pytest.approx(math.sqrt(20 / 3) / 13)
+
+
+def test_odd_count_median_and_order_independence():
+    assert Summary.from_values([3.0, 1.0, 2.0]).median == 2.0
+    assert Summary.from_values([5, 1, 4, 2, 3]) == Summary.from_values([1, 2, 3, 4, 5])
+
+
+def test_one_value_has_no_spread():
+    s = Summary.from_values([42.0])
+    assert (s.median, s.mean) == (42.0, 42.0)
+    assert s.stdev is None and s.ci_low is None and s.ci_high is None
+    assert s.relative_stdev is None
+
+
+def test_wider_confidence_gives_wider_interval():
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]
+    narrow = Summary.from_values(values, confidence=0.90)
+    wide = Summary.from_values(values, confidence=0.99)
+    assert wide.ci_low < narrow.ci_low < narrow.ci_high < wide.ci_high
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValueError, match="empty"):
+        Summary.from_values([])
+    with pytest.raises(ValueError, match="confidence"):
+        Summary.from_values([1.0, 2.0], confidence=1.5)
+
+
+def test_ratio():
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(1.0, 0.0) is None
