@@ -197,10 +197,15 @@ class MachineFacts:
             if self.cgroup_quota_cpus is None
             else f"{self.cgroup_quota_cpus:g} CPUs (cgroup v{self.cgroup_version})"
         )
+        whose = (
+            "the server's"
+            if self.measured_pid is not None
+            else "this test process's (the server's are not visible)"
+        )
         return (
             f"{self.cpu_model}; {self.physical_cores} physical / {self.logical_cores} logical "
             f"cores; usable CPUs {self.usable_cpus:g} (affinity {len(self.affinity)}, "
-            f"cgroup quota {quota})"
+            f"cgroup quota {quota}; {whose})"
         )
 
 

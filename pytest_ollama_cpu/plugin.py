@@ -15,7 +15,7 @@ from .client import OllamaCpuError
 from .fixture import OllamaCpu
 from .markers import MARKER_HELP, MARKER_NAME, MarkerError, ThreadsMarker, parse_marker
 from .options import ENABLE, add_options, resolve_settings
-from .report import header_lines, summary_lines
+from .report import describe_model, header_lines, summary_lines
 from .session import RunState
 from .storage import StorageError, build_document, write_json_atomic
 
@@ -58,11 +58,18 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         connection = state.connect()
     except OllamaCpuError as exc:
         return header_lines(state.settings.describe(), None, None, f"NOT CONNECTED: {exc}")
+    model = None
+    if state.settings.model:
+        try:
+            model = describe_model(connection.client.model_facts(state.settings.model))
+        except OllamaCpuError as exc:
+            model = f"MODEL NOT AVAILABLE: {exc}"
     return header_lines(
         state.settings.describe(),
         connection.facts.version,
         connection.machine,
         connection.facts.utilization_note,
+        model,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .client import ModelFacts
 from .machine import MachineFacts
 from .results import Sweep, ThreadResult
 from .session import RecordedSweep
@@ -105,14 +106,27 @@ def summary_lines(sweeps: Sequence[RecordedSweep]) -> list[str]:
     return lines
 
 
+def describe_model(model: ModelFacts) -> str:
+    size = f"{model.size / 1e6:.0f} MB" if model.size else None
+    digest = f"digest {model.digest[:12]}" if model.digest else None
+    parts = [p for p in (model.family, model.parameter_size, model.quantization, size, digest) if p]
+    return f"model {model.name}: {', '.join(parts)}"
+
+
 def header_lines(
-    settings_text: str, version: str | None, machine: MachineFacts | None, note: str
+    settings_text: str,
+    version: str | None,
+    machine: MachineFacts | None,
+    note: str,
+    model: str | None = None,
 ) -> list[str]:
     lines = [f"ollama-cpu: {settings_text}"]
     if version is not None:
         lines.append(f"ollama-cpu: Ollama {version}; {note}")
     else:
         lines.append(f"ollama-cpu: {note}")
+    if model is not None:
+        lines.append(f"ollama-cpu: {model}")
     if machine is not None:
         lines.append(f"ollama-cpu: {machine.describe()}")
     return lines

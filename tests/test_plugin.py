@@ -172,6 +172,7 @@ def test_a_sweep_requests_and_reports(pytester: pytest.Pytester, fake_ollama: Fa
         [
             "ollama-cpu: host http://127.0.0.1:*, model tiny, rounds 5, num_predict 64*",
             "ollama-cpu: Ollama 0.0.0-fake; server pid *",
+            "ollama-cpu: model tiny: fake, 1M, Q4, 0 MB, digest ffffffffffff",
             "ollama-cpu: *usable CPUs*",
             "*= ollama-cpu: thread sweeps =*",
             "*::test_sweep: generate with tiny (1M, Q4), 8 tokens per request",
@@ -263,7 +264,10 @@ def test_a_model_that_is_not_pulled(pytester: pytest.Pytester, fake_ollama: Fake
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*model 'llama9' is not on the Ollama server*'ollama pull llama9'*models there: tiny*"]
+        [
+            "ollama-cpu: MODEL NOT AVAILABLE: model 'llama9' is not on*",
+            "*model 'llama9' is not on the Ollama server*'ollama pull llama9'*models there: tiny*",
+        ]
     )
 
 
