@@ -91,7 +91,7 @@ class OllamaClient:
         self._client = ollama.Client(host=host, timeout=timeout)
 
     def close(self) -> None:
-        self._client.close()
+        self._client.close()  # type: ignore[no-untyped-call]
 
     # -- server facts -------------------------------------------------------
 
