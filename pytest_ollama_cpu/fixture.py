@@ -8,17 +8,19 @@ alone, since a traceback into the plugin would not help anyone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 import pytest
 
-from .client import OllamaCpuError
+from .client import ModelFacts, OllamaCpuError
 from .markers import ThreadSpec, expand_threads
 from .options import Settings
 from .results import Sweep
 from .sampler import RESERVED_OPTIONS, SweepInterrupted, SweepRunner, Workload
 from .session import Connection, RunState
+from .verdicts import Thresholds, Verdict, evaluate
 
 
 class OllamaCpu:
@@ -30,11 +32,17 @@ class OllamaCpu:
         nodeid: str,
         threads: ThreadSpec,
         rounds: int,
+        max_rounds: int,
+        thresholds: Thresholds,
     ) -> None:
         self._state = state
         self._nodeid = nodeid
         self._threads_spec = threads
         self.rounds = rounds
+        self.max_rounds = max(rounds, max_rounds)
+        self.thresholds = thresholds
+        #: verdicts of the sweeps run so far; the plugin applies them when the test ends
+        self.verdicts: list[Verdict] = []
 
     @property
     def settings(self) -> Settings:
@@ -126,12 +134,37 @@ class OllamaCpu:
             connection.client, connection.server, connection.facts, connection.machine
         )
         try:
-            sweep = runner.run(workload, model_facts, self.threads, self.rounds)
+            sweep, verdict = self._sweep(runner, workload, model_facts)
         except SweepInterrupted as exc:
-            self._state.record(self._nodeid, exc.sweep)
+            self._state.record(self._nodeid, exc.sweep, None, self.thresholds)
             _fail(exc)
-        self._state.record(self._nodeid, sweep)
+        self._state.record(self._nodeid, sweep, verdict, self.thresholds)
+        self.verdicts.append(verdict)
         return sweep
+
+    def _sweep(
+        self, runner: SweepRunner, workload: Workload, model_facts: ModelFacts
+    ) -> tuple[Sweep, Verdict]:
+        """Sample until every threshold is decided or ``max_rounds`` is reached.
+
+        After the first ``rounds``, undecided thread counts get ``rounds`` more
+        at a time; the looks are planned up front so the verdict's error rate
+        can be shared out over them.
+        """
+        looks = 1
+        if self.thresholds.any and self.max_rounds > self.rounds:
+            looks = 1 + math.ceil((self.max_rounds - self.rounds) / self.rounds)
+        sweep = runner.run(workload, model_facts, self.threads, self.rounds)
+        verdict = evaluate(sweep, self.thresholds, 1, looks)
+        look = 1
+        while look < looks and verdict.undecided_threads():
+            look += 1
+            for count in sorted(verdict.undecided_threads()):
+                more = min(self.rounds, self.max_rounds - len(sweep[count].samples))
+                if more > 0:
+                    runner.extend(sweep, workload, [count], more)
+            verdict = evaluate(sweep, self.thresholds, look, looks, previous=verdict)
+        return sweep, verdict
 
 
 def _fail(exc: Exception) -> NoReturn:

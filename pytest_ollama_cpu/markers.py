@@ -17,15 +17,23 @@ from .machine import auto_thread_counts
 
 MARKER_NAME = "threads"
 MARKER_HELP = (
-    "threads(*counts, rounds=None): sweep these num_thread values with the ollama_cpu "
-    "fixture; counts are ints, ranges or 'auto' (1, 2, 4, ... up to the usable CPUs). "
-    "rounds: measured requests per thread count."
+    "threads(*counts, rounds=None, max_rounds=None, min_speedup=None, min_efficiency=None, "
+    "min_utilization=None, min_machine_utilization=None, alpha=None): sweep these num_thread "
+    "values with the ollama_cpu fixture; counts are ints, ranges or 'auto' (1, 2, 4, ... up to "
+    "the usable CPUs). rounds: measured requests per thread count; the min_* thresholds fail "
+    "the test when the samples show, at confidence 1 - alpha, that the value is below them."
 )
 
 AUTO: Final = "auto"
 ThreadSpec = tuple["int | Literal['auto']", ...]
 
-_KEYWORDS = ("rounds",)
+THRESHOLD_KEYWORDS = (
+    "min_speedup",
+    "min_efficiency",
+    "min_utilization",
+    "min_machine_utilization",
+)
+_KEYWORDS = ("rounds", "max_rounds", *THRESHOLD_KEYWORDS, "alpha")
 
 
 class MarkerError(ValueError):
@@ -36,6 +44,33 @@ class MarkerError(ValueError):
 class ThreadsMarker:
     counts: ThreadSpec
     rounds: int | None = None
+    max_rounds: int | None = None
+    thresholds: Mapping[str, Any] | None = None
+    alpha: float | None = None
+
+
+def check_threshold(name: str, value: Any) -> float | dict[int, float]:
+    """A threshold is a number above 0; ``min_speedup`` may map thread counts to one."""
+    if name == "min_speedup" and isinstance(value, Mapping):
+        if not value:
+            raise MarkerError("min_speedup={} is empty; give {threads: minimum, ...}")
+        return {
+            _check_count(t, f"{t!r} (a key of min_speedup)"): _positive(f"{name}[{t!r}]", v)
+            for t, v in value.items()
+        }
+    return _positive(name, value)
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise MarkerError(f"{name}={value!r} must be a number above 0")
+    return float(value)
+
+
+def check_alpha(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 0.5:
+        raise MarkerError(f"alpha={value!r} must be a number between 0 and 0.5, e.g. 0.01")
+    return float(value)
 
 
 def _check_count(value: Any, shown: str) -> int:
@@ -92,12 +127,25 @@ def parse_marker(args: Sequence[Any], kwargs: Mapping[str, Any]) -> ThreadsMarke
         raise MarkerError(
             f"unknown keyword {', '.join(unknown)}; the threads marker takes {', '.join(_KEYWORDS)}"
         )
-    rounds = kwargs.get("rounds")
-    if rounds is not None and (
-        isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1
-    ):
-        raise MarkerError(f"rounds={rounds!r} must be a whole number of 1 or more")
-    return ThreadsMarker(parse_thread_values(args), rounds)
+    for key in ("rounds", "max_rounds"):
+        value = kwargs.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise MarkerError(f"{key}={value!r} must be a whole number of 1 or more")
+    thresholds = {
+        key: check_threshold(key, kwargs[key])
+        for key in THRESHOLD_KEYWORDS
+        if kwargs.get(key) is not None
+    }
+    alpha = check_alpha(kwargs["alpha"]) if kwargs.get("alpha") is not None else None
+    return ThreadsMarker(
+        parse_thread_values(args),
+        kwargs.get("rounds"),
+        kwargs.get("max_rounds"),
+        thresholds or None,
+        alpha,
+    )
 
 
 def expand_threads(spec: ThreadSpec, usable: int) -> list[int]:

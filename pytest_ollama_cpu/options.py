@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from .host import DEFAULT_HOST, normalize_host
-from .markers import AUTO, ThreadSpec, parse_thread_list
+from .markers import AUTO, MarkerError, ThreadSpec, check_alpha, check_threshold, parse_thread_list
+from .verdicts import DEFAULT_ALPHA, Thresholds
 
 GROUP = "ollama-cpu"
 
@@ -86,7 +87,72 @@ JSON = OptionSpec(
     metavar="PATH",
 )
 
-ALL_OPTIONS = (ENABLE, HOST, MODEL, ROUNDS, NUM_PREDICT, THREADS, TIMEOUT, JSON)
+MAX_ROUNDS = OptionSpec(
+    "--ollama-cpu-max-rounds",
+    "Most measured requests per thread count when a threshold is still undecided: the sweep "
+    "adds rounds until every verdict is clear or this is reached. Default: 4 x rounds.",
+    metavar="N",
+)
+MIN_SPEEDUP = OptionSpec(
+    "--ollama-cpu-min-speedup",
+    "Fail when the largest thread count's speedup over the smallest is shown to be below this.",
+    metavar="X",
+)
+MIN_EFFICIENCY = OptionSpec(
+    "--ollama-cpu-min-efficiency",
+    "Fail when a thread count's efficiency (speedup / thread ratio) is shown to be below this.",
+    metavar="X",
+)
+MIN_UTILIZATION = OptionSpec(
+    "--ollama-cpu-min-utilization",
+    "Fail when a thread count's thread utilization (cores busy / threads) is shown to be "
+    "below this.",
+    metavar="X",
+)
+MIN_MACHINE_UTILIZATION = OptionSpec(
+    "--ollama-cpu-min-machine-utilization",
+    "Fail when the largest thread count's machine utilization (cores busy / usable CPUs) is "
+    "shown to be below this.",
+    metavar="X",
+)
+ALPHA = OptionSpec(
+    "--ollama-cpu-alpha",
+    "Significance of the verdicts: the most a test may fail by chance when every threshold is "
+    "met. Default: 0.01.",
+    env="OLLAMA_CPU_ALPHA",
+    metavar="ALPHA",
+)
+INCONCLUSIVE = OptionSpec(
+    "--ollama-cpu-inconclusive",
+    "What an undecided verdict does after max-rounds: pass (with a warning in the summary), "
+    "fail or skip. Default: pass.",
+    metavar="pass|fail|skip",
+)
+
+ALL_OPTIONS = (
+    ENABLE,
+    HOST,
+    MODEL,
+    ROUNDS,
+    MAX_ROUNDS,
+    NUM_PREDICT,
+    THREADS,
+    TIMEOUT,
+    JSON,
+    MIN_SPEEDUP,
+    MIN_EFFICIENCY,
+    MIN_UTILIZATION,
+    MIN_MACHINE_UTILIZATION,
+    ALPHA,
+    INCONCLUSIVE,
+)
+THRESHOLD_OPTIONS = {
+    "min_speedup": MIN_SPEEDUP,
+    "min_efficiency": MIN_EFFICIENCY,
+    "min_utilization": MIN_UTILIZATION,
+    "min_machine_utilization": MIN_MACHINE_UTILIZATION,
+}
+INCONCLUSIVE_CHOICES = ("pass", "fail", "skip")
 
 DEFAULT_ROUNDS = 5
 DEFAULT_NUM_PREDICT = 64
@@ -116,13 +182,29 @@ class Settings:
     threads: ThreadSpec
     timeout: float
     json_path: Path | None
+    max_rounds: int | None = None
+    thresholds: Thresholds = Thresholds()
+    inconclusive: str = "pass"
+
+    def rounds_limit(self, rounds: int, marker_max: int | None = None) -> int:
+        """Most rounds a thread count may get: marker, then option, then 4 x rounds."""
+        limit = marker_max or self.max_rounds or 4 * rounds
+        return max(limit, rounds)
 
     def describe(self) -> str:
         threads = ",".join(str(t) for t in self.threads)
-        return (
+        text = (
             f"host {self.host}, model {self.model or '(not set)'}, rounds {self.rounds}, "
             f"num_predict {self.num_predict}, threads {threads}, timeout {self.timeout:g}s"
         )
+        limits = [
+            f"{key} {value:g}"
+            for key, value in self.thresholds.to_dict().items()
+            if key != "alpha" and isinstance(value, float)
+        ]
+        if limits:
+            text += f"; {', '.join(limits)}, alpha {self.thresholds.alpha:g}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -227,7 +309,40 @@ def resolve_settings(
         if json_path.is_dir():
             raise _usage_error(raw_json, JSON, "it is a folder; give a file name")
 
+    thresholds: dict[str, float] = {}
+    for key, spec in THRESHOLD_OPTIONS.items():
+        raw = lookup(spec)
+        if raw is None:
+            continue
+        try:
+            value = check_threshold(key, float(raw.value))
+        except (ValueError, MarkerError):
+            raise _usage_error(raw, spec, "expected a number above 0") from None
+        assert isinstance(value, float)
+        thresholds[key] = value
+    raw_alpha = lookup(ALPHA)
+    alpha = DEFAULT_ALPHA
+    if raw_alpha is not None:
+        try:
+            alpha = check_alpha(float(raw_alpha.value))
+        except (ValueError, MarkerError):
+            raise _usage_error(
+                raw_alpha, ALPHA, "expected a number between 0 and 0.5, e.g. 0.01"
+            ) from None
+    raw_inconclusive = lookup(INCONCLUSIVE)
+    inconclusive = "pass"
+    if raw_inconclusive is not None:
+        inconclusive = raw_inconclusive.value.strip().lower()
+        if inconclusive not in INCONCLUSIVE_CHOICES:
+            raise _usage_error(
+                raw_inconclusive, INCONCLUSIVE, f"expected one of {', '.join(INCONCLUSIVE_CHOICES)}"
+            )
+    raw_max = lookup(MAX_ROUNDS)
+
     return Settings(
+        max_rounds=None if raw_max is None else _positive_int(raw_max, MAX_ROUNDS, 1),
+        thresholds=Thresholds(alpha=alpha, **thresholds),
+        inconclusive=inconclusive,
         enabled=enabled,
         host=host,
         model=model,

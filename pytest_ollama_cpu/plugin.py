@@ -18,10 +18,12 @@ from .options import ENABLE, add_options, resolve_settings
 from .report import describe_model, header_lines, summary_lines
 from .session import RunState
 from .storage import StorageError, build_document, write_json_atomic
+from .verdicts import merge_thresholds, test_outcome
 
 FIXTURE_NAME = "ollama_cpu"
 STATE_KEY = pytest.StashKey[RunState]()
 MARKER_KEY = pytest.StashKey[ThreadsMarker]()
+FIXTURE_KEY = pytest.StashKey[OllamaCpu]()
 
 SKIP_REASON = (
     f"ollama-cpu performance test: run pytest with {ENABLE.flag} to measure it "
@@ -96,10 +98,37 @@ def ollama_cpu(request: pytest.FixtureRequest) -> Iterator[OllamaCpu]:
     state = request.config.stash[STATE_KEY]
     if not state.settings.enabled:
         pytest.skip(SKIP_REASON)
-    marker = request.node.stash.get(MARKER_KEY, None)
-    threads = marker.counts if marker is not None else state.settings.threads
-    rounds = marker.rounds if marker is not None and marker.rounds else state.settings.rounds
-    yield OllamaCpu(state, request.node.nodeid, threads, rounds)
+    settings = state.settings
+    marker = request.node.stash.get(MARKER_KEY, None) or ThreadsMarker(settings.threads)
+    rounds = marker.rounds or settings.rounds
+    fixture = OllamaCpu(
+        state,
+        request.node.nodeid,
+        marker.counts,
+        rounds,
+        settings.rounds_limit(rounds, marker.max_rounds),
+        merge_thresholds(settings.thresholds, marker.thresholds, marker.alpha),
+    )
+    request.node.stash[FIXTURE_KEY] = fixture
+    yield fixture
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Apply the verdicts of the test's sweeps once its body has passed."""
+    result = yield
+    fixture = item.stash.get(FIXTURE_KEY, None)
+    if fixture is None or not fixture.verdicts:
+        return result
+    state = item.config.stash[STATE_KEY]
+    decided = test_outcome(fixture.verdicts, state.settings.inconclusive)
+    if decided.warning:
+        state.warnings.append(f"{item.nodeid}: {decided.warning}")
+    if decided.outcome == "fail":
+        raise pytest.fail.Exception(decided.message, pytrace=False)
+    if decided.outcome == "skip":
+        raise pytest.skip.Exception(decided.message, _use_item_location=True)
+    return result
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -115,6 +144,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_sep("=", "ollama-cpu: thread sweeps")
     for line in summary_lines(state.sweeps):
         terminalreporter.write_line(line)
+    for warning in state.warnings:
+        terminalreporter.write_line(f"WARNING {warning}", yellow=True)
     if state.json_written is not None:
         terminalreporter.write_line(f"ollama-cpu: samples written to {state.json_written}")
 
@@ -147,4 +178,7 @@ def _settings_dict(state: RunState) -> dict[str, object]:
         "num_predict": s.num_predict,
         "threads": list(s.threads),
         "timeout": s.timeout,
+        "max_rounds": s.max_rounds,
+        "thresholds": s.thresholds.to_dict(),
+        "inconclusive": s.inconclusive,
     }

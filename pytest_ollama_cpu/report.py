@@ -88,6 +88,22 @@ def sweep_lines(recorded: RecordedSweep) -> list[str]:
         lines.append(
             f"  note: asked for {r.threads} threads, the runner was started with {r.runner_threads}"
         )
+    verdict = recorded.verdict
+    if verdict is not None:
+        if verdict.recommendation is not None:
+            lines.append(f"  {verdict.recommendation.describe()}")
+        for check in verdict.checks:
+            mark = {"pass": "ok", "fail": "FAILED", "inconclusive": "UNDECIDED"}.get(
+                check.outcome, "NOT MEASURED"
+            )
+            lines.append(f"  {mark:>12}  {check.describe(verdict.confidence)}")
+        if verdict.checks:
+            samples = sum(len(r.samples) for r in sweep)
+            lines.append(
+                f"  verdict after {verdict.look} of {verdict.looks} planned looks, "
+                f"{samples} samples in all, alpha {verdict.alpha:g}"
+            )
+        lines += [f"  note: {n}" for n in verdict.notes]
     return lines
 
 

@@ -6,14 +6,17 @@ the JSON file and (later) the verdicts read them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import ModelFacts, Timings
 from .machine import MachineFacts
 from .statistics import Summary, ratio
+
+if TYPE_CHECKING:
+    from .verdicts import Verdict
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,38 @@ class Sweep:
         if speedup is None:
             return None
         return speedup / (threads / self.baseline.threads)
+
+    def check(
+        self,
+        *,
+        min_speedup: float | Mapping[int, float] | None = None,
+        min_efficiency: float | None = None,
+        min_utilization: float | None = None,
+        min_machine_utilization: float | None = None,
+        alpha: float = 0.01,
+    ) -> Verdict:
+        """Apply thresholds to the samples as they are (no more are taken).
+
+        ``bool(verdict)`` is False when a threshold is shown to be missed;
+        ``verdict.message()`` says which, with the numbers.
+        """
+        from .markers import MarkerError, check_alpha, check_threshold
+        from .verdicts import Thresholds, evaluate
+
+        given = {
+            "min_speedup": min_speedup,
+            "min_efficiency": min_efficiency,
+            "min_utilization": min_utilization,
+            "min_machine_utilization": min_machine_utilization,
+        }
+        try:
+            checked: dict[str, Any] = {
+                k: check_threshold(k, v) for k, v in given.items() if v is not None
+            }
+            checked_alpha = check_alpha(alpha)
+        except MarkerError as exc:
+            raise ValueError(str(exc)) from None
+        return evaluate(self, Thresholds(alpha=checked_alpha, **checked))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -105,6 +105,7 @@ class SweepRunner:
     def run(
         self, workload: Workload, model: ModelFacts, threads: Sequence[int], rounds: int
     ) -> Sweep:
+        """Warm up and take ``rounds`` samples at each thread count, in order."""
         sweep = Sweep(
             kind=workload.kind,
             model=model,
@@ -113,25 +114,51 @@ class SweepRunner:
             machine=self.machine,
             server=self.server_facts,
         )
+        return self.extend(sweep, workload, threads, rounds)
+
+    def extend(
+        self, sweep: Sweep, workload: Workload, threads: Sequence[int], rounds: int
+    ) -> Sweep:
+        """Take ``rounds`` more samples at each of ``threads``, each after a warm-up.
+
+        Coming back to a thread count restarts the runner again, so every visit
+        starts with its own warm-up; the first visit's warm-up is the one kept.
+        """
         for count in threads:
+            earlier = sweep.results.get(count)
+            done = len(earlier.samples) if earlier else 0
             warmup: Sample | None = None
             samples: list[Sample] = []
             try:
                 self._progress(f"{count} threads: warm-up")
                 warmup = self._sample(workload, count, 0)
-                for round_ in range(1, rounds + 1):
-                    self._progress(f"{count} threads: round {round_}/{rounds}")
-                    samples.append(self._sample(workload, count, round_))
+                for i in range(1, rounds + 1):
+                    self._progress(f"{count} threads: round {done + i}")
+                    samples.append(self._sample(workload, count, done + i))
             except OllamaCpuError as exc:
-                if samples:
-                    sweep.results[count] = ThreadResult(count, tuple(samples), warmup)
+                self._store(sweep, count, earlier, warmup, samples)
                 sweep.complete = False
                 sweep.error = str(exc)
-                measured = ", ".join(str(t) for t in sweep.results) or "none"
+                measured = ", ".join(str(t) for t in sorted(sweep.results)) or "none"
                 raise SweepInterrupted(
                     f"{exc}\nThe sweep stopped at {count} threads after {len(samples)} of "
                     f"{rounds} rounds; thread counts measured before: {measured}.",
                     sweep,
                 ) from None
-            sweep.results[count] = ThreadResult(count, tuple(samples), warmup)
+            self._store(sweep, count, earlier, warmup, samples)
         return sweep
+
+    @staticmethod
+    def _store(
+        sweep: Sweep,
+        count: int,
+        earlier: ThreadResult | None,
+        warmup: Sample | None,
+        samples: list[Sample],
+    ) -> None:
+        if earlier is not None:
+            sweep.results[count] = ThreadResult(
+                count, earlier.samples + tuple(samples), earlier.warmup
+            )
+        elif samples:
+            sweep.results[count] = ThreadResult(count, tuple(samples), warmup)

@@ -15,6 +15,7 @@ from .machine import MachineFacts, read_machine_facts
 from .options import Settings
 from .processes import ServerProcess, locate_server
 from .results import ServerFacts, Sweep
+from .verdicts import Thresholds, Verdict
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Connection:
 class RecordedSweep:
     nodeid: str
     sweep: Sweep
+    verdict: Verdict | None = None
+    thresholds: Thresholds | None = None
 
 
 @dataclass
@@ -36,6 +39,7 @@ class RunState:
     settings: Settings
     sweeps: list[RecordedSweep] = field(default_factory=list)
     json_written: Path | None = None
+    warnings: list[str] = field(default_factory=list)
     _connection: Connection | None = None
     _error: OllamaCpuError | None = None
 
@@ -60,8 +64,14 @@ class RunState:
         if self._connection is not None:
             self._connection.client.close()
 
-    def record(self, nodeid: str, sweep: Sweep) -> None:
-        self.sweeps.append(RecordedSweep(nodeid, sweep))
+    def record(
+        self,
+        nodeid: str,
+        sweep: Sweep,
+        verdict: Verdict | None = None,
+        thresholds: Thresholds | None = None,
+    ) -> None:
+        self.sweeps.append(RecordedSweep(nodeid, sweep, verdict, thresholds))
 
 
 def _connect(settings: Settings) -> Connection:

@@ -83,3 +83,75 @@ def ratio(numerator: float, denominator: float) -> float | None:
     if denominator == 0:
         return None
     return numerator / denominator
+
+
+# -- one-sided bounds for the verdicts ------------------------------------------
+#
+# A verdict needs two one-sided bounds at confidence 1 - alpha each: below the
+# lower bound the true value is unlikely, and so above the upper. Together they
+# form a two-sided interval at 1 - 2 * alpha.
+
+
+@dataclass(frozen=True)
+class Bounds:
+    estimate: float
+    low: float
+    high: float
+
+
+def mean_bounds(values: Sequence[float], alpha: float) -> Bounds | None:
+    """Student-t bounds of the mean of ``values``; ``None`` below two values."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = math.fsum(values) / n
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    t = float(_scipy_stats.t.ppf(1.0 - alpha, n - 1))
+    half = t * math.sqrt(var / n)
+    return Bounds(mean, mean - half, mean + half)
+
+
+def ratio_bounds(
+    numerator: Sequence[float], denominator: Sequence[float], alpha: float
+) -> Bounds | None:
+    """Bounds of the ratio of two positive quantities' geometric means.
+
+    Throughput ratios are not normal, but the logarithm of a throughput is close
+    to it, and a ratio becomes a difference of logs: Welch's t on the logs (two
+    independent samples, unequal variances, Welch-Satterthwaite degrees of
+    freedom), transformed back with exp. ``None`` below two values a side or
+    for a non-positive value.
+    """
+    if len(numerator) < 2 or len(denominator) < 2:
+        return None
+    if min(numerator) <= 0 or min(denominator) <= 0:
+        return None
+    a = [math.log(v) for v in numerator]
+    b = [math.log(v) for v in denominator]
+    na, nb = len(a), len(b)
+    ma, mb = math.fsum(a) / na, math.fsum(b) / nb
+    va = math.fsum((x - ma) ** 2 for x in a) / (na - 1)
+    vb = math.fsum((x - mb) ** 2 for x in b) / (nb - 1)
+    diff = ma - mb
+    se2 = va / na + vb / nb
+    if se2 == 0:
+        return Bounds(math.exp(diff), math.exp(diff), math.exp(diff))
+    df = se2**2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
+    t = float(_scipy_stats.t.ppf(1.0 - alpha, df))
+    half = t * math.sqrt(se2)
+    return Bounds(math.exp(diff), math.exp(diff - half), math.exp(diff + half))
+
+
+def spent_alpha(alpha: float, look: int, looks: int) -> float:
+    """Share of ``alpha`` spent at ``look`` (1-based) of ``looks`` planned looks.
+
+    Looking at the data again after more samples gives noise another chance to
+    cross a threshold. The shares follow the spending function alpha * t**2
+    (t: fraction of looks done) and add up to ``alpha`` over all looks, so by the
+    union bound the chance of any false verdict over the whole sequence stays
+    within ``alpha``. Early looks get little, so a clear answer still stops
+    early while the last look keeps most of the budget.
+    """
+    if not 1 <= look <= looks:
+        raise ValueError(f"look {look} is not between 1 and {looks}")
+    return alpha * ((look / looks) ** 2 - ((look - 1) / looks) ** 2)

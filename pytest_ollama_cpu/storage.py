@@ -62,7 +62,15 @@ def build_document(
         "settings": settings,
         "machine": machine,
         "server": server,
-        "sweeps": [{"test": r.nodeid, **r.sweep.to_dict()} for r in sweeps],
+        "sweeps": [
+            {
+                "test": r.nodeid,
+                **r.sweep.to_dict(),
+                "thresholds": None if r.thresholds is None else r.thresholds.to_dict(),
+                "verdict": None if r.verdict is None else r.verdict.to_dict(),
+            }
+            for r in sweeps
+        ],
     }
 
 

@@ -1,0 +1,496 @@
+"""Verdicts: is the CPU used well enough? Decided by statistical test, not by noise.
+
+Each threshold becomes one or more checks (a quantity at a thread count). A
+check *fails* only when its upper confidence bound is below the threshold, and
+*passes* when its lower bound is at or above it; otherwise it is *inconclusive*
+and the sweep may take more samples. The confidence level is shared out over
+the checks of a test (Bonferroni) and over the looks at the data as samples
+are added (``statistics.spent_alpha``), so the chance that a test fails
+although every true value meets its threshold stays within ``alpha``.
+
+Which test, and why: see "How verdicts are decided" in the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .results import Sweep, ThreadResult
+from .statistics import Bounds, mean_bounds, ratio_bounds, spent_alpha
+
+Outcome = Literal["pass", "fail", "inconclusive", "unavailable"]
+
+DEFAULT_ALPHA = 0.01
+
+#: Cores busy outside the server, as a share of the usable CPUs, above which
+#: a shortfall is put down to other processes rather than to the server.
+NOISE_SHARE = 0.15
+
+SPEEDUP = "speedup"
+EFFICIENCY = "efficiency"
+THREAD_UTILIZATION = "thread utilization"
+MACHINE_UTILIZATION = "machine utilization"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The minimums a test asks for; ``None`` means not checked."""
+
+    min_speedup: float | Mapping[int, float] | None = None
+    min_efficiency: float | None = None
+    min_utilization: float | None = None
+    min_machine_utilization: float | None = None
+    alpha: float = DEFAULT_ALPHA
+
+    @property
+    def any(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.min_speedup,
+                self.min_efficiency,
+                self.min_utilization,
+                self.min_machine_utilization,
+            )
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        speedup: Any = self.min_speedup
+        if isinstance(speedup, Mapping):
+            speedup = {str(k): v for k, v in speedup.items()}
+        return {
+            "min_speedup": speedup,
+            "min_efficiency": self.min_efficiency,
+            "min_utilization": self.min_utilization,
+            "min_machine_utilization": self.min_machine_utilization,
+            "alpha": self.alpha,
+        }
+
+
+@dataclass(frozen=True)
+class Check:
+    quantity: str
+    threads: int
+    threshold: float
+    outcome: Outcome
+    estimate: float | None = None
+    low: float | None = None
+    high: float | None = None
+    cause: str | None = None
+    decided_at_look: int | None = None
+
+    @property
+    def involves(self) -> tuple[int, ...]:
+        """Thread counts whose samples this check reads."""
+        return (self.threads,)
+
+    def describe(self, confidence: float) -> str:
+        name = f"num_thread={self.threads}: {self.quantity}"
+        if self.estimate is None:
+            return f"{name} not measured ({self.cause})"
+        interval = ""
+        if self.low is not None and self.high is not None:
+            interval = f" ({confidence:.0%} CI {self.low:.2f}-{self.high:.2f})"
+        relation = {
+            "fail": "below",
+            "pass": "not below",
+            "inconclusive": "undecided against",
+            "unavailable": "against",
+        }[self.outcome]
+        text = f"{name} {self.estimate:.2f}{interval} {relation} {self.threshold:g}"
+        if self.cause and self.outcome != "pass":
+            text += f": {self.cause}"
+        return text
+
+
+@dataclass(frozen=True)
+class _RatioCheck(Check):
+    baseline: int = 1
+
+    @property
+    def involves(self) -> tuple[int, ...]:
+        return (self.baseline, self.threads)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The smallest thread count whose throughput is not significantly below the best."""
+
+    threads: int
+    tokens_per_second: float
+    best_threads: int
+    best_tokens_per_second: float
+
+    @property
+    def modelfile_line(self) -> str:
+        return f"PARAMETER num_thread {self.threads}"
+
+    def describe(self) -> str:
+        text = (
+            f"recommended num_thread {self.threads} ({self.tokens_per_second:.1f} tokens/s; "
+            f"Modelfile: {self.modelfile_line})"
+        )
+        if self.best_threads != self.threads:
+            text += (
+                f"; {self.best_threads} threads gave {self.best_tokens_per_second:.1f} "
+                "tokens/s, not significantly more"
+            )
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threads": self.threads,
+            "tokens_per_second": self.tokens_per_second,
+            "best_threads": self.best_threads,
+            "best_tokens_per_second": self.best_tokens_per_second,
+            "modelfile": self.modelfile_line,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """All checks of one sweep, the recommended thread count, and how it was reached."""
+
+    checks: tuple[Check, ...]
+    alpha: float
+    look: int
+    looks: int
+    recommendation: Recommendation | None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.outcome == "fail")
+
+    @property
+    def inconclusive(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.outcome in ("inconclusive", "unavailable"))
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed and not self.inconclusive
+
+    def __bool__(self) -> bool:
+        return not self.failed
+
+    def undecided_threads(self) -> set[int]:
+        """Thread counts that more samples could help decide."""
+        found: set[int] = set()
+        for check in self.checks:
+            if check.outcome == "inconclusive":
+                found.update(check.involves)
+        return found
+
+    @property
+    def confidence(self) -> float:
+        return 1.0 - self.alpha
+
+    def message(self) -> str:
+        lines = [c.describe(self.confidence) for c in self.failed]
+        lines += [c.describe(self.confidence) for c in self.inconclusive]
+        lines += list(self.notes)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "looks": self.look,
+            "planned_looks": self.looks,
+            "outcome": "fail" if self.failed else "inconclusive" if self.inconclusive else "pass",
+            "checks": [
+                {
+                    "quantity": c.quantity,
+                    "threads": c.threads,
+                    "threshold": c.threshold,
+                    "outcome": c.outcome,
+                    "estimate": c.estimate,
+                    "low": c.low,
+                    "high": c.high,
+                    "cause": c.cause,
+                    "decided_at_look": c.decided_at_look,
+                }
+                for c in self.checks
+            ],
+            "recommendation": None
+            if self.recommendation is None
+            else self.recommendation.to_dict(),
+            "notes": list(self.notes),
+        }
+
+
+# -- planning and deciding -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    quantity: str
+    threads: int
+    threshold: float
+
+
+def plan_checks(sweep: Sweep, thresholds: Thresholds) -> list[_Plan]:
+    counts = sorted(sweep.results)
+    if not counts:
+        return []
+    base, largest = counts[0], counts[-1]
+    plans: list[_Plan] = []
+    speedup = thresholds.min_speedup
+    if isinstance(speedup, Mapping):
+        for t, minimum in sorted(speedup.items()):
+            plans.append(_Plan(SPEEDUP, int(t), float(minimum)))
+    elif speedup is not None and largest != base:
+        plans.append(_Plan(SPEEDUP, largest, float(speedup)))
+    if thresholds.min_efficiency is not None:
+        plans += [_Plan(EFFICIENCY, t, thresholds.min_efficiency) for t in counts if t != base]
+    if thresholds.min_utilization is not None:
+        plans += [_Plan(THREAD_UTILIZATION, t, thresholds.min_utilization) for t in counts]
+    if thresholds.min_machine_utilization is not None:
+        plans.append(_Plan(MACHINE_UTILIZATION, largest, thresholds.min_machine_utilization))
+    return plans
+
+
+def _classify(bounds: Bounds, threshold: float) -> Outcome:
+    if bounds.high < threshold:
+        return "fail"
+    if bounds.low >= threshold:
+        return "pass"
+    return "inconclusive"
+
+
+def _values(result: ThreadResult, quantity: str) -> list[float]:
+    if quantity == THREAD_UTILIZATION:
+        raw = [s.thread_utilization for s in result.samples]
+    else:
+        raw = [s.machine_utilization for s in result.samples]
+    return [v for v in raw if v is not None]
+
+
+def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str | None:
+    """What the samples show about why ``threads`` fell short, if anything."""
+    result = sweep.results.get(threads)
+    if result is None:
+        return None
+    machine = sweep.machine
+    noise = result.other_cores_busy
+    if noise is not None and noise.median > NOISE_SHARE * machine.usable_cpus:
+        return (
+            f"other processes kept {noise.median:.2f} cores busy during the samples (noise), "
+            "so this says little about the server: rerun on a quiet machine"
+        )
+    if result.runner_threads is not None and result.runner_threads != threads:
+        return (
+            f"the runner was started with {result.runner_threads} threads, not {threads}: "
+            "the server did not apply num_thread"
+        )
+    if threads > machine.usable_cpus:
+        quota = (
+            f", cgroup quota {machine.cgroup_quota_cpus:g}"
+            if machine.cgroup_quota_cpus is not None
+            else ""
+        )
+        return (
+            f"only {machine.usable_cpus:g} usable CPUs (affinity {len(machine.affinity)}"
+            f"{quota}) for {threads} threads"
+        )
+    if quantity in (THREAD_UTILIZATION, MACHINE_UTILIZATION):
+        return "the runner's threads are not running in parallel"
+    util = result.thread_utilization
+    if util is not None and util.median >= 0.8:
+        return (
+            "the threads are busy but throughput does not grow with them: generation is "
+            "likely memory-bandwidth bound here, and fewer threads may be as fast"
+        )
+    return None
+
+
+def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
+    counts = sorted(sweep.results)
+    base = counts[0]
+    if plan.threads not in sweep.results:
+        return Check(
+            plan.quantity,
+            plan.threads,
+            plan.threshold,
+            "unavailable",
+            cause=f"{plan.threads} threads were not measured",
+        )
+    result = sweep.results[plan.threads]
+    if plan.quantity in (SPEEDUP, EFFICIENCY):
+        scale = 1.0 if plan.quantity == SPEEDUP else base / plan.threads
+        bounds = ratio_bounds(
+            [s.tokens_per_second for s in result.samples],
+            [s.tokens_per_second for s in sweep.results[base].samples],
+            alpha,
+        )
+        estimate = sweep.speedup(plan.threads)
+        if bounds is None or estimate is None:
+            return _RatioCheck(
+                plan.quantity,
+                plan.threads,
+                plan.threshold,
+                "inconclusive",
+                estimate=None if estimate is None else estimate * scale,
+                cause="too few samples",
+                baseline=base,
+            )
+        scaled = Bounds(estimate * scale, bounds.low * scale, bounds.high * scale)
+        outcome = _classify(scaled, plan.threshold)
+        return _RatioCheck(
+            plan.quantity,
+            plan.threads,
+            plan.threshold,
+            outcome,
+            scaled.estimate,
+            scaled.low,
+            scaled.high,
+            likely_cause(sweep, plan.threads, plan.quantity) if outcome != "pass" else None,
+            baseline=base,
+        )
+    values = _values(result, plan.quantity)
+    if not values:
+        return Check(
+            plan.quantity,
+            plan.threads,
+            plan.threshold,
+            "unavailable",
+            cause=f"utilization not measured: {sweep.server.utilization_note}",
+        )
+    bounds_ = mean_bounds(values, alpha)
+    if bounds_ is None:
+        return Check(
+            plan.quantity, plan.threads, plan.threshold, "inconclusive", cause="too few samples"
+        )
+    outcome = _classify(bounds_, plan.threshold)
+    return Check(
+        plan.quantity,
+        plan.threads,
+        plan.threshold,
+        outcome,
+        bounds_.estimate,
+        bounds_.low,
+        bounds_.high,
+        likely_cause(sweep, plan.threads, plan.quantity) if outcome != "pass" else None,
+    )
+
+
+def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | None:
+    """Smallest thread count whose tokens/s is not significantly below the best's."""
+    measured = [r for r in sweep if r.samples]
+    if not measured:
+        return None
+    best = max(measured, key=lambda r: r.tokens_per_second.median)
+    others = [r for r in measured if r.threads < best.threads]
+    per_test = alpha / max(1, len(others))
+    for result in others:
+        bounds = ratio_bounds(
+            [s.tokens_per_second for s in result.samples],
+            [s.tokens_per_second for s in best.samples],
+            per_test,
+        )
+        if bounds is not None and bounds.high >= 1.0:
+            return Recommendation(
+                result.threads,
+                result.tokens_per_second.median,
+                best.threads,
+                best.tokens_per_second.median,
+            )
+    return Recommendation(
+        best.threads,
+        best.tokens_per_second.median,
+        best.threads,
+        best.tokens_per_second.median,
+    )
+
+
+def evaluate(
+    sweep: Sweep,
+    thresholds: Thresholds,
+    look: int = 1,
+    looks: int = 1,
+    previous: Verdict | None = None,
+) -> Verdict:
+    """Decide every check at this look; checks decided at an earlier look stay decided."""
+    plans = plan_checks(sweep, thresholds)
+    per_check = spent_alpha(thresholds.alpha, look, looks) / max(1, len(plans))
+    decided = {
+        (c.quantity, c.threads): c
+        for c in (previous.checks if previous else ())
+        if c.outcome in ("pass", "fail")
+    }
+    checks: list[Check] = []
+    for plan in plans:
+        kept = decided.get((plan.quantity, plan.threads))
+        if kept is not None:
+            checks.append(kept)
+            continue
+        check = _decide(sweep, plan, per_check)
+        if check.outcome in ("pass", "fail"):
+            check = _with_look(check, look)
+        checks.append(check)
+    notes = []
+    noisy = [
+        r.threads
+        for r in sweep
+        if r.other_cores_busy is not None
+        and r.other_cores_busy.median > NOISE_SHARE * sweep.machine.usable_cpus
+    ]
+    if noisy:
+        listed = ", ".join(str(t) for t in noisy)
+        notes.append(f"other processes took CPU while measuring {listed} threads (noise)")
+    return Verdict(
+        tuple(checks),
+        thresholds.alpha,
+        look,
+        looks,
+        recommend(sweep, thresholds.alpha),
+        tuple(notes),
+    )
+
+
+def _with_look(check: Check, look: int) -> Check:
+    from dataclasses import replace
+
+    return replace(check, decided_at_look=look)
+
+
+def merge_thresholds(
+    defaults: Thresholds, marker: Mapping[str, Any] | None, alpha: float | None
+) -> Thresholds:
+    """The marker's thresholds over the run's (options, ini), key by key."""
+    from dataclasses import replace
+
+    merged = replace(defaults, **dict(marker or {}))
+    return replace(merged, alpha=alpha) if alpha is not None else merged
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    """What a test's verdicts mean for it: ``fail``, ``skip`` or ``pass`` (maybe warned)."""
+
+    outcome: Literal["pass", "fail", "skip"]
+    message: str = ""
+    warning: str | None = None
+
+
+def test_outcome(verdicts: list[Verdict], inconclusive: str) -> TestOutcome:
+    """Fold the verdicts of one test's sweeps under the ``--ollama-cpu-inconclusive`` policy."""
+    failed = [v for v in verdicts if v.failed]
+    if failed:
+        return TestOutcome("fail", "\n".join(v.message() for v in failed))
+    undecided = [v for v in verdicts if v.inconclusive]
+    if not undecided:
+        return TestOutcome("pass")
+    text = "inconclusive after the most rounds allowed:\n" + "\n".join(
+        v.message() for v in undecided
+    )
+    if inconclusive == "fail":
+        return TestOutcome("fail", text)
+    if inconclusive == "skip":
+        return TestOutcome("skip", text)
+    return TestOutcome("pass", warning=text)
+
+
+test_outcome.__test__ = False  # type: ignore[attr-defined]  # not a test for pytest
+TestOutcome.__test__ = False  # type: ignore[attr-defined]
