@@ -8,7 +8,6 @@ alone, since a traceback into the plugin would not help anyone.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -20,7 +19,7 @@ from .options import Settings
 from .results import Sweep
 from .sampler import RESERVED_OPTIONS, SweepInterrupted, SweepRunner, Workload
 from .session import Connection, RunState
-from .verdicts import Thresholds, Verdict, evaluate
+from .verdicts import Thresholds, Verdict, decide_adaptively
 
 
 class OllamaCpu:
@@ -145,25 +144,13 @@ class OllamaCpu:
     def _sweep(
         self, runner: SweepRunner, workload: Workload, model_facts: ModelFacts
     ) -> tuple[Sweep, Verdict]:
-        """Sample until every threshold is decided or ``max_rounds`` is reached.
-
-        After the first ``rounds``, undecided thread counts get ``rounds`` more
-        at a time; the looks are planned up front so the verdict's error rate
-        can be shared out over them.
-        """
-        looks = 1
-        if self.thresholds.any and self.max_rounds > self.rounds:
-            looks = 1 + math.ceil((self.max_rounds - self.rounds) / self.rounds)
+        """Sample until every threshold is decided or ``max_rounds`` is reached."""
         sweep = runner.run(workload, model_facts, self.threads, self.rounds)
-        verdict = evaluate(sweep, self.thresholds, 1, looks)
-        look = 1
-        while look < looks and verdict.undecided_threads():
-            look += 1
-            for count in sorted(verdict.undecided_threads()):
-                more = min(self.rounds, self.max_rounds - len(sweep[count].samples))
-                if more > 0:
-                    runner.extend(sweep, workload, [count], more)
-            verdict = evaluate(sweep, self.thresholds, look, looks, previous=verdict)
+
+        def take_more(count: int, more: int) -> None:
+            runner.extend(sweep, workload, [count], more)
+
+        verdict = decide_adaptively(sweep, self.thresholds, self.rounds, self.max_rounds, take_more)
         return sweep, verdict
 
 

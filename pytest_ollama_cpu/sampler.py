@@ -21,6 +21,10 @@ from .results import Sample, ServerFacts, Sweep, ThreadResult
 #: Options the plugin owns; a test may not set them through ``options``.
 RESERVED_OPTIONS = ("num_thread", "num_predict")
 
+#: psutil's CPU times tick every 10 ms: below this wall time a request's CPU
+#: figures would be mostly rounding, so they are left out.
+MIN_CPU_WINDOW = 0.25
+
 #: Defaults that make repeated requests do identical work.
 DETERMINISTIC_OPTIONS: Mapping[str, Any] = {"seed": 42, "temperature": 0.0}
 
@@ -86,7 +90,8 @@ class SweepRunner:
         runner_threads = runner_pid = None
         if server is not None and before is not None:
             use = server.cpu_use(before, server.snapshot())
-            cpu, other = use.server, use.other
+            if wall >= MIN_CPU_WINDOW:
+                cpu, other = use.server, use.other
             runner = server.runner()
             if runner is not None:
                 runner_threads, runner_pid = runner.threads, runner.pid

@@ -13,7 +13,8 @@ Which test, and why: see "How verdicts are decided" in the README.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -350,12 +351,18 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
         )
     values = _values(result, plan.quantity)
     if not values:
+        why = sweep.server.utilization_note
+        if sweep.server.local:
+            why = (
+                "every request took under a quarter second, too short to measure CPU time; "
+                "raise num_predict"
+            )
         return Check(
             plan.quantity,
             plan.threads,
             plan.threshold,
             "unavailable",
-            cause=f"utilization not measured: {sweep.server.utilization_note}",
+            cause=f"utilization not measured: {why}",
         )
     bounds_ = mean_bounds(values, alpha)
     if bounds_ is None:
@@ -453,6 +460,39 @@ def _with_look(check: Check, look: int) -> Check:
     from dataclasses import replace
 
     return replace(check, decided_at_look=look)
+
+
+def planned_looks(thresholds: Thresholds, rounds: int, max_rounds: int) -> int:
+    """Looks at the data: the first after ``rounds``, then one per ``rounds`` more."""
+    if not thresholds.any or max_rounds <= rounds:
+        return 1
+    return 1 + math.ceil((max_rounds - rounds) / rounds)
+
+
+def decide_adaptively(
+    sweep: Sweep,
+    thresholds: Thresholds,
+    rounds: int,
+    max_rounds: int,
+    take_more: Callable[[int, int], None],
+) -> Verdict:
+    """Look at ``sweep`` after ``rounds`` samples a thread count; while a check is
+    undecided, ask ``take_more(threads, n)`` for up to ``rounds`` more samples at
+    the thread counts it reads, until everything is decided or each has
+    ``max_rounds``. The looks are planned up front, so the error rate can be
+    shared out over them; a check decided at one look stays decided.
+    """
+    looks = planned_looks(thresholds, rounds, max_rounds)
+    verdict = evaluate(sweep, thresholds, 1, looks)
+    look = 1
+    while look < looks and verdict.undecided_threads():
+        look += 1
+        for count in sorted(verdict.undecided_threads()):
+            more = min(rounds, max_rounds - len(sweep[count].samples))
+            if more > 0:
+                take_more(count, more)
+        verdict = evaluate(sweep, thresholds, look, looks, previous=verdict)
+    return verdict
 
 
 def merge_thresholds(

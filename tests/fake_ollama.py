@@ -8,6 +8,8 @@ a server that dies after N measured requests, a request that hangs.
 from __future__ import annotations
 
 import json
+import math
+import random
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +25,8 @@ class Behaviour:
     die_after: int | None = None  # close the socket on request number N+1
     hang_seconds: float = 0.0
     error_status: int | None = None
+    jitter: float = 0.0  # sd of log throughput between requests
+    seed: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -89,6 +93,8 @@ class _Handler(BaseHTTPRequestHandler):
         threads = int(options.get("num_thread", 1))
         count = int(options.get("num_predict", 16))
         rate = b.base_rate * threads**b.exponent
+        if b.jitter:
+            rate *= math.exp(self.server.rng.gauss(0.0, b.jitter))
         reply = {
             "model": name,
             "done": True,
@@ -109,6 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     behaviour: Behaviour
+    rng: random.Random
 
 
 class FakeOllama:
@@ -116,6 +123,7 @@ class FakeOllama:
         self.behaviour = behaviour or Behaviour()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.behaviour = self.behaviour
+        self._server.rng = random.Random(self.behaviour.seed)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

@@ -177,3 +177,48 @@ def test_the_example_project_passes(
     shutil.copy(ROOT / "example_project" / "test_performance.py", pytester.path)
     result = run(pytester, embedded_ollama, "--ollama-cpu-rounds=2")
     result.assert_outcomes(passed=2)
+
+
+def test_real_thresholds_the_machine_meets_pass(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads(1, 2, min_efficiency=0.3, min_utilization=0.5)
+def test_meets(ollama_cpu):
+    sweep = ollama_cpu.generate("Explain what a CPU cache is.")
+    assert ollama_cpu.verdicts[-1].passed
+"""
+    )
+    result = run(pytester, embedded_ollama)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*recommended num_thread * tokens/s; Modelfile: PARAMETER num_thread *",
+            "*ok  num_thread=2: efficiency * not below 0.3",
+            "*ok  num_thread=1: thread utilization * not below 0.5",
+            "*ok  num_thread=2: thread utilization * not below 0.5",
+        ]
+    )
+
+
+def test_real_thresholds_the_machine_cannot_meet_fail_with_the_numbers(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    # two threads can never be 2.5 times as fast as one
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads(1, 2, min_speedup=2.5)
+def test_cannot_meet(ollama_cpu):
+    ollama_cpu.generate("Explain what a CPU cache is.")
+"""
+    )
+    result = run(pytester, embedded_ollama, "--ollama-cpu-max-rounds=6")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["num_thread=2: speedup * (99% CI *-*) below 2.5*", "*FAILED  num_thread=2: speedup*"]
+    )

@@ -1,0 +1,297 @@
+"""Verdicts against known truth: samples drawn from distributions whose true value we set.
+
+A test that fails on noise is worse than none, so these check the error rates
+themselves: at a true value exactly on the threshold the false-failure rate is
+at most alpha, a clear shortfall is caught, and the adaptive procedure with its
+repeated looks and several checks stays within alpha too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pytest_ollama_cpu.client import ModelFacts, Timings
+from pytest_ollama_cpu.machine import MachineFacts
+from pytest_ollama_cpu.results import Sample, ServerFacts, Sweep, ThreadResult
+from pytest_ollama_cpu.statistics import mean_bounds, ratio_bounds, spent_alpha, t_quantile
+from pytest_ollama_cpu.verdicts import (
+    Thresholds,
+    decide_adaptively,
+    evaluate,
+    merge_thresholds,
+    planned_looks,
+    recommend,
+    test_outcome,
+)
+
+MACHINE = MachineFacts("host", "cpu", 8, 8, tuple(range(8)), None, None, 8.0, 1)
+SERVER = ServerFacts("http://127.0.0.1:11434", "0.0.0", True, "server pid 1")
+MODEL = ModelFacts("m", None, None, None, None, None)
+
+
+def sample(
+    threads: int,
+    tps: float,
+    util: float = 1.0,
+    other: float = 0.0,
+    runner: int | None = None,
+) -> Sample:
+    return Sample(
+        threads=threads,
+        round=1,
+        timings=Timings(1.0, 0.0, 8, 0.1, 64, 64 / tps),
+        wall_seconds=1.0,
+        usable_cpus=MACHINE.usable_cpus,
+        cpu_seconds=util * threads,
+        other_cpu_seconds=other,
+        runner_threads=threads if runner is None else runner,
+    )
+
+
+def sweep_of(data: dict[int, list[Sample]], machine: MachineFacts = MACHINE) -> Sweep:
+    sweep = Sweep("generate", MODEL, 64, tuple(sorted(data)), machine, SERVER)
+    for t, samples in data.items():
+        sweep.results[t] = ThreadResult(t, tuple(samples))
+    return sweep
+
+
+class Simulation:
+    """Throughput ~ lognormal around base * threads * efficiency; utilization ~ normal."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        efficiency: dict[int, float],
+        utilization: float = 0.95,
+        sigma: float = 0.04,
+        util_sd: float = 0.03,
+    ) -> None:
+        self.rng = rng
+        self.efficiency = efficiency
+        self.utilization = utilization
+        self.sigma = sigma
+        self.util_sd = util_sd
+
+    def draw(self, threads: int, n: int) -> list[Sample]:
+        mean = 40.0 * threads * self.efficiency.get(threads, 1.0)
+        tps = mean * np.exp(self.rng.normal(0.0, self.sigma, n))
+        util = self.rng.normal(self.utilization, self.util_sd, n)
+        return [sample(threads, float(x), float(u)) for x, u in zip(tps, util, strict=True)]
+
+    def run(self, thresholds: Thresholds, threads: list[int], rounds: int, max_rounds: int):
+        sweep = sweep_of({t: self.draw(t, rounds) for t in threads})
+
+        def take_more(count: int, more: int) -> None:
+            old = sweep.results[count]
+            sweep.results[count] = ThreadResult(count, old.samples + tuple(self.draw(count, more)))
+
+        return decide_adaptively(sweep, thresholds, rounds, max_rounds, take_more), sweep
+
+
+# -- the building blocks -------------------------------------------------------
+
+
+def test_ratio_bounds_with_literal_numbers():
+    bounds = ratio_bounds([80.0, 80.0 * math.e**0.1], [40.0, 40.0 * math.e**0.1], 0.05)
+    assert bounds is not None
+    assert bounds.estimate == pytest.approx(2.0)
+    assert bounds.low < 2.0 < bounds.high
+    # identical samples: no spread, the bounds collapse on the estimate
+    flat = ratio_bounds([50.0, 50.0], [25.0, 25.0], 0.01)
+    assert flat is not None and flat.low == flat.high == pytest.approx(2.0)
+    assert ratio_bounds([1.0], [1.0, 2.0], 0.01) is None
+    assert ratio_bounds([0.0, 1.0], [1.0, 2.0], 0.01) is None
+
+
+def test_t_quantile_matches_scipy_stats():
+    from scipy import stats
+
+    for q, df in ((0.975, 3), (0.99, 7.4), (0.9995, 2.2)):
+        assert t_quantile(q, df) == pytest.approx(stats.t.ppf(q, df), rel=1e-9)
+
+
+def test_mean_bounds_with_literal_numbers():
+    bounds = mean_bounds([1.0, 2.0, 3.0], 0.05)
+    # t(0.95, 2) = 2.919986; stdev 1; half width = t / sqrt(3)
+    assert bounds is not None
+    assert bounds.low == pytest.approx(2.0 - 2.919986 / math.sqrt(3), rel=1e-5)
+    assert mean_bounds([1.0], 0.05) is None
+
+
+def test_alpha_spending_adds_up_and_saves_most_for_the_last_look():
+    shares = [spent_alpha(0.01, i, 5) for i in range(1, 6)]
+    assert sum(shares) == pytest.approx(0.01)
+    assert shares == sorted(shares)
+    assert spent_alpha(0.01, 1, 1) == 0.01
+    with pytest.raises(ValueError):
+        spent_alpha(0.01, 0, 3)
+    assert planned_looks(Thresholds(min_efficiency=0.5), 5, 20) == 4
+    assert planned_looks(Thresholds(min_efficiency=0.5), 5, 5) == 1
+    assert planned_looks(Thresholds(), 5, 20) == 1
+
+
+# -- error rates against known truth ------------------------------------------
+
+REPS = 2000
+
+
+def test_one_look_one_check_is_calibrated_not_just_conservative():
+    """At the threshold exactly, Welch on logs fails about alpha of the time."""
+    rng = np.random.default_rng(1)
+    alpha, failures = 0.05, 0
+    for _ in range(REPS * 2):
+        sim = Simulation(rng, {2: 0.6})
+        sweep = sweep_of({1: sim.draw(1, 5), 2: sim.draw(2, 5)})
+        verdict = evaluate(sweep, Thresholds(min_efficiency=0.6, alpha=alpha))
+        failures += bool(verdict.failed)
+    rate = failures / (REPS * 2)
+    assert 0.03 < rate < 0.065, rate
+
+
+def test_adaptive_sweep_with_several_checks_keeps_false_failures_within_alpha():
+    """Every true value sits exactly on its threshold, the hardest case."""
+    rng = np.random.default_rng(2)
+    thresholds = Thresholds(min_efficiency=0.6, min_utilization=0.95, alpha=0.01)
+    failures = 0
+    for _ in range(REPS):
+        sim = Simulation(rng, {2: 0.6, 4: 0.6}, utilization=0.95)
+        verdict, _ = sim.run(thresholds, [1, 2, 4], rounds=3, max_rounds=12)
+        failures += bool(verdict.failed)
+    rate = failures / REPS
+    # binomial noise of the estimate: 3 standard errors above alpha at most
+    assert rate <= 0.01 + 3 * math.sqrt(0.01 * 0.99 / REPS), rate
+
+
+def test_a_clear_shortfall_is_caught():
+    rng = np.random.default_rng(3)
+    thresholds = Thresholds(min_efficiency=0.6, alpha=0.01)
+    caught = 0
+    for _ in range(REPS // 4):
+        sim = Simulation(rng, {2: 0.45})
+        verdict, _ = sim.run(thresholds, [1, 2], rounds=3, max_rounds=12)
+        caught += bool(verdict.failed)
+    assert caught / (REPS // 4) >= 0.95
+
+
+def test_a_clear_pass_is_decided_early():
+    rng = np.random.default_rng(4)
+    sim = Simulation(rng, {2: 0.9})
+    verdict, sweep = sim.run(Thresholds(min_efficiency=0.6), [1, 2], rounds=3, max_rounds=30)
+    assert verdict.passed
+    # the first looks get a small share of alpha, so a clear case needs a second look
+    assert verdict.look <= 2 < verdict.looks and len(sweep[2].samples) <= 6
+
+
+def test_an_undecidable_case_stops_at_max_rounds():
+    rng = np.random.default_rng(5)
+    # very noisy samples, true value on the threshold: stays undecided
+    sim = Simulation(rng, {2: 0.6}, sigma=0.5)
+    verdict, sweep = sim.run(Thresholds(min_efficiency=0.6), [1, 2], rounds=3, max_rounds=9)
+    assert verdict.inconclusive and not verdict.failed
+    assert verdict.look == verdict.looks == 3
+    assert len(sweep[2].samples) == 9 and len(sweep[1].samples) == 9
+
+
+def test_utilization_shortfall_is_caught_and_explained():
+    rng = np.random.default_rng(6)
+    sim = Simulation(rng, {2: 0.9}, utilization=0.5)
+    verdict, _ = sim.run(Thresholds(min_utilization=0.8), [1, 2], rounds=3, max_rounds=12)
+    assert verdict.failed
+    text = verdict.message()
+    assert "num_thread=2: thread utilization 0.5" in text
+    assert "below 0.8: the runner's threads are not running in parallel" in text
+
+
+# -- what the messages say -------------------------------------------------------
+
+
+def test_message_names_numbers_interval_and_cause():
+    data = {
+        1: [sample(1, v) for v in (40.0, 40.4, 39.6, 40.2)],
+        2: [sample(2, v, util=0.5) for v in (37.6, 37.8, 37.4, 37.7)],
+    }
+    verdict = evaluate(sweep_of(data), Thresholds(min_efficiency=0.6, min_utilization=0.8))
+    assert not verdict
+    first, second = verdict.message().splitlines()[:2]
+    assert first.startswith("num_thread=2: efficiency 0.47 (99% CI 0.4")
+    assert "below 0.6" in first
+    assert second.startswith("num_thread=2: thread utilization 0.50 (99% CI 0.50-0.50) below 0.8")
+    assert "not running in parallel" in second
+
+
+def test_noise_is_named_instead_of_blaming_the_server():
+    data = {
+        1: [sample(1, v, other=3.0) for v in (40.0, 40.4, 39.6, 40.2)],
+        2: [sample(2, v, other=3.0) for v in (40.6, 40.8, 40.4, 40.7)],
+    }
+    verdict = evaluate(sweep_of(data), Thresholds(min_efficiency=0.9))
+    assert verdict.failed
+    assert "other processes kept 3.00 cores busy during the samples (noise)" in verdict.message()
+    assert "other processes took CPU while measuring 1, 2 threads" in verdict.notes[0]
+
+
+def test_runner_thread_mismatch_and_too_few_cpus_are_named():
+    data = {
+        1: [sample(1, v) for v in (40.0, 40.4, 39.6)],
+        4: [sample(4, v, runner=2) for v in (41.0, 41.2, 40.8)],
+    }
+    verdict = evaluate(sweep_of(data), Thresholds(min_efficiency=0.8))
+    assert "the runner was started with 2 threads, not 4" in verdict.message()
+    small = MachineFacts("h", "c", 2, 2, (0, 1), 1.5, 2, 1.5, 1)
+    data = {1: [sample(1, v) for v in (40, 41, 39)], 2: [sample(2, v) for v in (41, 42, 40)]}
+    verdict = evaluate(sweep_of(data, small), Thresholds(min_efficiency=0.8))
+    assert "only 1.5 usable CPUs (affinity 2, cgroup quota 1.5) for 2 threads" in (
+        verdict.message()
+    )
+
+
+def test_speedup_per_thread_count_and_machine_utilization():
+    data = {
+        1: [sample(1, v, util=1.0) for v in (40.0, 40.4, 39.6)],
+        2: [sample(2, v, util=1.0) for v in (70.0, 70.4, 69.6)],
+        8: [sample(8, v, util=0.9) for v in (120.0, 121.0, 119.0)],
+    }
+    sweep = sweep_of(data)
+    verdict = sweep.check(min_speedup={2: 1.5, 8: 4.0}, min_machine_utilization=0.5)
+    outcomes = {(c.quantity, c.threads): c.outcome for c in verdict.checks}
+    assert outcomes == {
+        ("speedup", 2): "pass",
+        ("speedup", 8): "fail",
+        ("machine utilization", 8): "pass",
+    }
+    assert sweep.check(min_speedup=2.5).passed
+    with pytest.raises(ValueError, match="min_efficiency=-1 must be a number above 0"):
+        sweep.check(min_efficiency=-1)
+
+
+def test_recommendation_is_the_smallest_count_not_significantly_slower():
+    data = {
+        1: [sample(1, v) for v in (40.0, 40.5, 39.5, 40.2)],
+        2: [sample(2, v) for v in (60.0, 60.5, 59.5, 60.2)],
+        4: [sample(4, v) for v in (61.0, 59.0, 62.0, 60.0)],
+        8: [sample(8, v) for v in (55.0, 55.5, 54.5, 55.2)],
+    }
+    rec = recommend(sweep_of(data))
+    assert rec is not None
+    assert rec.threads == 2 and rec.best_threads == 4
+    assert rec.modelfile_line == "PARAMETER num_thread 2"
+    assert "not significantly more" in rec.describe()
+
+
+def test_outcome_policy_for_undecided_verdicts():
+    data = {1: [sample(1, v) for v in (40, 60)], 2: [sample(2, v) for v in (30, 90)]}
+    undecided = evaluate(sweep_of(data), Thresholds(min_efficiency=0.6))
+    assert undecided.inconclusive and not undecided.failed
+    assert test_outcome([undecided], "pass").outcome == "pass"
+    assert "inconclusive" in (test_outcome([undecided], "pass").warning or "")
+    assert test_outcome([undecided], "fail").outcome == "fail"
+    assert test_outcome([undecided], "skip").outcome == "skip"
+
+
+def test_marker_thresholds_override_the_run_defaults():
+    run = Thresholds(min_efficiency=0.5, min_utilization=0.8, alpha=0.01)
+    merged = merge_thresholds(run, {"min_efficiency": 0.7}, 0.05)
+    assert merged == Thresholds(min_efficiency=0.7, min_utilization=0.8, alpha=0.05)
