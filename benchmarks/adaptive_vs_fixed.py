@@ -79,8 +79,8 @@ def main() -> None:
             started = time.perf_counter()
             sweep = runner.run(workload, model, threads, args.rounds)
 
-            def take_more(count: int, more: int, sweep: Sweep = sweep) -> None:
-                runner.extend(sweep, workload, [count], more)
+            def take_more(more: dict[int, int], sweep: Sweep = sweep) -> None:
+                runner.extend(sweep, workload, more)
 
             adaptive = decide_adaptively(sweep, thresholds, args.rounds, args.max_rounds, take_more)
             adaptive_wall = time.perf_counter() - started

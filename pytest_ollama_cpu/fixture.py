@@ -147,8 +147,8 @@ class OllamaCpu:
         """Sample until every threshold is decided or ``max_rounds`` is reached."""
         sweep = runner.run(workload, model_facts, self.threads, self.rounds)
 
-        def take_more(count: int, more: int) -> None:
-            runner.extend(sweep, workload, [count], more)
+        def take_more(more: dict[int, int]) -> None:
+            runner.extend(sweep, workload, more)
 
         verdict = decide_adaptively(sweep, self.thresholds, self.rounds, self.max_rounds, take_more)
         return sweep, verdict

@@ -25,6 +25,9 @@ RESERVED_OPTIONS = ("num_thread", "num_predict")
 #: figures would be mostly rounding, so they are left out.
 MIN_CPU_WINDOW = 0.25
 
+#: A measured reply whose load took this long carried a runner (re)start.
+RELOAD_SECONDS = 0.25
+
 #: Defaults that make repeated requests do identical work.
 DETERMINISTIC_OPTIONS: Mapping[str, Any] = {"seed": 42, "temperature": 0.0}
 
@@ -71,6 +74,7 @@ class SweepRunner:
         self.server_facts = server_facts
         self.machine = machine
         self._progress = on_progress or (lambda _message: None)
+        self._loaded: int | None = None
 
     def _request(self, workload: Workload, threads: int) -> Timings:
         options = request_options(workload, threads)
@@ -81,6 +85,13 @@ class SweepRunner:
         return self.client.generate(workload.model, workload.prompt, options)
 
     def _sample(self, workload: Workload, threads: int, round_: int) -> Sample:
+        # a failed request leaves the runner's state unknown
+        self._loaded = None
+        sample = self._measure(workload, threads, round_)
+        self._loaded = threads
+        return sample
+
+    def _measure(self, workload: Workload, threads: int, round_: int) -> Sample:
         server = self.server
         before = server.snapshot() if server else None
         started = time.perf_counter()
@@ -119,27 +130,40 @@ class SweepRunner:
             machine=self.machine,
             server=self.server_facts,
         )
-        return self.extend(sweep, workload, threads, rounds)
+        # whatever ran before (another test, another client) may have left a runner
+        # with these threads loaded in an unknown state: the first visit always warms up
+        self._loaded = None
+        return self.extend(sweep, workload, {count: rounds for count in threads})
 
-    def extend(
-        self, sweep: Sweep, workload: Workload, threads: Sequence[int], rounds: int
-    ) -> Sweep:
-        """Take ``rounds`` more samples at each of ``threads``, each after a warm-up.
+    def extend(self, sweep: Sweep, workload: Workload, more: Mapping[int, int]) -> Sweep:
+        """Take ``more[threads]`` more samples at each thread count, in the given order.
 
-        Coming back to a thread count restarts the runner again, so every visit
-        starts with its own warm-up; the first visit's warm-up is the one kept.
+        A visit to a thread count other than the one this runner last asked for
+        restarts Ollama's runner, so it starts with a warm-up; the thread count
+        still loaded is visited first and needs none. A measured reply that
+        carries a model load anyway (the server unloaded or restarted the
+        runner) is set aside as a warm-up and taken again.
         """
-        for count in threads:
+        order = sorted(more, key=lambda t: t != self._loaded)
+        for count in order:
+            rounds = more[count]
             earlier = sweep.results.get(count)
             done = len(earlier.samples) if earlier else 0
             warmup: Sample | None = None
             samples: list[Sample] = []
             try:
-                self._progress(f"{count} threads: warm-up")
-                warmup = self._sample(workload, count, 0)
-                for i in range(1, rounds + 1):
-                    self._progress(f"{count} threads: round {done + i}")
-                    samples.append(self._sample(workload, count, done + i))
+                if self._loaded != count:
+                    self._progress(f"{count} threads: warm-up")
+                    warmup = self._sample(workload, count, 0)
+                reloads = 0
+                while len(samples) < rounds:
+                    self._progress(f"{count} threads: round {done + len(samples) + 1}")
+                    sample = self._sample(workload, count, done + len(samples) + 1)
+                    if sample.timings.load_duration >= RELOAD_SECONDS and reloads < rounds:
+                        reloads += 1
+                        warmup = warmup or sample
+                        continue
+                    samples.append(sample)
             except OllamaCpuError as exc:
                 self._store(sweep, count, earlier, warmup, samples)
                 sweep.complete = False

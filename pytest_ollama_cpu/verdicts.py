@@ -474,12 +474,12 @@ def decide_adaptively(
     thresholds: Thresholds,
     rounds: int,
     max_rounds: int,
-    take_more: Callable[[int, int], None],
+    take_more: Callable[[dict[int, int]], None],
 ) -> Verdict:
     """Look at ``sweep`` after ``rounds`` samples a thread count; while a check is
-    undecided, ask ``take_more(threads, n)`` for up to ``rounds`` more samples at
-    the thread counts it reads, until everything is decided or each has
-    ``max_rounds``. The looks are planned up front, so the error rate can be
+    undecided, ask ``take_more({threads: n, ...})`` for up to ``rounds`` more
+    samples at the thread counts it reads, until everything is decided or each
+    has ``max_rounds``. The looks are planned up front, so the error rate can be
     shared out over them; a check decided at one look stays decided.
     """
     looks = planned_looks(thresholds, rounds, max_rounds)
@@ -487,10 +487,13 @@ def decide_adaptively(
     look = 1
     while look < looks and verdict.undecided_threads():
         look += 1
-        for count in sorted(verdict.undecided_threads()):
-            more = min(rounds, max_rounds - len(sweep[count].samples))
-            if more > 0:
-                take_more(count, more)
+        wanted = {
+            count: min(rounds, max_rounds - len(sweep[count].samples))
+            for count in sorted(verdict.undecided_threads())
+        }
+        wanted = {count: n for count, n in wanted.items() if n > 0}
+        if wanted:
+            take_more(wanted)
         verdict = evaluate(sweep, thresholds, look, looks, previous=verdict)
     return verdict
 

@@ -25,6 +25,7 @@ class Behaviour:
     die_after: int | None = None  # close the socket on request number N+1
     hang_seconds: float = 0.0
     error_status: int | None = None
+    reload_on: tuple[int, ...] = ()  # request numbers (1-based) whose reply carries a load
     jitter: float = 0.0  # sd of log throughput between requests
     seed: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -99,7 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
             "model": name,
             "done": True,
             "total_duration": int(count / rate * 1e9) + 1_000_000,
-            "load_duration": 500_000,
+            "load_duration": 800_000_000 if len(b.requests) in b.reload_on else 500_000,
             "prompt_eval_count": 8,
             "prompt_eval_duration": 4_000_000,
             "eval_count": count,

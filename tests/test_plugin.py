@@ -338,3 +338,17 @@ def test_owned(ollama_cpu):
     )
     run(pytester, fake_ollama).assert_outcomes(passed=1)
     assert fake_ollama.behaviour.requests == []
+
+
+def test_a_measured_reply_that_carried_a_model_load_is_taken_again(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    out = pytester.path / "r.json"
+    # request 3 is the second measured one at 1 thread: the server reloaded the model
+    with FakeOllama(Behaviour(reload_on=(3,))) as fake:
+        run(pytester, fake, f"--ollama-cpu-json={out}").assert_outcomes(passed=1)
+        assert [r["options"]["num_thread"] for r in fake.behaviour.requests] == [1] * 4 + [2] * 3
+    one = json.loads(out.read_text())["sweeps"][0]["results"][0]
+    assert [s["round"] for s in one["samples"]] == [1, 2]
+    assert all(s["timings"]["load_duration"] < 0.1 for s in one["samples"])

@@ -84,9 +84,11 @@ class Simulation:
     def run(self, thresholds: Thresholds, threads: list[int], rounds: int, max_rounds: int):
         sweep = sweep_of({t: self.draw(t, rounds) for t in threads})
 
-        def take_more(count: int, more: int) -> None:
-            old = sweep.results[count]
-            sweep.results[count] = ThreadResult(count, old.samples + tuple(self.draw(count, more)))
+        def take_more(wanted: dict[int, int]) -> None:
+            for count, more in wanted.items():
+                old = sweep.results[count]
+                new = old.samples + tuple(self.draw(count, more))
+                sweep.results[count] = ThreadResult(count, new)
 
         return decide_adaptively(sweep, thresholds, rounds, max_rounds, take_more), sweep
 
