@@ -13,6 +13,12 @@ def test_generation_uses_the_cores(ollama_cpu):
     assert sweep[2].tokens_per_second.median > sweep[1].tokens_per_second.median
 
 
+@pytest.mark.threads("auto", min_utilization=0.7, min_machine_utilization=0.7)
+def test_the_threads_keep_the_cpus_busy(ollama_cpu):
+    # fails when the samples show the runner's threads idle or the usable CPUs left unused
+    ollama_cpu.generate("Explain what a CPU cache is.", num_predict=64)
+
+
 @pytest.mark.threads("auto", rounds=3)
 def test_chat_across_usable_cpus(ollama_cpu):
     sweep = ollama_cpu.chat(
@@ -22,3 +28,6 @@ def test_chat_across_usable_cpus(ollama_cpu):
     assert len(sweep) == len(ollama_cpu.threads)
     for result in sweep:
         assert result.runner_threads in (None, result.threads)
+    # scaling is checked explicitly here, on the samples at hand
+    verdict = sweep.check(min_efficiency=0.3)
+    assert verdict, verdict.message()

@@ -176,7 +176,7 @@ def test_the_example_project_passes(
 ) -> None:
     shutil.copy(ROOT / "example_project" / "test_performance.py", pytester.path)
     result = run(pytester, embedded_ollama, "--ollama-cpu-rounds=2")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
 
 
 def test_real_thresholds_the_machine_meets_pass(
