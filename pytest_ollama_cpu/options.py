@@ -17,9 +17,12 @@ from typing import Any
 
 import pytest
 
+from .comparison import Rule, RuleError, parse_rule
 from .host import DEFAULT_HOST, normalize_host
 from .markers import AUTO, MarkerError, ThreadSpec, check_alpha, check_threshold, parse_thread_list
 from .verdicts import DEFAULT_ALPHA, Thresholds
+
+DEFAULT_STORAGE = Path(".benchmarks")
 
 GROUP = "ollama-cpu"
 
@@ -31,6 +34,10 @@ class OptionSpec:
     env: str | None = None
     metavar: str | None = None
     is_flag: bool = False
+    #: the value may be left out on the command line (``--flag`` means ``const``)
+    const: str | None = None
+    #: may be given several times (and as several lines in the ini file)
+    repeat: bool = False
 
     @property
     def dest(self) -> str:
@@ -129,6 +136,42 @@ INCONCLUSIVE = OptionSpec(
     metavar="pass|fail|skip",
 )
 
+SAVE = OptionSpec(
+    "--ollama-cpu-save",
+    "Save this run as NAME in the storage folder, in pytest-benchmark's format.",
+    metavar="NAME",
+)
+AUTOSAVE = OptionSpec(
+    "--ollama-cpu-autosave",
+    "Save this run in the storage folder, named after the commit and the time.",
+    is_flag=True,
+)
+STORAGE = OptionSpec(
+    "--ollama-cpu-storage",
+    "Folder of saved runs (one folder per machine inside). Default: .benchmarks",
+    metavar="PATH",
+)
+COMPARE = OptionSpec(
+    "--ollama-cpu-compare",
+    "Compare this run with a saved one: the latest when no value is given, else its number, "
+    "name or path.",
+    metavar="NUM|NAME|PATH",
+    const="latest",
+)
+COMPARE_FAIL = OptionSpec(
+    "--ollama-cpu-compare-fail",
+    "Fail the run when a comparison shows a drop larger than this, e.g. tokens_per_second:5% "
+    "(relative) or utilization:0.1 (absolute). May be given several times.",
+    metavar="EXPR",
+    repeat=True,
+)
+COMPARE_STRICT = OptionSpec(
+    "--ollama-cpu-compare-strict",
+    "Make a baseline from another machine (CPU, usable CPUs, Ollama version, model digest) an "
+    "error instead of a warning.",
+    is_flag=True,
+)
+
 ALL_OPTIONS = (
     ENABLE,
     HOST,
@@ -145,6 +188,12 @@ ALL_OPTIONS = (
     MIN_MACHINE_UTILIZATION,
     ALPHA,
     INCONCLUSIVE,
+    SAVE,
+    AUTOSAVE,
+    STORAGE,
+    COMPARE,
+    COMPARE_FAIL,
+    COMPARE_STRICT,
 )
 THRESHOLD_OPTIONS = {
     "min_speedup": MIN_SPEEDUP,
@@ -165,6 +214,21 @@ def add_options(parser: pytest.Parser) -> None:
         if spec.is_flag:
             group.addoption(spec.flag, action="store_true", default=None, help=spec.help)
             parser.addini(spec.ini, spec.help, type="bool", default=False)
+        elif spec.repeat:
+            group.addoption(
+                spec.flag, action="append", default=None, metavar=spec.metavar, help=spec.help
+            )
+            parser.addini(spec.ini, spec.help, type="linelist", default=[])
+        elif spec.const is not None:
+            group.addoption(
+                spec.flag,
+                nargs="?",
+                const=spec.const,
+                default=None,
+                metavar=spec.metavar,
+                help=spec.help,
+            )
+            parser.addini(spec.ini, spec.help, default=None)
         else:
             group.addoption(spec.flag, default=None, metavar=spec.metavar, help=spec.help)
             parser.addini(spec.ini, spec.help, default=None)
@@ -185,6 +249,12 @@ class Settings:
     max_rounds: int | None = None
     thresholds: Thresholds = Thresholds()
     inconclusive: str = "pass"
+    save: str | None = None
+    autosave: bool = False
+    storage: Path = DEFAULT_STORAGE
+    compare: str | None = None
+    compare_fail: tuple[Rule, ...] = ()
+    compare_strict: bool = False
 
     def rounds_limit(self, rounds: int, marker_max: int | None = None) -> int:
         """Most rounds a thread count may get: marker, then option, then 4 x rounds."""
@@ -339,10 +409,45 @@ def resolve_settings(
             )
     raw_max = lookup(MAX_ROUNDS)
 
+    raw_storage = lookup(STORAGE)
+    storage = DEFAULT_STORAGE
+    if raw_storage is not None:
+        storage = Path(raw_storage.value).expanduser()
+        if (
+            not storage.is_absolute()
+            and rootpath is not None
+            and raw_storage.source.startswith("ini")
+        ):
+            storage = rootpath / storage
+        if storage.exists() and not storage.is_dir():
+            raise _usage_error(raw_storage, STORAGE, "it is a file; give a folder")
+    raw_fail = getoption(COMPARE_FAIL.dest) or getini(COMPARE_FAIL.ini) or []
+    source = "the command line" if getoption(COMPARE_FAIL.dest) else "the ini file"
+    rules = []
+    for text in raw_fail:
+        try:
+            rules.append(parse_rule(text))
+        except RuleError as exc:
+            raise _usage_error(_Raw(text, source), COMPARE_FAIL, str(exc)) from None
+    raw_compare = lookup(COMPARE)
+    compare = raw_compare.value if raw_compare is not None else None
+    if rules and compare is None:
+        raise pytest.UsageError(
+            f"{COMPARE_FAIL.flag} needs a baseline: add {COMPARE.flag} (the latest saved run) "
+            f"or {COMPARE.flag}=NUM|NAME|PATH"
+        )
+    raw_save = lookup(SAVE)
+
     return Settings(
         max_rounds=None if raw_max is None else _positive_int(raw_max, MAX_ROUNDS, 1),
         thresholds=Thresholds(alpha=alpha, **thresholds),
         inconclusive=inconclusive,
+        save=None if raw_save is None else raw_save.value,
+        autosave=bool(getoption(AUTOSAVE.dest)) or bool(getini(AUTOSAVE.ini)),
+        storage=storage,
+        compare=compare,
+        compare_fail=tuple(rules),
+        compare_strict=bool(getoption(COMPARE_STRICT.dest)) or bool(getini(COMPARE_STRICT.ini)),
         enabled=enabled,
         host=host,
         model=model,

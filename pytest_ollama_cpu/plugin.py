@@ -10,20 +10,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from . import __version__
 from .client import OllamaCpuError
 from .fixture import OllamaCpu
 from .markers import MARKER_HELP, MARKER_NAME, MarkerError, ThreadsMarker, parse_marker
 from .options import ENABLE, add_options, resolve_settings
-from .report import describe_model, header_lines, summary_lines
+from .outputs import Outputs
+from .report import comparison_lines, describe_model, header_lines, summary_lines
 from .session import RunState
-from .storage import StorageError, build_document, write_json_atomic
 from .verdicts import merge_thresholds, test_outcome
 
 FIXTURE_NAME = "ollama_cpu"
 STATE_KEY = pytest.StashKey[RunState]()
 MARKER_KEY = pytest.StashKey[ThreadsMarker]()
 FIXTURE_KEY = pytest.StashKey[OllamaCpu]()
+OUTPUTS_KEY = pytest.StashKey[Outputs]()
 
 SKIP_REASON = (
     f"ollama-cpu performance test: run pytest with {ENABLE.flag} to measure it "
@@ -38,14 +38,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     settings = resolve_settings(config.getoption, config.getini, rootpath=config.rootpath)
-    if settings.json_path is not None and not _is_xdist_worker(config):
-        from .storage import check_writable
-
-        try:
-            check_writable(settings.json_path)
-        except StorageError as exc:
-            raise pytest.UsageError(str(exc)) from None
+    outputs = Outputs(settings)
+    if not _is_xdist_worker(config):
+        outputs.prepare()
     config.stash[STATE_KEY] = RunState(settings)
+    config.stash[OUTPUTS_KEY] = outputs
 
 
 def _is_xdist_worker(config: pytest.Config) -> bool:
@@ -139,34 +136,41 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     state = terminalreporter.config.stash.get(STATE_KEY, None)
-    if state is None or not state.sweeps:
+    if state is None:
+        return
+    if not state.sweeps:
+        for error in terminalreporter.config.stash[OUTPUTS_KEY].errors:
+            terminalreporter.write_line(f"ollama-cpu: {error}", yellow=True)
         return
     terminalreporter.write_sep("=", "ollama-cpu: thread sweeps")
     for line in summary_lines(state.sweeps):
         terminalreporter.write_line(line)
     for warning in state.warnings:
         terminalreporter.write_line(f"WARNING {warning}", yellow=True)
-    if state.json_written is not None:
-        terminalreporter.write_line(f"ollama-cpu: samples written to {state.json_written}")
+    outputs = terminalreporter.config.stash[OUTPUTS_KEY]
+    if outputs.json_written is not None:
+        terminalreporter.write_line(f"ollama-cpu: samples written to {outputs.json_written}")
+    if outputs.saved is not None:
+        terminalreporter.write_line(f"ollama-cpu: run saved as {outputs.saved}")
+    if outputs.comparison is not None:
+        terminalreporter.write_sep("=", "ollama-cpu: comparison with the baseline")
+        for line in comparison_lines(outputs.comparison):
+            red = "REGRESSION" in line or "machine differs" in line
+            terminalreporter.write_line(line, red=red)
+    for error in outputs.errors:
+        terminalreporter.write_line(f"ollama-cpu: ERROR: {error}", red=True)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     state = config.stash.get(STATE_KEY, None)
-    if state is None or state.settings.json_path is None or _is_xdist_worker(config):
+    outputs = config.stash.get(OUTPUTS_KEY, None)
+    if state is None or outputs is None or _is_xdist_worker(config):
         return
-    if not state.sweeps:
-        return
-    document = build_document(state.sweeps, __version__, _settings_dict(state))
-    try:
-        write_json_atomic(state.settings.json_path, document)
-        state.json_written = state.settings.json_path
-    except (StorageError, OSError) as exc:
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"ollama-cpu: could not write results: {exc}", red=True)
-        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+    status = outputs.finish(state.sweeps, _settings_dict(state))
+    if status is not None and session.exitstatus in (pytest.ExitCode.OK, 0):
+        session.exitstatus = status
 
 
 def _settings_dict(state: RunState) -> dict[str, object]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .client import ModelFacts
+from .comparison import Comparison
 from .machine import MachineFacts
-from .results import Sweep, ThreadResult
-from .session import RecordedSweep
+from .results import RecordedSweep, Sweep, ThreadResult
 from .statistics import Summary
 
 COLUMNS = (
@@ -146,3 +146,84 @@ def header_lines(
     if machine is not None:
         lines.append(f"ollama-cpu: {machine.describe()}")
     return lines
+
+
+# -- comparison with a baseline ------------------------------------------------
+
+COMPARISON_COLUMNS = (
+    "test",
+    "threads",
+    "rule",
+    "baseline",
+    "now",
+    "change",
+    "interval",
+    "p",
+    "verdict",
+)
+
+
+def _comparison_rows(comparison: Comparison) -> list[list[str]]:
+    rows = []
+    for row in comparison.rows:
+        digits = 1 if row.rule.quantity == "tokens_per_second" else 2
+        rows.append(
+            [
+                row.test,
+                str(row.threads),
+                row.rule.text,
+                _num(row.baseline, digits),
+                _num(row.now, digits),
+                row.change,
+                row.interval,
+                "-" if row.shift is None else f"{row.shift.p_value:.2g}",
+                row.verdict,
+            ]
+        )
+    return rows
+
+
+def _comparison_notes(comparison: Comparison) -> list[str]:
+    notes = [f"the baseline's machine differs: {d}" for d in comparison.differences]
+    notes += [f"only in the baseline: {name}" for name in comparison.only_in_baseline]
+    notes += [f"only in this run: {name}" for name in comparison.only_in_new]
+    return notes
+
+
+def comparison_lines(comparison: Comparison) -> list[str]:
+    lines = [f"baseline {comparison.baseline} vs {comparison.new}"]
+    rows = _comparison_rows(comparison)
+    if rows:
+        lines += ["  " + line for line in format_table(rows, COMPARISON_COLUMNS)]
+    else:
+        lines.append("  no test was measured in both runs")
+    lines += [f"  note: {n}" for n in _comparison_notes(comparison)]
+    regressions = comparison.regressions
+    lines.append(
+        f"  {len(regressions)} regression(s) at alpha {comparison.alpha:g}; interval: "
+        f"{1 - comparison.alpha:.0%} simultaneous bounds of the change; p: one-sided test "
+        "that the drop exceeds the rule's size"
+    )
+    return lines
+
+
+def comparison_markdown(comparison: Comparison) -> str:
+    regressions = comparison.regressions
+    head = "Regressions found" if regressions else "No regressions"
+    lines = [
+        f"### pytest-ollama-cpu: {head}",
+        "",
+        f"Baseline `{comparison.baseline}` vs `{comparison.new}`, alpha {comparison.alpha:g}.",
+        "",
+        "| " + " | ".join(COMPARISON_COLUMNS) + " |",
+        "|" + "---|" * len(COMPARISON_COLUMNS),
+    ]
+    for row in _comparison_rows(comparison):
+        cells = [c.replace("|", "\\|") for c in row]
+        if cells[-1].startswith("REGRESSION"):
+            cells[-1] = f"**{cells[-1]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = _comparison_notes(comparison)
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"

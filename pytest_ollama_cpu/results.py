@@ -16,7 +16,7 @@ from .machine import MachineFacts
 from .statistics import Summary, ratio
 
 if TYPE_CHECKING:
-    from .verdicts import Verdict
+    from .verdicts import Thresholds, Verdict
 
 
 @dataclass(frozen=True)
@@ -280,3 +280,13 @@ class Sweep:
                 for r in self
             ],
         }
+
+
+@dataclass(frozen=True)
+class RecordedSweep:
+    """A sweep as the run keeps it: which test ran it, and its verdict."""
+
+    nodeid: str
+    sweep: Sweep
+    verdict: Verdict | None = None
+    thresholds: Thresholds | None = None

@@ -8,13 +8,12 @@ and reported to every test that needs it, with the same message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .client import OllamaClient, OllamaCpuError
 from .machine import MachineFacts, read_machine_facts
 from .options import Settings
 from .processes import ServerProcess, locate_server
-from .results import ServerFacts, Sweep
+from .results import RecordedSweep, ServerFacts, Sweep
 from .verdicts import Thresholds, Verdict
 
 
@@ -26,19 +25,10 @@ class Connection:
     machine: MachineFacts
 
 
-@dataclass(frozen=True)
-class RecordedSweep:
-    nodeid: str
-    sweep: Sweep
-    verdict: Verdict | None = None
-    thresholds: Thresholds | None = None
-
-
 @dataclass
 class RunState:
     settings: Settings
     sweeps: list[RecordedSweep] = field(default_factory=list)
-    json_written: Path | None = None
     warnings: list[str] = field(default_factory=list)
     _connection: Connection | None = None
     _error: OllamaCpuError | None = None

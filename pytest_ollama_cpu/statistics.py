@@ -161,3 +161,71 @@ def spent_alpha(alpha: float, look: int, looks: int) -> float:
     if not 1 <= look <= looks:
         raise ValueError(f"look {look} is not between 1 and {looks}")
     return alpha * ((look / looks) ** 2 - ((look - 1) / looks) ** 2)
+
+
+@dataclass(frozen=True)
+class Shift:
+    """How a quantity moved between two runs, with one-sided bounds at 1 - alpha.
+
+    ``p_value`` is that of the one-sided test whose null hypothesis is "the
+    drop is no larger than the margin": small means the drop is shown to be
+    larger.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    p_value: float
+
+
+def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float] | None:
+    """(mean a - mean b, standard error, degrees of freedom), or None below 2 a side."""
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        return None
+    ma, mb = math.fsum(a) / na, math.fsum(b) / nb
+    va = math.fsum((x - ma) ** 2 for x in a) / (na - 1)
+    vb = math.fsum((x - mb) ** 2 for x in b) / (nb - 1)
+    se2 = va / na + vb / nb
+    if se2 == 0:
+        return ma - mb, 0.0, float(na + nb - 2)
+    df = se2**2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
+    return ma - mb, math.sqrt(se2), df
+
+
+def _shift(
+    diff: float, se: float, df: float, margin: float, alpha: float
+) -> tuple[float, float, float]:
+    from scipy.special import stdtr
+
+    if se == 0:
+        return diff, diff, 0.0 if diff < margin else 1.0
+    t = t_quantile(1.0 - alpha, df)
+    p = float(stdtr(df, (diff - margin) / se))
+    return diff - t * se, diff + t * se, p
+
+
+def relative_shift(
+    new: Sequence[float], old: Sequence[float], max_drop: float, alpha: float
+) -> Shift | None:
+    """new / old as a ratio of geometric means (Welch on logs); tests ratio < 1 - max_drop."""
+    if min(new, default=0) <= 0 or min(old, default=0) <= 0:
+        return None
+    welch = _welch([math.log(v) for v in new], [math.log(v) for v in old])
+    if welch is None or max_drop >= 1:
+        return None
+    diff, se, df = welch
+    low, high, p = _shift(diff, se, df, math.log(1.0 - max_drop), alpha)
+    return Shift(math.exp(diff), math.exp(low), math.exp(high), p)
+
+
+def absolute_shift(
+    new: Sequence[float], old: Sequence[float], max_drop: float, alpha: float
+) -> Shift | None:
+    """mean(new) - mean(old) (Welch's t); tests difference < -max_drop."""
+    welch = _welch(list(new), list(old))
+    if welch is None:
+        return None
+    diff, se, df = welch
+    low, high, p = _shift(diff, se, df, -max_drop, alpha)
+    return Shift(diff, low, high, p)

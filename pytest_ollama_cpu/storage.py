@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .session import RecordedSweep
+from .results import RecordedSweep
 
 FORMAT = "pytest-ollama-cpu"
 SCHEMA_VERSION = 1

@@ -1,0 +1,314 @@
+"""Saved runs in pytest-benchmark's layout and JSON schema, so its tools read them.
+
+A run is saved as ``STORAGE/<machine id>/<NNNN>_<name>.json`` with
+``machine_info``, ``commit_info``, ``benchmarks[]``, ``datetime`` and
+``version``, built with pytest-benchmark's own helpers. Each entry is one
+test, model and thread count; its ``stats`` are in seconds per generated token
+(so pytest-benchmark's ``ops`` is tokens/s and lower-is-better holds), and the
+raw samples, utilization and machine facts ride along in
+``extra_info["ollama_cpu"]``.
+
+Files are never overwritten: a new number is taken, the file is written under a
+temporary name and linked into place, which fails rather than replace a file
+that appeared meanwhile.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_benchmark import __version__ as _benchmark_version
+from pytest_benchmark.plugin import pytest_benchmark_generate_machine_info as _machine_info
+from pytest_benchmark.stats import Stats
+from pytest_benchmark.utils import get_commit_info as _commit_info
+from pytest_benchmark.utils import get_current_time as _current_time
+from pytest_benchmark.utils import get_machine_id as _machine_id
+
+from . import __version__
+from .results import RecordedSweep, Sweep
+
+#: Our part of each entry's ``extra_info``; its ``schema`` says which layout it has.
+EXTRA_KEY = "ollama_cpu"
+SCHEMA = 1
+
+DEFAULT_STORAGE = Path(".benchmarks")
+
+_NUMBERED = re.compile(r"^(\d{4})_.*\.json$")
+
+
+class BaselineError(Exception):
+    """A saved run that cannot be used; the message names the file and what to do."""
+
+
+# pytest-benchmark's helpers, typed: it ships no annotations
+
+
+def get_machine_id() -> str:
+    return str(_machine_id())  # type: ignore[no-untyped-call]
+
+
+def get_commit_info() -> dict[str, Any]:
+    return dict(_commit_info())  # type: ignore[no-untyped-call]
+
+
+def benchmark_machine_info() -> dict[str, Any]:
+    return dict(_machine_info())  # type: ignore[no-untyped-call]
+
+
+def _stats_dict(seconds: Sequence[float]) -> dict[str, Any]:
+    stats = Stats()  # type: ignore[no-untyped-call]
+    for value in seconds:
+        stats.update(value)  # type: ignore[no-untyped-call]
+    result: dict[str, Any] = stats.as_dict()  # type: ignore[no-untyped-call]
+    result["data"] = list(seconds)
+    result["iterations"] = 1
+    return result
+
+
+# -- building the document -------------------------------------------------------
+
+
+def entry_name(nodeid: str, sweep: Sweep, threads: int) -> tuple[str, str]:
+    """(name, fullname) of the entry for one thread count of one sweep."""
+    suffix = f"[{sweep.model.name}-{sweep.kind}-t{threads}]"
+    test = nodeid.split("::")[-1]
+    return test + suffix, nodeid + suffix
+
+
+def _entries(recorded: RecordedSweep, taken: set[str]) -> Iterable[dict[str, Any]]:
+    sweep = recorded.sweep
+    for result in sweep:
+        if not result.samples:
+            continue
+        name, fullname = entry_name(recorded.nodeid, sweep, result.threads)
+        n = 2
+        base_name, base_full = name, fullname
+        while fullname in taken:  # the same test ran the same workload again
+            name, fullname = f"{base_name}#{n}", f"{base_full}#{n}"
+            n += 1
+        taken.add(fullname)
+        seconds = [
+            1.0 / s.tokens_per_second if s.tokens_per_second > 0 else float("inf")
+            for s in result.samples
+        ]
+        yield {
+            "group": recorded.nodeid,
+            "name": name,
+            "fullname": fullname,
+            "params": {"model": sweep.model.name, "kind": sweep.kind, "threads": result.threads},
+            "param": f"{sweep.model.name}-{sweep.kind}-t{result.threads}",
+            "extra_info": {
+                EXTRA_KEY: {
+                    "schema": SCHEMA,
+                    "test": recorded.nodeid,
+                    "threads": result.threads,
+                    "runner_threads": result.runner_threads,
+                    "kind": sweep.kind,
+                    "num_predict": sweep.num_predict,
+                    "model": sweep.model.to_dict(),
+                    "server": sweep.server.to_dict(),
+                    "machine": sweep.machine.to_dict(),
+                    "speedup": sweep.speedup(result.threads),
+                    "efficiency": sweep.efficiency(result.threads),
+                    "complete": sweep.complete,
+                    "samples": [s.to_dict() for s in result.samples],
+                    "warmup": None if result.warmup is None else result.warmup.to_dict(),
+                }
+            },
+            "options": {"unit": "seconds per generated token", "rounds": len(result.samples)},
+            "stats": _stats_dict(seconds),
+        }
+
+
+def machine_info(recorded: Sequence[RecordedSweep]) -> dict[str, Any]:
+    """pytest-benchmark's machine info, with our machine and server facts added."""
+    info = benchmark_machine_info()
+    if recorded:
+        sweep = recorded[0].sweep
+        info[EXTRA_KEY] = {
+            "machine": sweep.machine.to_dict(),
+            "server": sweep.server.to_dict(),
+        }
+    return info
+
+
+def build_document(
+    recorded: Sequence[RecordedSweep],
+    machine: dict[str, Any] | None = None,
+    commit: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    taken: set[str] = set()
+    benchmarks = [entry for r in recorded for entry in _entries(r, taken)]
+    return {
+        "machine_info": machine if machine is not None else machine_info(recorded),
+        "commit_info": commit if commit is not None else get_commit_info(),
+        "benchmarks": benchmarks,
+        "datetime": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "version": _benchmark_version,
+        EXTRA_KEY: {"schema": SCHEMA, "plugin_version": __version__},
+    }
+
+
+# -- saving ---------------------------------------------------------------------
+
+
+def autosave_name(commit: dict[str, Any]) -> str:
+    """pytest-benchmark's autosave name: commit id, time, and a mark for a dirty tree."""
+    name = f"{commit.get('id', 'unversioned')}_{_current_time()}"  # type: ignore[no-untyped-call]
+    if commit.get("dirty"):
+        name += "_uncommitted-changes"
+    return name
+
+
+def _safe_name(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+    if not cleaned:
+        raise BaselineError(
+            f"--ollama-cpu-save {name!r}: give a name of letters, digits, '.', '_' or '-'"
+        )
+    return cleaned
+
+
+def machine_folder(storage: Path) -> Path:
+    return storage / get_machine_id()
+
+
+def _next_number(folder: Path) -> int:
+    numbers = [int(m.group(1)) for p in folder.glob("*.json") if (m := _NUMBERED.match(p.name))]
+    return max(numbers, default=0) + 1
+
+
+def save(document: dict[str, Any], storage: Path, name: str) -> Path:
+    """Write ``document`` as the next numbered file; never replaces an existing file."""
+    folder = machine_folder(storage)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=".saving-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle, indent=4)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        for _ in range(100):
+            target = folder / f"{_next_number(folder):04d}_{_safe_name(name)}.json"
+            try:
+                os.link(temp, target)  # fails if target exists: nothing is overwritten
+            except FileExistsError:
+                continue
+            return target
+        raise BaselineError(f"could not find a free file name in {folder}")
+    finally:
+        os.unlink(temp)
+
+
+# -- loading --------------------------------------------------------------------
+
+#: Upgrades from older schemas of ours, each to the next: {old version: function}.
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    path: Path | None
+    document: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path is not None else "this run"
+
+    @property
+    def entries(self) -> dict[str, dict[str, Any]]:
+        return {b["fullname"]: b for b in self.document["benchmarks"]}
+
+
+def validate(raw: Any, where: str) -> dict[str, Any]:
+    """Check the layout and upgrade an older schema of ours; raise ``BaselineError``."""
+    if not isinstance(raw, dict):
+        raise BaselineError(f"{where} is not a saved run: expected a JSON object")
+    document: dict[str, Any] = raw
+    missing = [k for k in ("machine_info", "benchmarks") if k not in document]
+    if missing:
+        raise BaselineError(
+            f"{where} is not in pytest-benchmark's format (missing {', '.join(missing)})"
+        )
+    ours = document.get(EXTRA_KEY)
+    if not isinstance(ours, dict) or "schema" not in ours:
+        raise BaselineError(
+            f"{where} was not saved by pytest-ollama-cpu (no '{EXTRA_KEY}' section): save a "
+            "baseline with --ollama-cpu-save or --ollama-cpu-autosave"
+        )
+    schema = ours["schema"]
+    if not isinstance(schema, int) or schema > SCHEMA:
+        raise BaselineError(
+            f"{where} has schema {schema!r}, newer than this pytest-ollama-cpu understands "
+            f"({SCHEMA}): upgrade pytest-ollama-cpu"
+        )
+    while schema < SCHEMA:
+        if schema not in UPGRADES:
+            raise BaselineError(f"{where} has schema {schema}, which cannot be upgraded")
+        document = UPGRADES[schema](document)
+        schema = int(document[EXTRA_KEY]["schema"])
+    for i, bench in enumerate(document["benchmarks"]):
+        extra = bench.get("extra_info", {}).get(EXTRA_KEY) if isinstance(bench, dict) else None
+        if not isinstance(extra, dict) or "samples" not in extra or "fullname" not in bench:
+            raise BaselineError(
+                f"{where}: benchmark #{i + 1} has no samples of ours; the file is damaged"
+            )
+    return document
+
+
+def load_file(path: Path) -> SavedRun:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BaselineError(f"baseline {path} does not exist") from None
+    except OSError as exc:
+        raise BaselineError(f"cannot read baseline {path}: {exc.strerror}") from None
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise BaselineError(
+            f"baseline {path} is not valid JSON ({exc}); it may be truncated"
+        ) from None
+    return SavedRun(path, validate(document, f"baseline {path}"))
+
+
+def find(storage: Path, which: str) -> Path:
+    """Resolve ``latest``, a number (``3``, ``0003``), a name or a path to a saved file."""
+    candidate = Path(which)
+    if candidate.suffix == ".json" or os.sep in which:
+        if not candidate.exists():
+            raise BaselineError(f"baseline {candidate} does not exist")
+        return candidate
+    folder = machine_folder(storage)
+    files = sorted(
+        (p for p in folder.glob("*.json") if _NUMBERED.match(p.name)), key=lambda p: p.name
+    )
+    if not files:
+        raise BaselineError(
+            f"no saved runs in {folder} to compare with: save one first with "
+            "--ollama-cpu-save NAME or --ollama-cpu-autosave"
+        )
+    if which == "latest":
+        return files[-1]
+    if which.isdigit():
+        matches = [p for p in files if int(p.name[:4]) == int(which)]
+    else:
+        matches = [p for p in files if p.name[5:-5] == which or which in p.name]
+    if len(matches) == 1:
+        return matches[0]
+    listed = ", ".join(p.name for p in files[-10:])
+    if not matches:
+        raise BaselineError(f"no saved run {which!r} in {folder} (latest: {listed})")
+    raise BaselineError(
+        f"{which!r} matches several saved runs in {folder}: "
+        f"{', '.join(p.name for p in matches)}; give the number"
+    )

@@ -1,0 +1,242 @@
+"""Comparing two saved runs: which rows got significantly worse, by how much.
+
+Pure functions over two documents in the saved layout (``baseline.py``), so the
+plugin (this run against a baseline) and the ``compare`` command (two files)
+share every line. A rule such as ``tokens_per_second:5%`` fails a row only when
+the samples show, at confidence 1 - alpha, that the drop is larger than 5%;
+alpha is shared over all rows and rules (Bonferroni).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .baseline import EXTRA_KEY, SavedRun
+from .statistics import Shift, absolute_shift, relative_shift
+
+#: Quantities a rule can name, with the sample field each reads.
+QUANTITIES = {
+    "tokens_per_second": "tokens_per_second",
+    "utilization": "thread_utilization",
+    "thread_utilization": "thread_utilization",
+    "machine_utilization": "machine_utilization",
+}
+_ALIASES = {"tps": "tokens_per_second", "throughput": "tokens_per_second"}
+
+_RULE = re.compile(r"^\s*([a-z_]+)\s*:\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
+
+
+class RuleError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Fail when ``quantity`` drops by more than ``size`` (a fraction when ``relative``)."""
+
+    quantity: str
+    size: float
+    relative: bool
+    text: str
+
+    @property
+    def field(self) -> str:
+        return QUANTITIES[self.quantity]
+
+    def describe_size(self) -> str:
+        return f"{self.size:.0%}" if self.relative else f"{self.size:g}"
+
+
+def parse_rule(text: str) -> Rule:
+    """``tokens_per_second:5%`` (relative drop) or ``utilization:0.1`` (absolute drop)."""
+    match = _RULE.match(text.lower())
+    if not match:
+        raise RuleError(
+            f"{text!r} is not a rule: write QUANTITY:SIZE, e.g. tokens_per_second:5% "
+            f"(a relative drop) or utilization:0.1 (an absolute drop); quantities: "
+            f"{', '.join(QUANTITIES)}"
+        )
+    name, number, percent = match.groups()
+    name = _ALIASES.get(name, name)
+    if name not in QUANTITIES:
+        raise RuleError(f"{text!r}: unknown quantity {name!r}; use one of {', '.join(QUANTITIES)}")
+    size = float(number) / 100 if percent else float(number)
+    if percent and not 0 < size < 1:
+        raise RuleError(f"{text!r}: a relative drop must be between 0% and 100%")
+    if size <= 0:
+        raise RuleError(f"{text!r}: the drop must be above 0")
+    return Rule(name, size, bool(percent), text.strip())
+
+
+@dataclass(frozen=True)
+class Row:
+    """One entry (test, model, thread count) under one rule."""
+
+    fullname: str
+    test: str
+    threads: int
+    rule: Rule
+    baseline: float | None
+    now: float | None
+    shift: Shift | None
+    regression: bool
+
+    @property
+    def change(self) -> str:
+        if self.shift is None:
+            return "-"
+        if self.rule.relative:
+            return f"{self.shift.estimate - 1:+.1%}"
+        return f"{self.shift.estimate:+.3g}"
+
+    @property
+    def interval(self) -> str:
+        if self.shift is None:
+            return "-"
+        if self.rule.relative:
+            return f"{self.shift.low - 1:+.1%} to {self.shift.high - 1:+.1%}"
+        return f"{self.shift.low:+.3g} to {self.shift.high:+.3g}"
+
+    @property
+    def verdict(self) -> str:
+        if self.shift is None:
+            return "not compared"
+        if self.regression:
+            return f"REGRESSION (> {self.rule.describe_size()} worse)"
+        if self.rule.relative and self.shift.low > 1:
+            return "better"
+        if not self.rule.relative and self.shift.low > 0:
+            return "better"
+        return "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fullname": self.fullname,
+            "test": self.test,
+            "threads": self.threads,
+            "rule": self.rule.text,
+            "baseline": self.baseline,
+            "now": self.now,
+            "change": None if self.shift is None else self.shift.estimate,
+            "low": None if self.shift is None else self.shift.low,
+            "high": None if self.shift is None else self.shift.high,
+            "p_value": None if self.shift is None else self.shift.p_value,
+            "regression": self.regression,
+            "verdict": self.verdict,
+        }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    baseline: str
+    new: str
+    alpha: float
+    rows: tuple[Row, ...]
+    only_in_baseline: tuple[str, ...] = ()
+    only_in_new: tuple[str, ...] = ()
+    differences: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def regressions(self) -> tuple[Row, ...]:
+        return tuple(r for r in self.rows if r.regression)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "baseline": self.baseline,
+            "new": self.new,
+            "alpha": self.alpha,
+            "rows": [r.to_dict() for r in self.rows],
+            "regressions": [r.fullname + " " + r.rule.text for r in self.regressions],
+            "only_in_baseline": list(self.only_in_baseline),
+            "only_in_new": list(self.only_in_new),
+            "machine_differences": list(self.differences),
+        }
+
+
+def _values(entry: Mapping[str, Any], field_name: str) -> list[float]:
+    samples = entry["extra_info"][EXTRA_KEY]["samples"]
+    return [float(s[field_name]) for s in samples if s.get(field_name) is not None]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def machine_differences(old: SavedRun, new: SavedRun) -> list[str]:
+    """What differs between the machines, servers and models of two runs."""
+
+    def facts(run: SavedRun) -> dict[str, Any]:
+        ours = run.document["machine_info"].get(EXTRA_KEY) or {}
+        machine = ours.get("machine") or {}
+        server = ours.get("server") or {}
+        return {
+            "CPU": machine.get("cpu_model"),
+            "usable CPUs": machine.get("usable_cpus"),
+            "Ollama version": server.get("version"),
+        }
+
+    found = []
+    a, b = facts(old), facts(new)
+    for key in a:
+        if a[key] is not None and b[key] is not None and a[key] != b[key]:
+            found.append(f"{key}: {a[key]} in the baseline, {b[key]} now")
+    digests_old = {
+        e["extra_info"][EXTRA_KEY]["model"].get("name"): e["extra_info"][EXTRA_KEY]["model"].get(
+            "digest"
+        )
+        for e in old.document["benchmarks"]
+    }
+    for entry in new.document["benchmarks"]:
+        model = entry["extra_info"][EXTRA_KEY]["model"]
+        before = digests_old.get(model.get("name"))
+        if before and model.get("digest") and before != model.get("digest"):
+            found.append(
+                f"model {model['name']}: digest {before[:12]} in the baseline, "
+                f"{model['digest'][:12]} now"
+            )
+            digests_old[model.get("name")] = model.get("digest")  # say it once
+    return found
+
+
+def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -> Comparison:
+    old_entries, new_entries = old.entries, new.entries
+    common = [name for name in new_entries if name in old_entries]
+    # without rules the table still shows throughput, and nothing can fail
+    shown = list(rules) or [Rule("tokens_per_second", 0.0, True, "tokens_per_second")]
+    per_test = alpha / max(1, len(common) * len(shown))
+    rows: list[Row] = []
+    for name in common:
+        before, after = old_entries[name], new_entries[name]
+        extra = after["extra_info"][EXTRA_KEY]
+        for rule in shown:
+            a, b = _values(after, rule.field), _values(before, rule.field)
+            if rule.relative:
+                shift = relative_shift(a, b, rule.size, per_test)
+                regression = shift is not None and shift.high < 1 - rule.size
+            else:
+                shift = absolute_shift(a, b, rule.size, per_test)
+                regression = shift is not None and shift.high < -rule.size
+            rows.append(
+                Row(
+                    name,
+                    extra["test"],
+                    int(extra["threads"]),
+                    rule,
+                    _mean(b),
+                    _mean(a),
+                    shift,
+                    regression and bool(rules),
+                )
+            )
+    return Comparison(
+        old.label,
+        new.label,
+        alpha,
+        tuple(rows),
+        tuple(n for n in old_entries if n not in new_entries),
+        tuple(n for n in new_entries if n not in old_entries),
+        tuple(machine_differences(old, new)),
+    )

@@ -1,0 +1,81 @@
+"""What a run leaves behind once its tests are done: the JSON file of samples,
+the saved run for later baselines, and the comparison with a baseline.
+
+``prepare`` runs at start-up, so a bad baseline or an unwritable path stops the
+run before anything is measured; ``finish`` runs at the end, on the controller
+only, and returns what to print and the exit status it calls for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from . import __version__
+from .baseline import BaselineError, SavedRun, autosave_name, find, load_file, save
+from .baseline import build_document as build_benchmark_document
+from .comparison import Comparison, compare
+from .options import Settings
+from .results import RecordedSweep
+from .storage import StorageError, build_document, check_writable, write_json_atomic
+
+
+@dataclass
+class Outputs:
+    settings: Settings
+    baseline: SavedRun | None = None
+    json_written: Path | None = None
+    saved: Path | None = None
+    comparison: Comparison | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def prepare(self) -> None:
+        """Check paths and load the baseline; raise ``pytest.UsageError`` on a problem."""
+        s = self.settings
+        try:
+            if s.json_path is not None:
+                check_writable(s.json_path)
+            if s.compare is not None:
+                self.baseline = load_file(find(s.storage, s.compare))
+        except (StorageError, BaselineError) as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    def finish(self, sweeps: list[RecordedSweep], settings_dict: dict[str, object]) -> int | None:
+        """Write, save and compare; the exit status this calls for, or None for no change."""
+        s = self.settings
+        status: int | None = None
+        if not sweeps:
+            if s.compare is not None or s.save or s.autosave:
+                self.errors.append("nothing was measured, so nothing was saved or compared")
+            return None
+        if s.json_path is not None:
+            try:
+                write_json_atomic(s.json_path, build_document(sweeps, __version__, settings_dict))
+                self.json_written = s.json_path
+            except (StorageError, OSError) as exc:
+                self.errors.append(f"could not write {s.json_path}: {exc}")
+                status = pytest.ExitCode.INTERNAL_ERROR
+        if not (s.save or s.autosave or self.baseline is not None):
+            return status
+        document = build_benchmark_document(sweeps)
+        if s.save or s.autosave:
+            name = s.save or autosave_name(document["commit_info"])
+            try:
+                self.saved = save(document, s.storage, name)
+            except (BaselineError, OSError) as exc:
+                self.errors.append(f"could not save this run: {exc}")
+                status = pytest.ExitCode.INTERNAL_ERROR
+        if self.baseline is not None:
+            now = SavedRun(self.saved, document)
+            self.comparison = compare(self.baseline, now, s.compare_fail, s.thresholds.alpha)
+            if self.comparison.differences and s.compare_strict:
+                self.errors.append(
+                    "the baseline comes from another machine (--ollama-cpu-compare-strict): "
+                    + "; ".join(self.comparison.differences)
+                )
+                status = status or pytest.ExitCode.USAGE_ERROR
+            if self.comparison.regressions:
+                status = status or pytest.ExitCode.TESTS_FAILED
+        return status
