@@ -302,7 +302,9 @@ def find(storage: Path, which: str) -> Path:
     if which.isdigit():
         matches = [p for p in files if int(p.name[:4]) == int(which)]
     else:
-        matches = [p for p in files if p.name[5:-5] == which or which in p.name]
+        matches = [p for p in files if p.name[5:-5] == which] or [
+            p for p in files if which in p.name
+        ]
     if len(matches) == 1:
         return matches[0]
     listed = ", ".join(p.name for p in files[-10:])

@@ -1,5 +1,7 @@
 """``pytest-ollama-cpu``: the command line.
 
+``pytest-ollama-cpu compare BASELINE NEW`` compares two saved runs.
+
 ``pytest-ollama-cpu embedded [-- COMMAND ...]`` runs the embedded Ollama (see
 ``embedded.py``) on a free loopback port; with a command, it runs the command
 with ``OLLAMA_HOST`` and ``OLLAMA_CPU_MODEL`` pointing at it, stops the server
@@ -9,6 +11,7 @@ afterwards and exits with the command's status.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +19,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .baseline import BaselineError, find, load_file
+from .comparison import RuleError, compare, parse_rule
 from .embedded import DEFAULT_ROOT, MODEL_NAME, EmbeddedUnavailable, running
+from .report import comparison_lines, comparison_markdown
 
 
 def _parse_cpus(text: str) -> list[int]:
@@ -66,6 +72,47 @@ def _embedded(args: argparse.Namespace) -> int:
         return 3
 
 
+def _compare(args: argparse.Namespace) -> int:
+    storage = Path(args.storage)
+    try:
+        rules = [parse_rule(text) for text in args.fail or []]
+    except RuleError as exc:
+        print(f"pytest-ollama-cpu compare: --fail {exc}", file=sys.stderr)
+        return 2
+    if not 0 < args.alpha < 0.5:
+        print("pytest-ollama-cpu compare: --alpha must be between 0 and 0.5", file=sys.stderr)
+        return 2
+    try:
+        old = load_file(find(storage, args.baseline))
+        new = load_file(find(storage, args.new))
+    except BaselineError as exc:
+        print(f"pytest-ollama-cpu compare: {exc}", file=sys.stderr)
+        return 2
+    result = compare(old, new, rules, args.alpha)
+    print("\n".join(comparison_lines(result)))
+    for target, text in (
+        (args.markdown, comparison_markdown(result)),
+        (args.json, json.dumps(result.to_dict(), indent=2) + "\n"),
+    ):
+        if target == "-":
+            sys.stdout.write(text)
+        elif target:
+            try:
+                with open(target, "a" if args.append else "w", encoding="utf-8") as handle:
+                    handle.write(text)
+            except OSError as exc:
+                print(f"pytest-ollama-cpu compare: cannot write {target}: {exc}", file=sys.stderr)
+                return 2
+    if result.differences and args.strict:
+        print(
+            "pytest-ollama-cpu compare: the runs come from different machines: "
+            + "; ".join(result.differences),
+            file=sys.stderr,
+        )
+        return 2
+    return 1 if result.regressions else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pytest-ollama-cpu", description="Tools around the pytest-ollama-cpu plugin."
@@ -83,6 +130,35 @@ def build_parser() -> argparse.ArgumentParser:
     embedded.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     embedded.add_argument("--cpus", default=None, help="confine the server to CPUs, e.g. 0-3,8")
     embedded.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND to run")
+
+    comparing = commands.add_parser(
+        "compare",
+        help="compare two saved runs; exit 1 on a regression under the --fail rules",
+        description="Compare two runs saved with --ollama-cpu-save/--ollama-cpu-autosave. "
+        "Exit status: 0 no regression, 1 regression, 2 bad input.",
+    )
+    comparing.add_argument("baseline", help="saved run: a file, a number, a name or 'latest'")
+    comparing.add_argument("new", help="saved run to judge: a file, a number, a name or 'latest'")
+    comparing.add_argument(
+        "--fail",
+        action="append",
+        metavar="EXPR",
+        help="rule such as tokens_per_second:5%% or utilization:0.1 (several allowed)",
+    )
+    comparing.add_argument("--alpha", type=float, default=0.01, help="significance (0.01)")
+    comparing.add_argument(
+        "--storage", default=".benchmarks", help="folder of saved runs (.benchmarks)"
+    )
+    comparing.add_argument(
+        "--markdown", metavar="PATH", help="write a Markdown table ('-': stdout)"
+    )
+    comparing.add_argument("--json", metavar="PATH", help="write the comparison as JSON")
+    comparing.add_argument(
+        "--append", action="store_true", help="append to the files (e.g. $GITHUB_STEP_SUMMARY)"
+    )
+    comparing.add_argument(
+        "--strict", action="store_true", help="runs from different machines are an error"
+    )
     return parser
 
 
@@ -90,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.subcommand == "embedded":
         return _embedded(args)
+    if args.subcommand == "compare":
+        return _compare(args)
     return 2  # pragma: no cover - argparse rejects unknown subcommands
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -222,3 +223,60 @@ def test_cannot_meet(ollama_cpu):
     result.stdout.fnmatch_lines(
         ["num_thread=2: speedup * (99% CI *-*) below 2.5*", "*FAILED  num_thread=2: speedup*"]
     )
+
+
+def test_real_baseline_unchanged_passes_and_an_induced_slowdown_fails(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    """Save a real run, compare an unchanged one (passes), then a really slower one.
+
+    The slowdown is real, not a doctored file: busy processes on every CPU take
+    time from the Ollama runner during the third run. Each runs in a session of
+    its own, as separate services would: with Linux's autogroup scheduling,
+    busy processes in the test's own session barely touch a server started in
+    another session.
+    """
+    import subprocess
+    import sys
+
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads(1, rounds=4)
+def test_generation(ollama_cpu):
+    ollama_cpu.generate("Explain what a CPU cache is.")
+"""
+    )
+    compare = ["--ollama-cpu-compare=base", "--ollama-cpu-compare-fail=tokens_per_second:10%"]
+    run(pytester, embedded_ollama, "--ollama-cpu-save=base").assert_outcomes(passed=1)
+    result = run(pytester, embedded_ollama, *compare)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*::test_generation*1*tokens_per_second:10%*ok"])
+
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+        for _ in range(2 * len(os.sched_getaffinity(0)))
+    ]
+    try:
+        result = run(pytester, embedded_ollama, *compare, "--ollama-cpu-save=slowed")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["*::test_generation*1*tokens_per_second:10%*REGRESSION (> 10% worse)"]
+    )
+
+    # pytest-benchmark's compare reads the saved files as they are
+    bench = subprocess.run(
+        [str(Path(sys.executable).with_name("pytest-benchmark")), "compare"],
+        capture_output=True,
+        text=True,
+        cwd=pytester.path,
+    )
+    assert bench.returncode == 0, bench.stderr
+    assert "test_generation[gemma3-270m-generate-t1] (0001_base)" in bench.stdout
+    assert "(0002_slowed)" in bench.stdout

@@ -1,0 +1,427 @@
+"""Saved runs and comparisons: the file layout, loading errors, rules, the gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_ollama_cpu import baseline
+from pytest_ollama_cpu.baseline import BaselineError, SavedRun, find, load_file, save
+from pytest_ollama_cpu.comparison import RuleError, compare, parse_rule
+
+from .fake_ollama import Behaviour, FakeOllama
+
+SWEEP_TEST = """
+import pytest
+
+@pytest.mark.threads(1, 2, rounds=4)
+def test_sweep(ollama_cpu):
+    ollama_cpu.generate("hello", num_predict=8)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS", "OLLAMA_CPU_ALPHA"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def run(pytester: pytest.Pytester, behaviour: Behaviour, *args: str) -> pytest.RunResult:
+    with FakeOllama(behaviour) as fake:
+        result = pytester.runpytest(
+            "--ollama-cpu", f"--ollama-cpu-host={fake.host}", "--ollama-cpu-model=tiny", *args
+        )
+    result.requests = fake.behaviour.requests  # type: ignore[attr-defined]
+    return result
+
+
+def machine_dir(root: Path) -> Path:
+    return baseline.machine_folder(root / ".benchmarks")
+
+
+# -- rules ----------------------------------------------------------------------
+
+
+def test_rules():
+    rule = parse_rule("tokens_per_second:5%")
+    assert (rule.quantity, rule.size, rule.relative) == ("tokens_per_second", 0.05, True)
+    rule = parse_rule("utilization:0.1")
+    assert (rule.field, rule.size, rule.relative) == ("thread_utilization", 0.1, False)
+    assert parse_rule("tps:10%").quantity == "tokens_per_second"
+    assert parse_rule("machine_utilization: 0.05").field == "machine_utilization"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tokens_per_second", "is not a rule: write QUANTITY:SIZE"),
+        ("speed:5%", "unknown quantity 'speed'"),
+        ("tokens_per_second:150%", "between 0% and 100%"),
+        ("utilization:0", "the drop must be above 0"),
+        ("utilization:-1", "is not a rule"),
+    ],
+)
+def test_bad_rules(text: str, message: str):
+    with pytest.raises(RuleError, match=message):
+        parse_rule(text)
+
+
+# -- saving and loading ------------------------------------------------------------
+
+
+def _document(tps_values: list[float], digest: str = "d" * 64, usable: float = 2.0) -> dict:
+    samples = [
+        {"tokens_per_second": v, "thread_utilization": 0.95, "machine_utilization": 0.9}
+        for v in tps_values
+    ]
+    entry = {
+        "group": "t.py::test_a",
+        "name": "test_a[m-generate-t1]",
+        "fullname": "t.py::test_a[m-generate-t1]",
+        "extra_info": {
+            "ollama_cpu": {
+                "schema": 1,
+                "test": "t.py::test_a",
+                "threads": 1,
+                "model": {"name": "m", "digest": digest},
+                "samples": samples,
+            }
+        },
+        "stats": {"mean": 1.0},
+    }
+    return {
+        "machine_info": {
+            "ollama_cpu": {
+                "machine": {"cpu_model": "cpu", "usable_cpus": usable},
+                "server": {"version": "0.5.4"},
+            }
+        },
+        "commit_info": {},
+        "benchmarks": [entry],
+        "datetime": "2026-11-28T00:00:00",
+        "version": "5.2.3",
+        "ollama_cpu": {"schema": 1},
+    }
+
+
+def test_save_numbers_files_and_never_overwrites(tmp_path: Path):
+    storage = tmp_path / "store"
+    first = save(_document([40.0, 41.0]), storage, "base line!")
+    assert first.name == "0001_base-line.json"
+    mine = first.parent / "0002_mine.json"
+    mine.write_text("my own notes")
+    second = save(_document([40.0, 41.0]), storage, "base line!")
+    assert second.name == "0003_base-line.json"
+    assert mine.read_text() == "my own notes"
+    assert not list(first.parent.glob(".saving-*"))
+    with pytest.raises(BaselineError, match="give a name of letters"):
+        save(_document([40.0]), storage, "///")
+
+
+def test_find_by_latest_number_name_and_path(tmp_path: Path):
+    storage = tmp_path / "store"
+    with pytest.raises(BaselineError, match="no saved runs in .* save one first"):
+        find(storage, "latest")
+    a = save(_document([1.0]), storage, "alpha")
+    b = save(_document([1.0]), storage, "beta")
+    save(_document([1.0]), storage, "beta2")
+    assert find(storage, "latest").name == "0003_beta2.json"
+    assert find(storage, "1") == a and find(storage, "0002") == b
+    assert find(storage, "alpha") == a
+    assert find(storage, "beta") == b  # an exact name wins over a partial one
+    assert find(storage, str(a)) == a
+    with pytest.raises(BaselineError, match="no saved run 'gamma'.*latest: 0001_alpha.json"):
+        find(storage, "gamma")
+    with pytest.raises(BaselineError, match=r"does not exist"):
+        find(storage, str(tmp_path / "x.json"))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"machine_info": {}, "benchmarks": [', "is not valid JSON.*truncated"),
+        ("[1, 2]", "is not a saved run: expected a JSON object"),
+        ('{"benchmarks": []}', "not in pytest-benchmark's format \\(missing machine_info\\)"),
+        (
+            '{"machine_info": {}, "benchmarks": []}',
+            "was not saved by pytest-ollama-cpu.*--ollama-cpu-save",
+        ),
+        (
+            '{"machine_info": {}, "benchmarks": [], "ollama_cpu": {"schema": 99}}',
+            "schema 99, newer than this pytest-ollama-cpu understands",
+        ),
+        (
+            '{"machine_info": {}, "benchmarks": [{"fullname": "x"}], "ollama_cpu": {"schema": 1}}',
+            "benchmark #1 has no samples of ours; the file is damaged",
+        ),
+    ],
+)
+def test_unusable_baselines_are_named(tmp_path: Path, content: str, message: str):
+    path = tmp_path / "0001_x.json"
+    path.write_text(content)
+    with pytest.raises(BaselineError, match=message) as info:
+        load_file(path)
+    assert str(path) in str(info.value)
+    assert path.read_text() == content  # nothing the user saved is touched
+
+
+def test_unreadable_baseline(tmp_path: Path):
+    with pytest.raises(BaselineError, match="does not exist"):
+        load_file(tmp_path / "missing.json")
+    if os.geteuid() != 0:  # root reads anything
+        path = tmp_path / "locked.json"
+        path.write_text("{}")
+        path.chmod(0)
+        with pytest.raises(BaselineError, match="cannot read baseline"):
+            load_file(path)
+
+
+def test_older_schemas_are_upgraded_on_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def from_zero(document: dict) -> dict:
+        # an imagined schema 0 kept samples under extra_info directly
+        for bench in document["benchmarks"]:
+            bench["extra_info"] = {"ollama_cpu": {**bench["extra_info"], "schema": 1}}
+        document["ollama_cpu"]["schema"] = 1
+        return document
+
+    monkeypatch.setitem(baseline.UPGRADES, 0, from_zero)
+    old = _document([40.0, 41.0])
+    for bench in old["benchmarks"]:
+        bench["extra_info"] = bench["extra_info"]["ollama_cpu"]
+    old["ollama_cpu"]["schema"] = 0
+    path = tmp_path / "0001_old.json"
+    path.write_text(json.dumps(old))
+    loaded = load_file(path)
+    assert loaded.document["ollama_cpu"]["schema"] == 1
+    assert list(loaded.entries) == ["t.py::test_a[m-generate-t1]"]
+
+
+# -- comparing ----------------------------------------------------------------------
+
+
+def test_compare_flags_only_a_drop_shown_larger_than_the_rule():
+    old = SavedRun(None, _document([40.0, 40.4, 39.6, 40.2, 39.8]))
+    slower = SavedRun(None, _document([36.0, 36.4, 35.6, 36.2, 35.8]))  # -10%
+    rules = [parse_rule("tokens_per_second:5%")]
+    (row,) = compare(old, slower, rules, 0.01).rows
+    assert row.regression and row.verdict == "REGRESSION (> 5% worse)"
+    assert row.change == "-10.0%"
+    # a 10% drop does not exceed a 15% rule
+    (row,) = compare(old, slower, [parse_rule("tokens_per_second:15%")], 0.01).rows
+    assert not row.regression and row.verdict == "ok"
+    # noisy samples whose mean dropped 10%: not shown, not failed
+    noisy = SavedRun(None, _document([30.0, 45.0, 33.0, 40.0, 32.0]))
+    (row,) = compare(old, noisy, rules, 0.01).rows
+    assert not row.regression
+    # without rules the table is shown and nothing fails
+    assert not compare(old, slower, [], 0.01).regressions
+    faster = SavedRun(None, _document([44.0, 44.4, 43.6, 44.2, 43.8]))
+    assert compare(old, faster, rules, 0.01).rows[0].verdict == "better"
+
+
+def test_compare_absolute_utilization_and_machine_differences():
+    old = SavedRun(None, _document([40.0, 41.0, 39.0]))
+    doc = _document([40.0, 41.0, 39.0], digest="e" * 64, usable=1.0)
+    for bench in doc["benchmarks"]:
+        for s, u in zip(
+            bench["extra_info"]["ollama_cpu"]["samples"], (0.5, 0.52, 0.49), strict=True
+        ):
+            s["thread_utilization"] = u
+    new = SavedRun(None, doc)
+    result = compare(old, new, [parse_rule("utilization:0.1")], 0.01)
+    assert result.regressions and result.rows[0].change == "-0.447"
+    assert result.differences == (
+        "usable CPUs: 2.0 in the baseline, 1.0 now",
+        "model m: digest dddddddddddd in the baseline, eeeeeeeeeeee now",
+    )
+
+
+# -- in a pytest run -------------------------------------------------------------------
+
+
+def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    folder = machine_dir(pytester.path)
+    result = run(pytester, Behaviour(jitter=0.02, seed=1), "--ollama-cpu-save=base")
+    result.assert_outcomes(passed=1)
+    (saved,) = folder.glob("*.json")
+    assert saved.name == "0001_base.json"
+    result.stdout.fnmatch_lines([f"ollama-cpu: run saved as *{saved.name}"])
+    data = json.loads(saved.read_text())
+    assert {"machine_info", "commit_info", "benchmarks", "datetime", "version"} <= set(data)
+    names = [b["fullname"] for b in data["benchmarks"]]
+    assert names == [
+        "test_save_compare_and_gate_in_a_run.py::test_sweep[tiny-generate-t1]",
+        "test_save_compare_and_gate_in_a_run.py::test_sweep[tiny-generate-t2]",
+    ]
+    one = data["benchmarks"][0]
+    assert one["stats"]["ops"] == pytest.approx(20.0, rel=0.05)  # tokens/s
+    assert len(one["stats"]["data"]) == 4 and one["stats"]["rounds"] == 4
+    assert len(one["extra_info"]["ollama_cpu"]["samples"]) == 4
+
+    # an unchanged run: compared, no regression, exit 0
+    result = run(
+        pytester,
+        Behaviour(jitter=0.02, seed=2),
+        "--ollama-cpu-compare",
+        "--ollama-cpu-compare-fail=tokens_per_second:5%",
+    )
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        [
+            "*= ollama-cpu: comparison with the baseline =*",
+            "baseline *0001_base.json vs this run",
+            "*::test_sweep*1*tokens_per_second:5%*ok",
+            "*0 regression(s) at alpha 0.01*",
+        ]
+    )
+    assert len(list(folder.glob("*.json"))) == 1  # comparing alone saves nothing
+
+    # 25% slower: the rows are named and the run fails, though every test passed
+    result = run(
+        pytester,
+        Behaviour(jitter=0.02, seed=3, base_rate=15.0),
+        "--ollama-cpu-compare=base",
+        "--ollama-cpu-compare-fail=tokens_per_second:5%",
+        "--ollama-cpu-autosave",
+    )
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_sweep*1*tokens_per_second:5%*20.0*15.*-2*REGRESSION (> 5% worse)",
+            "*::test_sweep*2*tokens_per_second:5%*REGRESSION (> 5% worse)",
+            "*2 regression(s) at alpha 0.01*",
+        ]
+    )
+    assert sorted(p.name[:4] for p in folder.glob("*.json")) == ["0001", "0002"]
+
+    # pytest-benchmark's own compare command reads our files as they are
+    bench = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("pytest-benchmark")),
+            "--storage",
+            str(pytester.path / ".benchmarks"),
+            "compare",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=pytester.path,
+    )
+    assert bench.returncode == 0, bench.stderr
+    assert "test_sweep[tiny-generate-t1] (0001_base)" in bench.stdout
+
+    # and so does ours, with Markdown for a CI job summary
+    summary = pytester.path / "summary.md"
+    cli = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("pytest-ollama-cpu")),
+            "compare",
+            "1",
+            "2",
+            "--fail",
+            "tokens_per_second:5%",
+            "--markdown",
+            str(summary),
+            "--json",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=pytester.path,
+    )
+    assert cli.returncode == 1, cli.stderr
+    assert "REGRESSION" in cli.stdout
+    assert '"regressions": [' in cli.stdout
+    markdown = summary.read_text()
+    assert markdown.startswith("### pytest-ollama-cpu: Regressions found")
+    assert "**REGRESSION (> 5% worse)**" in markdown
+    ok = subprocess.run(
+        [str(Path(sys.executable).with_name("pytest-ollama-cpu")), "compare", "1", "1"],
+        capture_output=True,
+        text=True,
+        cwd=pytester.path,
+    )
+    assert ok.returncode == 0
+
+
+def test_a_bad_baseline_stops_the_run_before_measuring(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    result = run(pytester, Behaviour(), "--ollama-cpu-compare")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: no saved runs in *.benchmarks*save one first*"])
+    assert result.requests == []
+    broken = pytester.path / "broken.json"
+    broken.write_text('{"machine_info": {}, "benchm')
+    result = run(pytester, Behaviour(), f"--ollama-cpu-compare={broken}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: baseline {broken} is not valid JSON*"])
+    assert result.requests == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--ollama-cpu-compare-fail=tokens_per_second:5%"],
+            "*needs a baseline: add --ollama-cpu-compare*",
+        ),
+        (
+            ["--ollama-cpu-compare", "--ollama-cpu-compare-fail=speed:5%"],
+            "--ollama-cpu-compare-fail: 'speed:5%' (from the command line) is not valid*"
+            "unknown quantity*",
+        ),
+        (["--ollama-cpu-storage=pyproject.toml"], "*it is a file; give a folder"),
+    ],
+)
+def test_bad_comparison_options(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    pytester.makefile(".toml", pyproject="")
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+def test_another_machine_warns_and_strict_makes_it_an_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    run(pytester, Behaviour(), "--ollama-cpu-save=base").assert_outcomes(passed=1)
+    (saved,) = machine_dir(pytester.path).glob("*.json")
+    data = json.loads(saved.read_text())
+    data["machine_info"]["ollama_cpu"]["server"]["version"] = "0.4.0"
+    other = pytester.path / "other-machine.json"
+    other.write_text(json.dumps(data))
+    result = run(pytester, Behaviour(), f"--ollama-cpu-compare={other}")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        [
+            "*note: the baseline's machine differs: "
+            "Ollama version: 0.4.0 in the baseline, 0.0.0-fake now"
+        ]
+    )
+    result = run(
+        pytester, Behaviour(), f"--ollama-cpu-compare={other}", "--ollama-cpu-compare-strict"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["ollama-cpu: ERROR: the baseline comes from another machine*"])
+
+
+def test_tests_on_one_side_only_are_listed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    run(pytester, Behaviour(), "--ollama-cpu-save=base").assert_outcomes(passed=1)
+    pytester.makepyfile(
+        SWEEP_TEST.replace("threads(1, 2,", "threads(1, 3,").replace("test_sweep", "test_new")
+    )
+    result = run(pytester, Behaviour(), "--ollama-cpu-compare", "--ollama-cpu-compare-fail=tps:5%")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        [
+            "*no test was measured in both runs",
+            "*note: only in the baseline: *::test_sweep?tiny-generate-t1?",
+            "*note: only in this run: *::test_new?tiny-generate-t3?",
+        ]
+    )
