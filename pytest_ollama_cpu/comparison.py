@@ -90,7 +90,11 @@ class Row:
             return "-"
         if self.rule.relative:
             return f"{self.shift.estimate - 1:+.1%}"
-        return f"{self.shift.estimate:+.3g}"
+        return f"{self.shift.estimate:+.{self._digits}f}"
+
+    @property
+    def _digits(self) -> int:
+        return 1 if self.rule.quantity == "tokens_per_second" else 3
 
     @property
     def interval(self) -> str:
@@ -98,7 +102,7 @@ class Row:
             return "-"
         if self.rule.relative:
             return f"{self.shift.low - 1:+.1%} to {self.shift.high - 1:+.1%}"
-        return f"{self.shift.low:+.3g} to {self.shift.high:+.3g}"
+        return f"{self.shift.low:+.{self._digits}f} to {self.shift.high:+.{self._digits}f}"
 
     @property
     def verdict(self) -> str:

@@ -165,6 +165,11 @@ COMPARE_FAIL = OptionSpec(
     metavar="EXPR",
     repeat=True,
 )
+COMPARE_MARKDOWN = OptionSpec(
+    "--ollama-cpu-compare-markdown",
+    "Append the comparison as a Markdown table to this file, e.g. $GITHUB_STEP_SUMMARY.",
+    metavar="PATH",
+)
 COMPARE_STRICT = OptionSpec(
     "--ollama-cpu-compare-strict",
     "Make a baseline from another machine (CPU, usable CPUs, Ollama version, model digest) an "
@@ -193,6 +198,7 @@ ALL_OPTIONS = (
     STORAGE,
     COMPARE,
     COMPARE_FAIL,
+    COMPARE_MARKDOWN,
     COMPARE_STRICT,
 )
 THRESHOLD_OPTIONS = {
@@ -255,6 +261,7 @@ class Settings:
     compare: str | None = None
     compare_fail: tuple[Rule, ...] = ()
     compare_strict: bool = False
+    compare_markdown: Path | None = None
 
     def rounds_limit(self, rounds: int, marker_max: int | None = None) -> int:
         """Most rounds a thread count may get: marker, then option, then 4 x rounds."""
@@ -437,6 +444,7 @@ def resolve_settings(
             f"or {COMPARE.flag}=NUM|NAME|PATH"
         )
     raw_save = lookup(SAVE)
+    raw_markdown = lookup(COMPARE_MARKDOWN)
 
     return Settings(
         max_rounds=None if raw_max is None else _positive_int(raw_max, MAX_ROUNDS, 1),
@@ -448,6 +456,7 @@ def resolve_settings(
         compare=compare,
         compare_fail=tuple(rules),
         compare_strict=bool(getoption(COMPARE_STRICT.dest)) or bool(getini(COMPARE_STRICT.ini)),
+        compare_markdown=None if raw_markdown is None else Path(raw_markdown.value).expanduser(),
         enabled=enabled,
         host=host,
         model=model,

@@ -18,6 +18,7 @@ from .baseline import BaselineError, SavedRun, autosave_name, find, load_file, s
 from .baseline import build_document as build_benchmark_document
 from .comparison import Comparison, compare
 from .options import Settings
+from .report import comparison_markdown
 from .results import RecordedSweep
 from .storage import StorageError, build_document, check_writable, write_json_atomic
 
@@ -78,4 +79,11 @@ class Outputs:
                 status = status or pytest.ExitCode.USAGE_ERROR
             if self.comparison.regressions:
                 status = status or pytest.ExitCode.TESTS_FAILED
+            if s.compare_markdown is not None:
+                try:
+                    # appended: a CI job summary collects several steps' output
+                    with open(s.compare_markdown, "a", encoding="utf-8") as handle:
+                        handle.write(comparison_markdown(self.comparison))
+                except OSError as exc:
+                    self.errors.append(f"could not write {s.compare_markdown}: {exc}")
         return status

@@ -289,6 +289,7 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
         "--ollama-cpu-compare=base",
         "--ollama-cpu-compare-fail=tokens_per_second:5%",
         "--ollama-cpu-autosave",
+        "--ollama-cpu-compare-markdown=job-summary.md",
     )
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
@@ -300,6 +301,9 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
         ]
     )
     assert sorted(p.name[:4] for p in folder.glob("*.json")) == ["0001", "0002"]
+    job_summary = (pytester.path / "job-summary.md").read_text()
+    assert job_summary.startswith("### pytest-ollama-cpu: Regressions found")
+    assert job_summary.count("**REGRESSION (> 5% worse)**") == 2
 
     # pytest-benchmark's own compare command reads our files as they are
     bench = subprocess.run(
