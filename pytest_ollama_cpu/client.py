@@ -63,6 +63,10 @@ class Timings:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Timings:
+        return cls(**{f: data[f] for f in cls.__dataclass_fields__})
+
 
 @dataclass(frozen=True)
 class ModelFacts:
@@ -75,6 +79,10 @@ class ModelFacts:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelFacts:
+        return cls(**{f: data.get(f) for f in cls.__dataclass_fields__})  # type: ignore[arg-type]
 
 
 def _same_model(a: str, b: str) -> bool:

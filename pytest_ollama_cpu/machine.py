@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,12 @@ class MachineFacts:
         data = asdict(self)
         data["affinity"] = list(self.affinity)
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MachineFacts:
+        values = {f: data.get(f) for f in cls.__dataclass_fields__}
+        values["affinity"] = tuple(data.get("affinity") or ())
+        return cls(**values)  # type: ignore[arg-type]
 
     def describe(self) -> str:
         quota = (

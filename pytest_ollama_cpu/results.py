@@ -93,6 +93,20 @@ class Sample:
             "timings": self.timings.to_dict(),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Sample:
+        return cls(
+            threads=int(data["threads"]),
+            round=int(data["round"]),
+            timings=Timings.from_dict(data["timings"]),
+            wall_seconds=float(data["wall_seconds"]),
+            usable_cpus=float(data["usable_cpus"]),
+            cpu_seconds=data.get("cpu_seconds"),
+            other_cpu_seconds=data.get("other_cpu_seconds"),
+            runner_threads=data.get("runner_threads"),
+            runner_pid=data.get("runner_pid"),
+        )
+
 
 def _summary(values: Sequence[float | None]) -> Summary | None:
     present = [v for v in values if v is not None]
@@ -158,6 +172,15 @@ class ThreadResult:
             "samples": [s.to_dict() for s in self.samples],
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ThreadResult:
+        warmup = data.get("warmup")
+        return cls(
+            int(data["threads"]),
+            tuple(Sample.from_dict(s) for s in data["samples"]),
+            None if warmup is None else Sample.from_dict(warmup),
+        )
+
 
 @dataclass(frozen=True)
 class ServerFacts:
@@ -173,6 +196,10 @@ class ServerFacts:
             "local": self.local,
             "utilization_note": self.utilization_note,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServerFacts:
+        return cls(data["host"], data["version"], bool(data["local"]), data["utilization_note"])
 
 
 @dataclass
@@ -281,6 +308,21 @@ class Sweep:
             ],
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Sweep:
+        results = [ThreadResult.from_dict(r) for r in data["results"]]
+        return cls(
+            kind=data["kind"],
+            model=ModelFacts.from_dict(data["model"]),
+            num_predict=int(data["num_predict"]),
+            threads=tuple(data["threads"]),
+            machine=MachineFacts.from_dict(data["machine"]),
+            server=ServerFacts.from_dict(data["server"]),
+            results={r.threads: r for r in results},
+            complete=bool(data["complete"]),
+            error=data.get("error"),
+        )
+
 
 @dataclass(frozen=True)
 class RecordedSweep:
@@ -290,3 +332,24 @@ class RecordedSweep:
     sweep: Sweep
     verdict: Verdict | None = None
     thresholds: Thresholds | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, e.g. for a pytest-xdist worker to send to the controller."""
+        return {
+            "nodeid": self.nodeid,
+            "sweep": self.sweep.to_dict(),
+            "verdict": None if self.verdict is None else self.verdict.to_dict(),
+            "thresholds": None if self.thresholds is None else self.thresholds.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RecordedSweep:
+        from .verdicts import Thresholds, Verdict
+
+        verdict, thresholds = data.get("verdict"), data.get("thresholds")
+        return cls(
+            data["nodeid"],
+            Sweep.from_dict(data["sweep"]),
+            None if verdict is None else Verdict.from_dict(verdict),
+            None if thresholds is None else Thresholds.from_dict(thresholds),
+        )

@@ -69,6 +69,19 @@ class Thresholds:
             "alpha": self.alpha,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Thresholds:
+        speedup = data.get("min_speedup")
+        if isinstance(speedup, Mapping):
+            speedup = {int(k): float(v) for k, v in speedup.items()}
+        return cls(
+            min_speedup=speedup,
+            min_efficiency=data.get("min_efficiency"),
+            min_utilization=data.get("min_utilization"),
+            min_machine_utilization=data.get("min_machine_utilization"),
+            alpha=float(data.get("alpha", DEFAULT_ALPHA)),
+        )
+
 
 @dataclass(frozen=True)
 class Check:
@@ -86,6 +99,32 @@ class Check:
     def involves(self) -> tuple[int, ...]:
         """Thread counts whose samples this check reads."""
         return (self.threads,)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "quantity": self.quantity,
+            "threads": self.threads,
+            "threshold": self.threshold,
+            "outcome": self.outcome,
+            "estimate": self.estimate,
+            "low": self.low,
+            "high": self.high,
+            "cause": self.cause,
+            "decided_at_look": self.decided_at_look,
+        }
+        if len(self.involves) > 1:
+            data["baseline"] = self.involves[0]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Check:
+        names = ("quantity", "threads", "threshold", "outcome", "estimate", "low", "high")
+        fields: dict[str, Any] = {k: data.get(k) for k in names}
+        fields["cause"] = data.get("cause")
+        fields["decided_at_look"] = data.get("decided_at_look")
+        if data.get("baseline") is not None:
+            return _RatioCheck(**fields, baseline=int(data["baseline"]))
+        return cls(**fields)
 
     def describe(self, confidence: float) -> str:
         name = f"num_thread={self.threads}: {self.quantity}"
@@ -149,6 +188,15 @@ class Recommendation:
             "modelfile": self.modelfile_line,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recommendation:
+        return cls(
+            int(data["threads"]),
+            float(data["tokens_per_second"]),
+            int(data["best_threads"]),
+            float(data["best_tokens_per_second"]),
+        )
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -200,25 +248,24 @@ class Verdict:
             "looks": self.look,
             "planned_looks": self.looks,
             "outcome": "fail" if self.failed else "inconclusive" if self.inconclusive else "pass",
-            "checks": [
-                {
-                    "quantity": c.quantity,
-                    "threads": c.threads,
-                    "threshold": c.threshold,
-                    "outcome": c.outcome,
-                    "estimate": c.estimate,
-                    "low": c.low,
-                    "high": c.high,
-                    "cause": c.cause,
-                    "decided_at_look": c.decided_at_look,
-                }
-                for c in self.checks
-            ],
+            "checks": [c.to_dict() for c in self.checks],
             "recommendation": None
             if self.recommendation is None
             else self.recommendation.to_dict(),
             "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Verdict:
+        recommendation = data.get("recommendation")
+        return cls(
+            tuple(Check.from_dict(c) for c in data["checks"]),
+            float(data["alpha"]),
+            int(data["looks"]),
+            int(data["planned_looks"]),
+            None if recommendation is None else Recommendation.from_dict(recommendation),
+            tuple(data.get("notes", ())),
+        )
 
 
 # -- planning and deciding -----------------------------------------------------

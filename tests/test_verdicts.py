@@ -297,3 +297,26 @@ def test_marker_thresholds_override_the_run_defaults():
     run = Thresholds(min_efficiency=0.5, min_utilization=0.8, alpha=0.01)
     merged = merge_thresholds(run, {"min_efficiency": 0.7}, 0.05)
     assert merged == Thresholds(min_efficiency=0.7, min_utilization=0.8, alpha=0.05)
+
+
+def test_a_recorded_sweep_travels_as_plain_json_and_comes_back_the_same():
+    import json
+
+    from pytest_ollama_cpu.report import sweep_lines
+    from pytest_ollama_cpu.results import RecordedSweep
+
+    data = {
+        1: [sample(1, v, util=0.98) for v in (40.0, 40.4, 39.6, 40.2)],
+        2: [sample(2, v, util=0.6, runner=1) for v in (41.6, 41.8, 41.4, 41.7)],
+    }
+    sweep = sweep_of(data)
+    thresholds = Thresholds(min_speedup={2: 1.5}, min_utilization=0.8)
+    recorded = RecordedSweep("t.py::test_x", sweep, evaluate(sweep, thresholds), thresholds)
+    wire = json.loads(json.dumps(recorded.to_dict()))
+    back = RecordedSweep.from_dict(wire)
+    assert back.to_dict() == recorded.to_dict()
+    assert back.sweep.results[2].samples == sweep.results[2].samples
+    assert sweep_lines(back) == sweep_lines(recorded)
+    assert back.verdict is not None and back.verdict.undecided_threads() == (
+        recorded.verdict.undecided_threads()
+    )
