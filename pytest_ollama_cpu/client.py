@@ -131,7 +131,7 @@ class OllamaClient:
         return ModelFacts(
             name=model,
             digest=entry.digest,
-            size=entry.size,
+            size=None if entry.size is None else int(entry.size),  # not pydantic's ByteSize
             family=details.family if details else None,
             parameter_size=details.parameter_size if details else None,
             quantization=details.quantization_level if details else None,

@@ -14,12 +14,16 @@ from typing import Any, NoReturn
 import pytest
 
 from .client import ModelFacts, OllamaCpuError
+from .locking import LockTimeout, taking_turns
 from .markers import ThreadSpec, expand_threads
 from .options import Settings
 from .results import Sweep
 from .sampler import RESERVED_OPTIONS, SweepInterrupted, SweepRunner, Workload
 from .session import Connection, RunState
 from .verdicts import Thresholds, Verdict, decide_adaptively
+
+#: Longest wait for other sweeps (other xdist workers, another pytest) to finish.
+LOCK_TIMEOUT = 3600.0
 
 
 class OllamaCpu:
@@ -33,6 +37,7 @@ class OllamaCpu:
         rounds: int,
         max_rounds: int,
         thresholds: Thresholds,
+        order: int = 0,
     ) -> None:
         self._state = state
         self._nodeid = nodeid
@@ -40,6 +45,7 @@ class OllamaCpu:
         self.rounds = rounds
         self.max_rounds = max(rounds, max_rounds)
         self.thresholds = thresholds
+        self._order = order
         #: verdicts of the sweeps run so far; the plugin applies them when the test ends
         self.verdicts: list[Verdict] = []
 
@@ -132,12 +138,17 @@ class OllamaCpu:
         runner = SweepRunner(
             connection.client, connection.server, connection.facts, connection.machine
         )
+        cpus = connection.machine.affinity if connection.server is not None else ()
         try:
-            sweep, verdict = self._sweep(runner, workload, model_facts)
-        except SweepInterrupted as exc:
-            self._state.record(self._nodeid, exc.sweep, None, self.thresholds)
+            with taking_turns(self.settings.host, cpus, LOCK_TIMEOUT) as waited:
+                sweep, verdict = self._sweep(runner, workload, model_facts)
+            sweep.waited_seconds = waited
+        except LockTimeout as exc:
             _fail(exc)
-        self._state.record(self._nodeid, sweep, verdict, self.thresholds)
+        except SweepInterrupted as exc:
+            self._state.record(self._nodeid, exc.sweep, None, self.thresholds, self._order)
+            _fail(exc)
+        self._state.record(self._nodeid, sweep, verdict, self.thresholds, self._order)
         self.verdicts.append(verdict)
         return sweep
 

@@ -18,12 +18,21 @@ from .outputs import Outputs
 from .report import comparison_lines, describe_model, header_lines, summary_lines
 from .session import RunState
 from .verdicts import merge_thresholds, test_outcome
+from .xdist import (
+    WORKER_OUTPUT_KEY,
+    XDIST_GROUP,
+    XdistHooks,
+    is_worker,
+    test_id,
+    worker_output,
+)
 
 FIXTURE_NAME = "ollama_cpu"
 STATE_KEY = pytest.StashKey[RunState]()
 MARKER_KEY = pytest.StashKey[ThreadsMarker]()
 FIXTURE_KEY = pytest.StashKey[OllamaCpu]()
 OUTPUTS_KEY = pytest.StashKey[Outputs]()
+ORDER_KEY = pytest.StashKey[int]()
 
 SKIP_REASON = (
     f"ollama-cpu performance test: run pytest with {ENABLE.flag} to measure it "
@@ -41,12 +50,14 @@ def pytest_configure(config: pytest.Config) -> None:
     outputs = Outputs(settings)
     if not _is_xdist_worker(config):
         outputs.prepare()
-    config.stash[STATE_KEY] = RunState(settings)
+    state = RunState(settings)
+    config.stash[STATE_KEY] = state
     config.stash[OUTPUTS_KEY] = outputs
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(state), "ollama_cpu_xdist")
 
 
-def _is_xdist_worker(config: pytest.Config) -> bool:
-    return hasattr(config, "workerinput")
+_is_xdist_worker = is_worker
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -72,10 +83,13 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks we add
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE_KEY]
     skip = pytest.mark.skip(reason=SKIP_REASON)
-    for item in items:
+    xdist_active = config.pluginmanager.hasplugin("xdist")
+    for index, item in enumerate(items):
+        item.stash[ORDER_KEY] = index
         marker = item.get_closest_marker(MARKER_NAME)
         if marker is not None:
             try:
@@ -87,6 +101,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         uses_plugin = marker is not None or FIXTURE_NAME in getattr(item, "fixturenames", ())
         if uses_plugin and not state.settings.enabled:
             item.add_marker(skip)
+        elif uses_plugin and xdist_active:
+            item.add_marker(pytest.mark.xdist_group(XDIST_GROUP))
 
 
 @pytest.fixture
@@ -100,11 +116,12 @@ def ollama_cpu(request: pytest.FixtureRequest) -> Iterator[OllamaCpu]:
     rounds = marker.rounds or settings.rounds
     fixture = OllamaCpu(
         state,
-        request.node.nodeid,
+        test_id(request.node.nodeid),
         marker.counts,
         rounds,
         settings.rounds_limit(rounds, marker.max_rounds),
         merge_thresholds(settings.thresholds, marker.thresholds, marker.alpha),
+        request.node.stash.get(ORDER_KEY, 0),
     )
     request.node.stash[FIXTURE_KEY] = fixture
     yield fixture
@@ -143,7 +160,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"ollama-cpu: {error}", yellow=True)
         return
     terminalreporter.write_sep("=", "ollama-cpu: thread sweeps")
-    for line in summary_lines(state.sweeps):
+    for line in summary_lines(state.ordered()):
         terminalreporter.write_line(line)
     for warning in state.warnings:
         terminalreporter.write_line(f"WARNING {warning}", yellow=True)
@@ -166,9 +183,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     state = config.stash.get(STATE_KEY, None)
     outputs = config.stash.get(OUTPUTS_KEY, None)
-    if state is None or outputs is None or _is_xdist_worker(config):
+    if state is None or outputs is None:
         return
-    status = outputs.finish(state.sweeps, _settings_dict(state))
+    if _is_xdist_worker(config):
+        config.workeroutput[WORKER_OUTPUT_KEY] = worker_output(state)  # type: ignore[attr-defined]
+        return
+    status = outputs.finish(state.ordered(), _settings_dict(state))
     if status is not None and session.exitstatus in (pytest.ExitCode.OK, 0):
         session.exitstatus = status
 

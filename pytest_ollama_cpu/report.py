@@ -12,6 +12,7 @@ from .comparison import Comparison
 from .machine import MachineFacts
 from .results import RecordedSweep, Sweep, ThreadResult
 from .statistics import Summary
+from .verdicts import NOISE_SHARE
 
 COLUMNS = (
     "threads",
@@ -87,6 +88,18 @@ def sweep_lines(recorded: RecordedSweep) -> list[str]:
     for r in mismatched:
         lines.append(
             f"  note: asked for {r.threads} threads, the runner was started with {r.runner_threads}"
+        )
+    disturbed, total = sweep.disturbed_samples(NOISE_SHARE)
+    if disturbed:
+        lines.append(
+            f"  disturbed: {disturbed} of {total} samples ran while other processes kept more "
+            f"than {NOISE_SHARE * sweep.machine.usable_cpus:.2g} cores busy (other tests? "
+            "see --dist loadgroup in the README)"
+        )
+    if sweep.waited_seconds >= 0.1:
+        lines.append(
+            f"  waited {sweep.waited_seconds:.1f} s for other sweeps on this server or these "
+            "CPUs to finish (not measured)"
         )
     verdict = recorded.verdict
     if verdict is not None:

@@ -219,6 +219,8 @@ class Sweep:
     results: dict[int, ThreadResult] = field(default_factory=dict)
     complete: bool = True
     error: str | None = None
+    #: seconds spent waiting for other sweeps to finish (see locking.py), not measured
+    waited_seconds: float = 0.0
 
     def __getitem__(self, threads: int) -> ThreadResult:
         try:
@@ -255,6 +257,16 @@ class Sweep:
         if speedup is None:
             return None
         return speedup / (threads / self.baseline.threads)
+
+    def disturbed_samples(self, share: float) -> tuple[int, int]:
+        """(samples during which other processes kept more than ``share`` of the usable
+        CPUs busy, all samples): how much of the sweep was disturbed."""
+        limit = share * self.machine.usable_cpus
+        samples = [s for r in self for s in r.samples]
+        disturbed = sum(
+            1 for s in samples if s.other_cores_busy is not None and s.other_cores_busy > limit
+        )
+        return disturbed, len(samples)
 
     def check(
         self,
@@ -296,6 +308,7 @@ class Sweep:
             "threads": list(self.threads),
             "complete": self.complete,
             "error": self.error,
+            "waited_seconds": self.waited_seconds,
             "machine": self.machine.to_dict(),
             "server": self.server.to_dict(),
             "results": [
@@ -321,6 +334,7 @@ class Sweep:
             results={r.threads: r for r in results},
             complete=bool(data["complete"]),
             error=data.get("error"),
+            waited_seconds=float(data.get("waited_seconds", 0.0)),
         )
 
 
@@ -332,6 +346,9 @@ class RecordedSweep:
     sweep: Sweep
     verdict: Verdict | None = None
     thresholds: Thresholds | None = None
+    #: the test's place in collection order, so results gathered from pytest-xdist
+    #: workers are reported in the same order as a run without xdist
+    order: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, e.g. for a pytest-xdist worker to send to the controller."""
@@ -340,6 +357,7 @@ class RecordedSweep:
             "sweep": self.sweep.to_dict(),
             "verdict": None if self.verdict is None else self.verdict.to_dict(),
             "thresholds": None if self.thresholds is None else self.thresholds.to_dict(),
+            "order": self.order,
         }
 
     @classmethod
@@ -352,4 +370,5 @@ class RecordedSweep:
             Sweep.from_dict(data["sweep"]),
             None if verdict is None else Verdict.from_dict(verdict),
             None if thresholds is None else Thresholds.from_dict(thresholds),
+            int(data.get("order", 0)),
         )

@@ -60,8 +60,18 @@ class RunState:
         sweep: Sweep,
         verdict: Verdict | None = None,
         thresholds: Thresholds | None = None,
+        order: int = 0,
     ) -> None:
-        self.sweeps.append(RecordedSweep(nodeid, sweep, verdict, thresholds))
+        self.sweeps.append(RecordedSweep(nodeid, sweep, verdict, thresholds, order))
+
+    def add(self, recorded: list[RecordedSweep], warnings: list[str]) -> None:
+        """Take in results measured elsewhere (a pytest-xdist worker)."""
+        self.sweeps.extend(recorded)
+        self.warnings.extend(warnings)
+
+    def ordered(self) -> list[RecordedSweep]:
+        """The sweeps in collection order, however they arrived."""
+        return sorted(self.sweeps, key=lambda r: r.order)
 
 
 def _connect(settings: Settings) -> Connection:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,6 +51,8 @@ class _Handler(BaseHTTPRequestHandler):
         b = self.server.behaviour
         if self.path == "/api/version":
             self._reply(200, {"version": "0.0.0-fake"})
+        elif self.path == "/fake/requests":
+            self._reply(200, {"requests": b.requests})
         elif self.path == "/api/tags":
             models = [
                 {
@@ -138,3 +142,46 @@ class FakeOllama:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class SpawnedFakeOllama:
+    """The fake in a process of its own, so its CPU time is not the test's process tree."""
+
+    def __init__(self, behaviour: Behaviour | None = None) -> None:
+        import dataclasses
+
+        self._config = json.dumps(dataclasses.asdict(behaviour or Behaviour()))
+        self._process: subprocess.Popen[str] | None = None
+        self.host = ""
+
+    def __enter__(self) -> SpawnedFakeOllama:
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, self._config], stdout=subprocess.PIPE, text=True
+        )
+        assert self._process.stdout is not None
+        self.host = self._process.stdout.readline().strip()
+        return self
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.host}/fake/requests") as reply:
+            return list(json.loads(reply.read())["requests"])
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+
+
+if __name__ == "__main__":
+    config = json.loads(sys.argv[1])
+    config["models"] = tuple(config["models"])
+    config["reload_on"] = tuple(config["reload_on"])
+    fake = FakeOllama(Behaviour(**config))
+    fake._thread.start()
+    print(fake.host, flush=True)
+    threading.Event().wait()

@@ -1,0 +1,65 @@
+"""pytest-xdist glue: results travel from the workers to the controller as plain data.
+
+Workers measure and keep their sweeps; at the end each puts them, as JSON-able
+data, in ``workeroutput``. The controller takes them in when the worker goes
+down and alone writes the JSON file, saves, compares and prints the summary,
+once, in collection order, as a run without xdist would. xdist is never
+imported here: these hooks are registered only when its plugin is active.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from .results import RecordedSweep
+from .session import RunState
+
+WORKER_OUTPUT_KEY = "pytest_ollama_cpu"
+
+#: ``--dist loadgroup`` keeps every test of this group in one worker, one after another.
+XDIST_GROUP = "ollama-cpu"
+
+
+def test_id(nodeid: str) -> str:
+    """The test's id without the ``@group`` that ``--dist loadgroup`` appends."""
+    return nodeid.removesuffix(f"@{XDIST_GROUP}")
+
+
+test_id.__test__ = False  # type: ignore[attr-defined]  # not a test
+
+
+def is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def worker_output(state: RunState) -> dict[str, Any]:
+    output = {
+        "sweeps": [r.to_dict() for r in state.sweeps],
+        "warnings": list(state.warnings),
+    }
+    # execnet carries only plain types: a round trip through JSON guarantees them
+    plain: dict[str, Any] = json.loads(json.dumps(output))
+    return plain
+
+
+def take_worker_output(state: RunState, output: dict[str, Any] | None) -> None:
+    if not output:
+        return
+    state.add(
+        [RecordedSweep.from_dict(d) for d in output.get("sweeps", [])],
+        list(output.get("warnings", [])),
+    )
+
+
+class XdistHooks:
+    """Registered as a plugin only when pytest-xdist is active."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        take_worker_output(self.state, getattr(node, "workeroutput", {}).get(WORKER_OUTPUT_KEY))
