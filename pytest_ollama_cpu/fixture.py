@@ -15,7 +15,7 @@ import pytest
 
 from .client import ModelFacts, OllamaCpuError
 from .locking import LockTimeout, taking_turns
-from .markers import ThreadSpec, expand_threads
+from .markers import AUTO, ThreadSpec, expand_threads
 from .options import Settings
 from .results import Sweep
 from .sampler import RESERVED_OPTIONS, SweepInterrupted, SweepRunner, Workload
@@ -64,8 +64,15 @@ class OllamaCpu:
     @property
     def threads(self) -> list[int]:
         """The thread counts this test sweeps, with ``auto`` expanded."""
-        machine = self._connection().machine
-        return expand_threads(self._threads_spec, machine.usable_threads)
+        connection = self._connection()
+        if AUTO in self._threads_spec and connection.server is None:
+            pytest.fail(
+                "threads 'auto' follows the server's usable CPUs, which cannot be read: "
+                f"{connection.facts.utilization_note}. Give the thread counts instead, e.g. "
+                "@pytest.mark.threads(1, 2, 4) or --ollama-cpu-threads=1,2,4",
+                pytrace=False,
+            )
+        return expand_threads(self._threads_spec, connection.machine.usable_threads)
 
     def generate(
         self,

@@ -68,13 +68,22 @@ class CpuUse:
     lost_processes: int
 
 
-def _busy_seconds() -> float:
-    times = psutil.cpu_times()
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    total = sum(times)
-    # guest time is already counted in user time on Linux
-    total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
-    return float(total - idle)
+def _busy_seconds(cpus: frozenset[int]) -> float:
+    """CPU seconds spent busy so far on ``cpus`` (all CPUs when empty).
+
+    Only the CPUs the server may run on count: load elsewhere on a big host does
+    not disturb it. Steal time counts as busy: another VM took that CPU.
+    """
+    busy = 0.0
+    for index, times in enumerate(psutil.cpu_times(percpu=True)):
+        if cpus and index not in cpus:
+            continue
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        total = sum(times)
+        # guest time is already counted in user time on Linux
+        total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+        busy += total - idle
+    return float(busy)
 
 
 class ServerProcess:
@@ -83,6 +92,10 @@ class ServerProcess:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._process = psutil.Process(pid)
+        try:
+            self.cpus = frozenset(self._process.cpu_affinity() or ())
+        except (psutil.Error, AttributeError):
+            self.cpus = frozenset()
 
     def _tree(self) -> list[psutil.Process]:
         try:
@@ -105,7 +118,7 @@ class ServerProcess:
                     tree[(proc.pid, proc.create_time())] = times.user + times.system
             except psutil.Error:
                 continue
-        return CpuSnapshot(time.perf_counter(), tree, _busy_seconds())
+        return CpuSnapshot(time.perf_counter(), tree, _busy_seconds(self.cpus))
 
     @staticmethod
     def cpu_use(before: CpuSnapshot, after: CpuSnapshot) -> CpuUse:
@@ -150,6 +163,45 @@ def _listening_pid(port: int) -> int | None:
     return None
 
 
+def _name(pid: int) -> str:
+    try:
+        return str(psutil.Process(pid).name())
+    except psutil.Error:
+        return "?"
+
+
+#: Processes that forward a port to a server elsewhere (a container, another host):
+#: their CPU time is not the model's.
+FORWARDERS = frozenset(
+    {
+        "docker-proxy",
+        "rootlessport",
+        "slirp4netns",
+        "pasta",
+        "kubectl",
+        "ssh",
+        "sshd",
+        "socat",
+        "nginx",
+        "haproxy",
+        "envoy",
+        "caddy",
+        "traefik",
+    }
+)
+
+
+def _looks_like_ollama(pid: int) -> bool:
+    """False for a known port forwarder, unless it has runner children after all."""
+    try:
+        process = psutil.Process(pid)
+        if process.name() not in FORWARDERS:
+            return True
+        return any(_is_runner(child.cmdline()) for child in process.children(recursive=True))
+    except psutil.Error:
+        return False
+
+
 def _ollama_serve_pids() -> list[int]:
     pids = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
@@ -173,6 +225,18 @@ def locate_server(host: str) -> Located:
         )
     _, port = split_host(host)
     pid = _listening_pid(port)
+    if pid is not None and not _looks_like_ollama(pid):
+        # e.g. docker-proxy publishing a container's port: its CPU time is not the model's
+        owner = _name(pid)
+        candidates = _ollama_serve_pids()
+        if len(candidates) != 1:
+            return Located(
+                None,
+                f"port {port} is served by {owner} (pid {pid}), not by an Ollama server on this "
+                "machine (a proxy or a container?), so CPU utilization is not measured; "
+                "throughput still is",
+            )
+        pid = candidates[0]
     if pid is None:
         candidates = _ollama_serve_pids()
         if len(candidates) == 1:

@@ -19,7 +19,7 @@ COLUMNS = (
     "runner",
     "tokens/s",
     "±stdev",
-    "95% CI",
+    "mean 95% CI",
     "speedup",
     "efficiency",
     "thread util",

@@ -32,6 +32,10 @@ RELOAD_SECONDS = 0.25
 DETERMINISTIC_OPTIONS: Mapping[str, Any] = {"seed": 42, "temperature": 0.0}
 
 
+class NoTokens(OllamaCpuError):
+    pass
+
+
 class SweepInterrupted(OllamaCpuError):
     """The server failed mid-sweep; ``sweep`` holds what was measured before."""
 
@@ -97,11 +101,18 @@ class SweepRunner:
         started = time.perf_counter()
         timings = self._request(workload, threads)
         wall = time.perf_counter() - started
+        if timings.eval_count <= 0 or timings.eval_duration <= 0:
+            raise NoTokens(
+                f"Ollama reported no generated tokens for {workload.model} at {threads} threads "
+                f"(eval_count {timings.eval_count}, eval_duration {timings.eval_duration:g}s): "
+                "the model stopped at once. Use a prompt it answers, or check the model."
+            )
         cpu = other = None
         runner_threads = runner_pid = None
         if server is not None and before is not None:
             use = server.cpu_use(before, server.snapshot())
-            if wall >= MIN_CPU_WINDOW:
+            # a process of the server that ended mid-request took its CPU time with it
+            if wall >= MIN_CPU_WINDOW and use.lost_processes == 0:
                 cpu, other = use.server, use.other
             runner = server.runner()
             if runner is not None:

@@ -94,6 +94,8 @@ class Check:
     high: float | None = None
     cause: str | None = None
     decided_at_look: int | None = None
+    #: the one-sided significance each bound was computed at, after the corrections
+    alpha_used: float | None = None
 
     @property
     def involves(self) -> tuple[int, ...]:
@@ -111,6 +113,7 @@ class Check:
             "high": self.high,
             "cause": self.cause,
             "decided_at_look": self.decided_at_look,
+            "alpha_used": self.alpha_used,
         }
         if len(self.involves) > 1:
             data["baseline"] = self.involves[0]
@@ -122,6 +125,7 @@ class Check:
         fields: dict[str, Any] = {k: data.get(k) for k in names}
         fields["cause"] = data.get("cause")
         fields["decided_at_look"] = data.get("decided_at_look")
+        fields["alpha_used"] = data.get("alpha_used")
         if data.get("baseline") is not None:
             return _RatioCheck(**fields, baseline=int(data["baseline"]))
         return cls(**fields)
@@ -129,10 +133,11 @@ class Check:
     def describe(self, confidence: float) -> str:
         name = f"num_thread={self.threads}: {self.quantity}"
         if self.estimate is None:
-            return f"{name} not measured ({self.cause})"
+            return f"{name} not decided: {self.cause}"
         interval = ""
         if self.low is not None and self.high is not None:
-            interval = f" ({confidence:.0%} CI {self.low:.2f}-{self.high:.2f})"
+            level = confidence if self.alpha_used is None else 1 - 2 * self.alpha_used
+            interval = f" ({_percent(level)} CI {self.low:.2f}-{self.high:.2f})"
         relation = {
             "fail": "below",
             "pass": "not below",
@@ -140,9 +145,20 @@ class Check:
             "unavailable": "against",
         }[self.outcome]
         text = f"{name} {self.estimate:.2f}{interval} {relation} {self.threshold:g}"
-        if self.cause and self.outcome != "pass":
-            text += f": {self.cause}"
+        if self.cause and self.outcome == "fail":
+            text += f": likely cause: {self.cause}"
+        elif self.cause and self.estimate is not None:
+            text += f" ({self.cause})"
         return text
+
+
+def _percent(level: float) -> str:
+    """0.99 -> '99%', 0.99958 -> '99.95%': enough digits, rounded down, never '100%'."""
+    if level >= 1:
+        return "100%"
+    digits = max(0, math.ceil(-math.log10(1 - level) - 1e-9) - 2)
+    scale = 10**digits
+    return f"{math.floor(level * 100 * scale + 1e-9) / scale:.{digits}f}%"
 
 
 @dataclass(frozen=True)
@@ -356,34 +372,36 @@ def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str | None:
 def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
     counts = sorted(sweep.results)
     base = counts[0]
+
+    def unavailable(cause: str) -> Check:
+        return Check(plan.quantity, plan.threads, plan.threshold, "unavailable", cause=cause)
+
     if plan.threads not in sweep.results:
-        return Check(
-            plan.quantity,
-            plan.threads,
-            plan.threshold,
-            "unavailable",
-            cause=f"{plan.threads} threads were not measured",
-        )
+        return unavailable(f"{plan.threads} threads were not measured")
     result = sweep.results[plan.threads]
     if plan.quantity in (SPEEDUP, EFFICIENCY):
+        if plan.threads == base:
+            return unavailable(
+                f"{plan.quantity} is measured against the smallest thread count, {base}: "
+                "sweep at least two thread counts"
+            )
         scale = 1.0 if plan.quantity == SPEEDUP else base / plan.threads
         bounds = ratio_bounds(
             [s.tokens_per_second for s in result.samples],
             [s.tokens_per_second for s in sweep.results[base].samples],
             alpha,
         )
-        estimate = sweep.speedup(plan.threads)
-        if bounds is None or estimate is None:
+        if bounds is None:
             return _RatioCheck(
                 plan.quantity,
                 plan.threads,
                 plan.threshold,
                 "inconclusive",
-                estimate=None if estimate is None else estimate * scale,
-                cause="too few samples",
+                cause="fewer than two samples",
                 baseline=base,
             )
-        scaled = Bounds(estimate * scale, bounds.low * scale, bounds.high * scale)
+        # estimate and bounds are of the same statistic: the ratio of geometric means
+        scaled = Bounds(bounds.estimate * scale, bounds.low * scale, bounds.high * scale)
         outcome = _classify(scaled, plan.threshold)
         return _RatioCheck(
             plan.quantity,
@@ -393,28 +411,26 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
             scaled.estimate,
             scaled.low,
             scaled.high,
-            likely_cause(sweep, plan.threads, plan.quantity) if outcome != "pass" else None,
+            likely_cause(sweep, plan.threads, plan.quantity) if outcome == "fail" else None,
+            alpha_used=alpha,
             baseline=base,
         )
     values = _values(result, plan.quantity)
     if not values:
-        why = sweep.server.utilization_note
         if sweep.server.local:
-            why = (
+            return unavailable(
                 "every request took under a quarter second, too short to measure CPU time; "
                 "raise num_predict"
             )
+        return unavailable(sweep.server.utilization_note)
+    bounds_ = mean_bounds(values, alpha)
+    if bounds_ is None:
         return Check(
             plan.quantity,
             plan.threads,
             plan.threshold,
-            "unavailable",
-            cause=f"utilization not measured: {why}",
-        )
-    bounds_ = mean_bounds(values, alpha)
-    if bounds_ is None:
-        return Check(
-            plan.quantity, plan.threads, plan.threshold, "inconclusive", cause="too few samples"
+            "inconclusive",
+            cause="fewer than two samples",
         )
     outcome = _classify(bounds_, plan.threshold)
     return Check(
@@ -425,12 +441,24 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
         bounds_.estimate,
         bounds_.low,
         bounds_.high,
-        likely_cause(sweep, plan.threads, plan.quantity) if outcome != "pass" else None,
+        likely_cause(sweep, plan.threads, plan.quantity) if outcome == "fail" else None,
+        alpha_used=alpha,
     )
 
 
+#: A smaller thread count is recommended when its tokens/s is shown to be at least
+#: this share of the best's.
+EQUIVALENT_SHARE = 0.95
+
+
 def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | None:
-    """Smallest thread count whose tokens/s is not significantly below the best's."""
+    """The smallest thread count shown to be as fast as the best, within 5%.
+
+    "Not significantly slower" would favour too few threads whenever samples are
+    noisy (nothing is significant then), so a smaller count must *show* that
+    it is within ``EQUIVALENT_SHARE`` of the best: the lower bound of its
+    tokens/s ratio to the best's is at least 0.95. Otherwise the best it is.
+    """
     measured = [r for r in sweep if r.samples]
     if not measured:
         return None
@@ -443,7 +471,7 @@ def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | No
             [s.tokens_per_second for s in best.samples],
             per_test,
         )
-        if bounds is not None and bounds.high >= 1.0:
+        if bounds is not None and bounds.low >= EQUIVALENT_SHARE:
             return Recommendation(
                 result.threads,
                 result.tokens_per_second.median,
@@ -572,8 +600,9 @@ def test_outcome(verdicts: list[Verdict], inconclusive: str) -> TestOutcome:
     undecided = [v for v in verdicts if v.inconclusive]
     if not undecided:
         return TestOutcome("pass")
-    text = "inconclusive after the most rounds allowed:\n" + "\n".join(
-        v.message() for v in undecided
+    text = (
+        "inconclusive (undecided after the most rounds allowed, or not measurable):\n"
+        + "\n".join(v.message() for v in undecided)
     )
     if inconclusive == "fail":
         return TestOutcome("fail", text)

@@ -27,6 +27,7 @@ class Behaviour:
     die_after: int | None = None  # close the socket on request number N+1
     hang_seconds: float = 0.0
     error_status: int | None = None
+    no_tokens: bool = False  # replies report eval_count 0
     reload_on: tuple[int, ...] = ()  # request numbers (1-based) whose reply carries a load
     jitter: float = 0.0  # sd of log throughput between requests
     seed: int = 0
@@ -107,7 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
             "load_duration": 800_000_000 if len(b.requests) in b.reload_on else 500_000,
             "prompt_eval_count": 8,
             "prompt_eval_duration": 4_000_000,
-            "eval_count": count,
+            "eval_count": 0 if b.no_tokens else count,
             "eval_duration": int(count / rate * 1e9),
         }
         if self.path == "/api/chat":

@@ -352,3 +352,38 @@ def test_a_measured_reply_that_carried_a_model_load_is_taken_again(
     one = json.loads(out.read_text())["sweeps"][0]["results"][0]
     assert [s["round"] for s in one["samples"]] == [1, 2]
     assert all(s["timings"]["load_duration"] < 0.1 for s in one["samples"])
+
+
+def test_a_reply_with_no_generated_tokens_is_an_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    with FakeOllama(Behaviour(no_tokens=True)) as fake:
+        result = run(pytester, fake)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Ollama reported no generated tokens for tiny at 1 threads*"])
+
+
+def test_a_remote_server_measures_throughput_but_not_auto_or_utilization(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pytest_ollama_cpu.processes as processes
+
+    monkeypatch.setattr(processes, "is_local", lambda host: False)
+    pytester.makepyfile(
+        SWEEP_TEST
+        + """
+def test_auto(ollama_cpu):
+    ollama_cpu.generate("x", num_predict=8)
+"""
+    )
+    result = run(pytester, fake_ollama)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "ollama-cpu: Ollama 0.0.0-fake; *is not on this machine, so CPU utilization cannot "
+            "be measured; throughput still is",
+            "*this test process's (the server's are not visible)*",
+            "*threads 'auto' follows the server's usable CPUs, which cannot be read*"
+            "@pytest.mark.threads(1, 2, 4)*",
+            "*utilization not measured: *is not on this machine*",
+        ]
+    )

@@ -69,3 +69,17 @@ def test_remote_servers_are_not_watched():
     located = locate_server("http://192.0.2.10:11434")
     assert located.server is None
     assert "not on this machine" in located.reason
+
+
+def test_a_port_forwarder_is_not_taken_for_the_server(monkeypatch):
+    import pytest_ollama_cpu.processes as processes
+
+    monkeypatch.setattr(processes, "_listening_pid", lambda port: 4242)
+    monkeypatch.setattr(processes, "_looks_like_ollama", lambda pid: False)
+    monkeypatch.setattr(processes, "_name", lambda pid: "docker-proxy")
+    monkeypatch.setattr(processes, "_ollama_serve_pids", lambda: [])
+    located = locate_server("http://127.0.0.1:11434")
+    assert located.server is None
+    assert "port 11434 is served by docker-proxy (pid 4242), not by an Ollama server" in (
+        located.reason
+    )
