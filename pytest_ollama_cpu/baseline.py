@@ -33,7 +33,7 @@ from pytest_benchmark.utils import get_current_time as _current_time
 from pytest_benchmark.utils import get_machine_id as _machine_id
 
 from . import __version__
-from .results import RecordedSweep, Sweep
+from .results import RecordedSweep, Sweep, by_machine
 
 #: Our part of each entry's ``extra_info``; its ``schema`` says which layout it has.
 EXTRA_KEY = "ollama_cpu"
@@ -76,19 +76,27 @@ def _stats_dict(seconds: Sequence[float]) -> dict[str, Any]:
 # -- building the document -------------------------------------------------------
 
 
-def entry_name(nodeid: str, sweep: Sweep, threads: int) -> tuple[str, str]:
-    """(name, fullname) of the entry for one thread count of one sweep."""
-    suffix = f"[{sweep.model.name}-{sweep.kind}-t{threads}]"
+def entry_name(
+    nodeid: str, sweep: Sweep, threads: int, with_machine: bool = False
+) -> tuple[str, str]:
+    """(name, fullname) of the entry for one thread count of one sweep; a run over
+    several machines or servers names them, so baselines compare like with like."""
+    where = ""
+    if with_machine:
+        where = f"@{sweep.machine.hostname}-{sweep.server.host.split('://')[-1]}"
+    suffix = f"[{sweep.model.name}-{sweep.kind}-t{threads}{where}]"
     test = nodeid.split("::")[-1]
     return test + suffix, nodeid + suffix
 
 
-def _entries(recorded: RecordedSweep, taken: set[str]) -> Iterable[dict[str, Any]]:
+def _entries(
+    recorded: RecordedSweep, taken: set[str], with_machine: bool
+) -> Iterable[dict[str, Any]]:
     sweep = recorded.sweep
     for result in sweep:
         if not result.samples:
             continue
-        name, fullname = entry_name(recorded.nodeid, sweep, result.threads)
+        name, fullname = entry_name(recorded.nodeid, sweep, result.threads, with_machine)
         n = 2
         base_name, base_full = name, fullname
         while fullname in taken:  # the same test ran the same workload again
@@ -103,7 +111,13 @@ def _entries(recorded: RecordedSweep, taken: set[str]) -> Iterable[dict[str, Any
             "group": recorded.nodeid,
             "name": name,
             "fullname": fullname,
-            "params": {"model": sweep.model.name, "kind": sweep.kind, "threads": result.threads},
+            "params": {
+                "model": sweep.model.name,
+                "kind": sweep.kind,
+                "threads": result.threads,
+                "machine": sweep.machine.hostname,
+                "server": sweep.server.host,
+            },
             "param": f"{sweep.model.name}-{sweep.kind}-t{result.threads}",
             "extra_info": {
                 EXTRA_KEY: {
@@ -146,7 +160,8 @@ def build_document(
     commit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     taken: set[str] = set()
-    benchmarks = [entry for r in recorded for entry in _entries(r, taken)]
+    several = len(by_machine(recorded)) > 1
+    benchmarks = [entry for r in recorded for entry in _entries(r, taken, several)]
     return {
         "machine_info": machine if machine is not None else machine_info(recorded),
         "commit_info": commit if commit is not None else get_commit_info(),

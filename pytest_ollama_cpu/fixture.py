@@ -19,7 +19,7 @@ from .markers import AUTO, ThreadSpec, expand_threads
 from .options import Settings
 from .results import Sweep
 from .sampler import RESERVED_OPTIONS, SweepInterrupted, SweepRunner, Workload
-from .session import Connection, RunState
+from .session import Connection, CpuSetRefused, RunState
 from .verdicts import Thresholds, Verdict, decide_adaptively
 
 #: Longest wait for other sweeps (other xdist workers, another pytest) to finish.
@@ -147,10 +147,13 @@ class OllamaCpu:
         )
         cpus = connection.machine.affinity if connection.server is not None else ()
         try:
-            with taking_turns(self.settings.host, cpus, LOCK_TIMEOUT) as waited:
+            with (
+                taking_turns(self.settings.host, cpus, LOCK_TIMEOUT) as waited,
+                connection.confined(),
+            ):
                 sweep, verdict = self._sweep(runner, workload, model_facts)
             sweep.waited_seconds = waited
-        except LockTimeout as exc:
+        except (LockTimeout, CpuSetRefused) as exc:
             _fail(exc)
         except SweepInterrupted as exc:
             self._state.record(self._nodeid, exc.sweep, None, self.thresholds, self._order)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -216,13 +216,16 @@ class MachineFacts:
         )
 
 
-def read_machine_facts(pid: int | None = None) -> MachineFacts:
-    """Facts for ``pid`` (the Ollama server), or for this process when ``None``."""
+def read_machine_facts(pid: int | None = None, cpus: Sequence[int] | None = None) -> MachineFacts:
+    """Facts for ``pid`` (the Ollama server), or for this process when ``None``;
+    ``cpus``, when given, is the set the server will be confined to."""
     target = pid if pid is not None else os.getpid()
     try:
         affinity = tuple(sorted(psutil.Process(target).cpu_affinity() or []))
     except (psutil.Error, AttributeError, OSError):
         affinity = ()
+    if cpus is not None:
+        affinity = tuple(sorted(set(cpus)))
     if not affinity:
         affinity = tuple(range(psutil.cpu_count(logical=True) or 1))
     quota = read_cgroup_quota(target)

@@ -157,3 +157,24 @@ def expand_threads(spec: ThreadSpec, usable: int) -> list[int]:
         else:
             found.add(int(value))
     return sorted(found)
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """``"0-3,8"`` -> ``(0, 1, 2, 3, 8)``, as taskset -c and llama-bench's masks read."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            first = int(low)
+            last = int(high) if high else first
+        except ValueError:
+            raise ValueError(f"{part!r} is not a CPU number or range; write e.g. 0-3,8") from None
+        if first < 0 or last < first:
+            raise ValueError(f"{part!r} is not a CPU range from low to high, e.g. 0-3")
+        cpus.update(range(first, last + 1))
+    if not cpus:
+        raise ValueError("no CPUs given; write e.g. 0-3,8")
+    return tuple(sorted(cpus))

@@ -19,7 +19,15 @@ import pytest
 
 from .comparison import Rule, RuleError, parse_rule
 from .host import DEFAULT_HOST, normalize_host
-from .markers import AUTO, MarkerError, ThreadSpec, check_alpha, check_threshold, parse_thread_list
+from .markers import (
+    AUTO,
+    MarkerError,
+    ThreadSpec,
+    check_alpha,
+    check_threshold,
+    parse_cpu_list,
+    parse_thread_list,
+)
 from .verdicts import DEFAULT_ALPHA, Thresholds
 
 DEFAULT_STORAGE = Path(".benchmarks")
@@ -136,6 +144,13 @@ INCONCLUSIVE = OptionSpec(
     metavar="pass|fail|skip",
 )
 
+CPUS = OptionSpec(
+    "--ollama-cpu-cpus",
+    "Confine the Ollama server's runner to these CPUs during each sweep, e.g. 0-3,8 (like "
+    "llama-bench's --cpu-mask); usable CPUs and 'auto' follow. Needs a server on this machine "
+    "whose CPU affinity pytest may set.",
+    metavar="LIST",
+)
 SAVE = OptionSpec(
     "--ollama-cpu-save",
     "Save this run as NAME in the storage folder, in pytest-benchmark's format.",
@@ -193,6 +208,7 @@ ALL_OPTIONS = (
     MIN_MACHINE_UTILIZATION,
     ALPHA,
     INCONCLUSIVE,
+    CPUS,
     SAVE,
     AUTOSAVE,
     STORAGE,
@@ -262,6 +278,7 @@ class Settings:
     compare_fail: tuple[Rule, ...] = ()
     compare_strict: bool = False
     compare_markdown: Path | None = None
+    cpus: tuple[int, ...] | None = None
 
     def rounds_limit(self, rounds: int, marker_max: int | None = None) -> int:
         """Most rounds a thread count may get: marker, then option, then 4 x rounds."""
@@ -279,6 +296,8 @@ class Settings:
             for key, value in self.thresholds.to_dict().items()
             if key != "alpha" and isinstance(value, float)
         ]
+        if self.cpus is not None:
+            text += f", cpus {','.join(str(c) for c in self.cpus)}"
         if limits:
             text += f"; {', '.join(limits)}, alpha {self.thresholds.alpha:g}"
         return text
@@ -445,6 +464,21 @@ def resolve_settings(
         )
     raw_save = lookup(SAVE)
     raw_markdown = lookup(COMPARE_MARKDOWN)
+    raw_cpus = lookup(CPUS)
+    cpus = None
+    if raw_cpus is not None:
+        try:
+            cpus = parse_cpu_list(raw_cpus.value)
+        except ValueError as exc:
+            raise _usage_error(raw_cpus, CPUS, str(exc)) from None
+        present = set(range(os.cpu_count() or 1))
+        missing = [c for c in cpus if c not in present]
+        if missing:
+            raise _usage_error(
+                raw_cpus,
+                CPUS,
+                f"this machine has no CPU {', '.join(map(str, missing))} (it has 0-{max(present)})",
+            )
 
     return Settings(
         max_rounds=None if raw_max is None else _positive_int(raw_max, MAX_ROUNDS, 1),
@@ -457,6 +491,7 @@ def resolve_settings(
         compare_fail=tuple(rules),
         compare_strict=bool(getoption(COMPARE_STRICT.dest)) or bool(getini(COMPARE_STRICT.ini)),
         compare_markdown=None if raw_markdown is None else Path(raw_markdown.value).expanduser(),
+        cpus=cpus,
         enabled=enabled,
         host=host,
         model=model,

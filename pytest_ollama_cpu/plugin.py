@@ -22,6 +22,7 @@ from .xdist import (
     WORKER_OUTPUT_KEY,
     XDIST_GROUP,
     XdistHooks,
+    is_distributing,
     is_worker,
     test_id,
     worker_output,
@@ -64,6 +65,13 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     state = config.stash.get(STATE_KEY, None)
     if state is None or not state.settings.enabled:
         return None
+    if is_distributing(config):
+        # the workers measure, each against its own OLLAMA_HOST (see --tx env:)
+        return [
+            f"ollama-cpu: {state.settings.describe()}",
+            "ollama-cpu: measured by the pytest-xdist workers, each against its own server; "
+            "sweeps take turns per server and CPU",
+        ]
     try:
         connection = state.connect()
     except OllamaCpuError as exc:

@@ -9,6 +9,7 @@ was really started with.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -133,6 +134,45 @@ class ServerProcess:
             other=max(0.0, machine - server),
             lost_processes=lost,
         )
+
+    def _threads(self) -> list[int]:
+        """Thread ids of every process of the server: affinity is set per thread."""
+        tids: list[int] = []
+        for proc in self._tree():
+            try:
+                tids.extend(t.id for t in proc.threads())
+            except psutil.Error:
+                continue
+        return tids
+
+    def confine(self, cpus: Sequence[int]) -> dict[int, set[int]]:
+        """Run the server and its runners on ``cpus`` only; returns what to restore.
+
+        Runners started later (a new num_thread) inherit the server's mask.
+        Raises ``PermissionError`` or ``OSError`` when the mask cannot be set.
+        """
+        wanted = set(cpus)
+        previous: dict[int, set[int]] = {}
+        for tid in self._threads():
+            try:
+                before = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, wanted)
+            except ProcessLookupError:
+                continue  # the thread ended meanwhile
+            previous[tid] = before
+        self.cpus = frozenset(wanted)
+        return previous
+
+    def restore(self, previous: dict[int, set[int]]) -> None:
+        for tid, cpus in previous.items():
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                continue  # ended, or a runner started since: it goes with its server
+        try:
+            self.cpus = frozenset(self._process.cpu_affinity() or ())
+        except (psutil.Error, AttributeError):
+            self.cpus = frozenset()
 
     def runner(self) -> Runner | None:
         for proc in self._tree()[1:]:

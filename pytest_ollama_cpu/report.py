@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from .client import ModelFacts
 from .comparison import Comparison
 from .machine import MachineFacts
-from .results import RecordedSweep, Sweep, ThreadResult
+from .results import RecordedSweep, Sweep, ThreadResult, by_machine
 from .statistics import Summary
 from .verdicts import NOISE_SHARE
 
@@ -122,10 +122,20 @@ def sweep_lines(recorded: RecordedSweep) -> list[str]:
 
 def summary_lines(sweeps: Sequence[RecordedSweep]) -> list[str]:
     lines: list[str] = []
-    for recorded in sweeps:
-        if lines:
-            lines.append("")
-        lines += sweep_lines(recorded)
+    groups = by_machine(sweeps)
+    for recorded_group in groups.values():
+        if len(groups) > 1:
+            first = recorded_group[0].sweep
+            if lines:
+                lines.append("")
+            lines.append(
+                f"--- machine {first.machine.hostname}, server {first.server.host} "
+                f"(Ollama {first.server.version}): {first.machine.describe()}"
+            )
+        for recorded in recorded_group:
+            if lines:
+                lines.append("")
+            lines += sweep_lines(recorded)
     lines += [
         "",
         "runner: threads the Ollama runner was started with; tokens/s: median generation "

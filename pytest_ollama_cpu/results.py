@@ -241,6 +241,11 @@ class Sweep:
         return threads in self.results
 
     @property
+    def where(self) -> str:
+        """Which machine and server measured this: results are kept apart by it."""
+        return f"{self.machine.hostname} {self.server.host}"
+
+    @property
     def baseline(self) -> ThreadResult:
         """The smallest thread count measured: speedups are relative to it."""
         if not self.results:
@@ -372,3 +377,11 @@ class RecordedSweep:
             None if thresholds is None else Thresholds.from_dict(thresholds),
             int(data.get("order", 0)),
         )
+
+
+def by_machine(sweeps: Sequence[RecordedSweep]) -> dict[str, list[RecordedSweep]]:
+    """Sweeps grouped by the machine and server that measured them, in first-seen order."""
+    groups: dict[str, list[RecordedSweep]] = {}
+    for recorded in sweeps:
+        groups.setdefault(recorded.sweep.where, []).append(recorded)
+    return groups

@@ -7,6 +7,8 @@ and reported to every test that needs it, with the same message.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .client import OllamaClient, OllamaCpuError
@@ -23,6 +25,35 @@ class Connection:
     server: ServerProcess | None
     facts: ServerFacts
     machine: MachineFacts
+    cpus: tuple[int, ...] | None = None
+
+    @contextlib.contextmanager
+    def confined(self) -> Iterator[None]:
+        """Keep the server on ``cpus`` (``--ollama-cpu-cpus``) for the duration."""
+        if self.cpus is None or self.server is None:
+            yield
+            return
+        try:
+            previous = self.server.confine(self.cpus)
+        except OSError as exc:
+            raise CpuSetRefused(
+                f"cannot confine the Ollama server (pid {self.server.pid}) to CPUs "
+                f"{_cpu_text(self.cpus)}: {exc.strerror or exc}. Run pytest as the server's "
+                "user or as root, or start the server under 'taskset -c LIST' and drop "
+                "--ollama-cpu-cpus."
+            ) from None
+        try:
+            yield
+        finally:
+            self.server.restore(previous)
+
+
+class CpuSetRefused(OllamaCpuError):
+    pass
+
+
+def _cpu_text(cpus: tuple[int, ...]) -> str:
+    return ",".join(str(c) for c in cpus)
 
 
 @dataclass
@@ -79,11 +110,17 @@ def _connect(settings: Settings) -> Connection:
     version = client.version()
     located = locate_server(settings.host)
     server = located.server
-    machine = read_machine_facts(server.pid if server else None)
+    if settings.cpus is not None and server is None:
+        raise CpuSetRefused(
+            f"--ollama-cpu-cpus {_cpu_text(settings.cpus)} cannot be applied: "
+            f"{located.reason.split(', so')[0]}. The plugin can confine only a server on this "
+            "machine; start a remote server under 'taskset -c LIST' instead."
+        )
+    machine = read_machine_facts(server.pid if server else None, settings.cpus)
     facts = ServerFacts(
         host=settings.host,
         version=version,
         local=server is not None,
         utilization_note=located.reason,
     )
-    return Connection(client, server, facts, machine)
+    return Connection(client, server, facts, machine, settings.cpus)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .results import RecordedSweep
+from .results import RecordedSweep, by_machine
 
 FORMAT = "pytest-ollama-cpu"
 SCHEMA_VERSION = 1
@@ -52,8 +52,14 @@ def check_writable(path: Path) -> None:
 def build_document(
     sweeps: Sequence[RecordedSweep], plugin_version: str, settings: dict[str, Any]
 ) -> dict[str, Any]:
-    machine = sweeps[0].sweep.machine.to_dict() if sweeps else None
-    server = sweeps[0].sweep.server.to_dict() if sweeps else None
+    groups = by_machine(sweeps)
+    machines = [
+        {"machine": g[0].sweep.machine.to_dict(), "server": g[0].sweep.server.to_dict()}
+        for g in groups.values()
+    ]
+    # one machine: its facts at the top; several: see "machines", and each sweep's own
+    machine = machines[0]["machine"] if len(machines) == 1 else None
+    server = machines[0]["server"] if len(machines) == 1 else None
     return {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -62,6 +68,7 @@ def build_document(
         "settings": settings,
         "machine": machine,
         "server": server,
+        "machines": machines,
         "sweeps": [
             {
                 "test": r.nodeid,

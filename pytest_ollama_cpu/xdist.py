@@ -31,6 +31,13 @@ def test_id(nodeid: str) -> str:
 test_id.__test__ = False  # type: ignore[attr-defined]  # not a test
 
 
+def is_distributing(config: pytest.Config) -> bool:
+    """This process is an xdist controller that hands tests to workers."""
+    if is_worker(config) or not config.pluginmanager.hasplugin("xdist"):
+        return False
+    return bool(config.getoption("dist", "no") != "no" or config.getoption("tx", None))
+
+
 def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 

@@ -280,3 +280,83 @@ def test_generation(ollama_cpu):
     assert bench.returncode == 0, bench.stderr
     assert "test_generation[gemma3-270m-generate-t1] (0001_base)" in bench.stdout
     assert "(0002_slowed)" in bench.stdout
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_a_cpu_set_confines_the_real_runner(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    """Two threads confined to one CPU share it: each is busy half the time."""
+    import psutil
+
+    server = psutil.Process(embedded_ollama.process.pid)
+    before = server.cpu_affinity()
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads(2)
+def test_two_threads_one_cpu(ollama_cpu):
+    sweep = ollama_cpu.generate("Explain what a CPU cache is.")
+    assert sweep.machine.affinity == (0,) and sweep.machine.usable_cpus == 1
+    assert sweep[2].runner_threads == 2
+    assert sweep[2].thread_utilization.median < 0.75
+
+def test_auto_follows_the_set(ollama_cpu):
+    assert ollama_cpu.threads == [1]
+"""
+    )
+    result = run(pytester, embedded_ollama, "--ollama-cpu-cpus=0")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["ollama-cpu: host *, cpus 0*", "*usable CPUs 1 (affinity 1*"])
+    assert server.cpu_affinity() == before  # given back after the sweep
+
+
+def test_two_real_servers_on_their_own_cpus_measured_by_two_workers(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    """Many machines in miniature: each xdist worker measures its own server."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    servers = [EmbeddedServer(embedded_ollama.installation, cpus=[cpu]) for cpu in cpus[:2]]
+    for server in servers:
+        server.start()
+    try:
+        pytester.makepyfile(
+            """
+import pytest
+
+@pytest.mark.threads("auto", rounds=2)
+def test_generation(ollama_cpu):
+    sweep = ollama_cpu.generate("Explain what a CPU cache is.", num_predict=24)
+    assert ollama_cpu.threads == [1]  # each server has one CPU
+"""
+        )
+        out = pytester.path / "fleet.json"
+        result = pytester.runpytest_subprocess(
+            "--ollama-cpu",
+            f"--ollama-cpu-model={MODEL_NAME}",
+            "--dist=each",
+            # no scheme: execnet splits a spec at every '//'
+            *(f"--tx=popen//env:OLLAMA_HOST=127.0.0.1:{s.port}" for s in servers),
+            f"--ollama-cpu-json={out}",
+        )
+    finally:
+        for server in servers:
+            server.stop()
+    result.assert_outcomes(passed=2)
+    hosts = sorted(s.host for s in servers)
+    result.stdout.fnmatch_lines(
+        ["ollama-cpu: measured by the pytest-xdist workers, each against its own server*"]
+    )
+    groups = [line for line in result.stdout.lines if line.startswith("--- machine ")]
+    assert sorted(line.split("server ")[1].split(" ")[0] for line in groups) == hosts
+    data = json.loads(out.read_text())
+    assert data["machine"] is None
+    assert sorted(m["server"]["host"] for m in data["machines"]) == hosts
+    assert sorted(tuple(m["machine"]["affinity"]) for m in data["machines"]) == [
+        (cpus[0],),
+        (cpus[1],),
+    ]
+    assert sorted(s["server"]["host"] for s in data["sweeps"]) == hosts

@@ -50,3 +50,13 @@ def test_option_list_form():
         parse_thread_list("1,x")
     with pytest.raises(ValueError, match="must be 1 or more"):
         parse_thread_list("0")
+
+
+def test_cpu_lists():
+    from pytest_ollama_cpu.markers import parse_cpu_list
+
+    assert parse_cpu_list("0-3,8") == (0, 1, 2, 3, 8)
+    assert parse_cpu_list("3, 1,1") == (1, 3)
+    for bad, message in (("x", "not a CPU number"), ("3-1", "from low to high"), ("", "no CPUs")):
+        with pytest.raises(ValueError, match=message):
+            parse_cpu_list(bad)

@@ -387,3 +387,27 @@ def test_auto(ollama_cpu):
             "*utilization not measured: *is not on this machine*",
         ]
     )
+
+
+def test_a_cpu_set_that_does_not_exist_is_refused(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest("--ollama-cpu-cpus=0,4096")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --ollama-cpu-cpus: '0,4096' *this machine has no CPU 4096*"]
+    )
+
+
+def test_a_cpu_set_for_a_server_elsewhere_says_it_cannot_be_applied(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pytest_ollama_cpu.processes as processes
+
+    monkeypatch.setattr(processes, "is_local", lambda host: False)
+    pytester.makepyfile(SWEEP_TEST)
+    result = run(pytester, fake_ollama, "--ollama-cpu-cpus=0")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*--ollama-cpu-cpus 0 cannot be applied: * is not on this machine*taskset -c LIST*"]
+    )
+    assert fake_ollama.behaviour.requests == []
