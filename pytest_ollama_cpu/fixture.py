@@ -9,7 +9,8 @@ alone, since a traceback into the plugin would not help anyone.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn
 
 import pytest
 
@@ -181,3 +182,35 @@ def _fail(exc: Exception) -> NoReturn:
     failure = pytest.fail.Exception(str(exc), pytrace=False)
     failure.__suppress_context__ = True
     raise failure
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    """What a test's verdicts mean for it: ``fail``, ``skip`` or ``pass`` (maybe warned)."""
+
+    outcome: Literal["pass", "fail", "skip"]
+    message: str = ""
+    warning: str | None = None
+
+
+def test_outcome(verdicts: list[Verdict], inconclusive: str) -> TestOutcome:
+    """Fold the verdicts of one test's sweeps under the ``--ollama-cpu-inconclusive`` policy."""
+    failed = [v for v in verdicts if v.failed]
+    if failed:
+        return TestOutcome("fail", "\n".join(v.message() for v in failed))
+    undecided = [v for v in verdicts if v.inconclusive]
+    if not undecided:
+        return TestOutcome("pass")
+    text = (
+        "inconclusive (undecided after the most rounds allowed, or not measurable):\n"
+        + "\n".join(v.message() for v in undecided)
+    )
+    if inconclusive == "fail":
+        return TestOutcome("fail", text)
+    if inconclusive == "skip":
+        return TestOutcome("skip", text)
+    return TestOutcome("pass", warning=text)
+
+
+test_outcome.__test__ = False  # type: ignore[attr-defined]  # not a test for pytest
+TestOutcome.__test__ = False  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -501,3 +501,11 @@ def resolve_settings(
         timeout=_positive_float(lookup(TIMEOUT), TIMEOUT, DEFAULT_TIMEOUT),
         json_path=json_path,
     )
+
+
+def merge_thresholds(
+    defaults: Thresholds, marker: Mapping[str, Any] | None, alpha: float | None
+) -> Thresholds:
+    """The marker's thresholds over the run's (options, ini), key by key."""
+    merged = replace(defaults, **dict(marker or {}))
+    return replace(merged, alpha=alpha) if alpha is not None else merged

@@ -11,13 +11,12 @@ from collections.abc import Iterator
 import pytest
 
 from .client import OllamaCpuError
-from .fixture import OllamaCpu
+from .fixture import OllamaCpu, test_outcome
 from .markers import MARKER_HELP, MARKER_NAME, MarkerError, ThreadsMarker, parse_marker
-from .options import ENABLE, add_options, resolve_settings
+from .options import ENABLE, add_options, merge_thresholds, resolve_settings
 from .outputs import Outputs
 from .report import comparison_lines, describe_model, header_lines, summary_lines
 from .session import RunState
-from .verdicts import merge_thresholds, test_outcome
 from .xdist import (
     WORKER_OUTPUT_KEY,
     XDIST_GROUP,

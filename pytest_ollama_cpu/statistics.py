@@ -128,23 +128,13 @@ def ratio_bounds(
     freedom), transformed back with exp. ``None`` below two values a side or
     for a non-positive value.
     """
-    if len(numerator) < 2 or len(denominator) < 2:
+    if min(numerator, default=0) <= 0 or min(denominator, default=0) <= 0:
         return None
-    if min(numerator) <= 0 or min(denominator) <= 0:
+    welch = _welch([math.log(v) for v in numerator], [math.log(v) for v in denominator])
+    if welch is None:
         return None
-    a = [math.log(v) for v in numerator]
-    b = [math.log(v) for v in denominator]
-    na, nb = len(a), len(b)
-    ma, mb = math.fsum(a) / na, math.fsum(b) / nb
-    va = math.fsum((x - ma) ** 2 for x in a) / (na - 1)
-    vb = math.fsum((x - mb) ** 2 for x in b) / (nb - 1)
-    diff = ma - mb
-    se2 = va / na + vb / nb
-    if se2 == 0:
-        return Bounds(math.exp(diff), math.exp(diff), math.exp(diff))
-    df = se2**2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
-    t = t_quantile(1.0 - alpha, df)
-    half = t * math.sqrt(se2)
+    diff, se, df = welch
+    half = 0.0 if se == 0 else t_quantile(1.0 - alpha, df) * se
     return Bounds(math.exp(diff), math.exp(diff - half), math.exp(diff + half))
 
 

@@ -465,6 +465,7 @@ def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | No
     best = max(measured, key=lambda r: r.tokens_per_second.median)
     others = [r for r in measured if r.threads < best.threads]
     per_test = alpha / max(1, len(others))
+    chosen = best
     for result in others:
         bounds = ratio_bounds(
             [s.tokens_per_second for s in result.samples],
@@ -472,15 +473,11 @@ def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | No
             per_test,
         )
         if bounds is not None and bounds.low >= EQUIVALENT_SHARE:
-            return Recommendation(
-                result.threads,
-                result.tokens_per_second.median,
-                best.threads,
-                best.tokens_per_second.median,
-            )
+            chosen = result
+            break
     return Recommendation(
-        best.threads,
-        best.tokens_per_second.median,
+        chosen.threads,
+        chosen.tokens_per_second.median,
         best.threads,
         best.tokens_per_second.median,
     )
@@ -571,45 +568,3 @@ def decide_adaptively(
             take_more(wanted)
         verdict = evaluate(sweep, thresholds, look, looks, previous=verdict)
     return verdict
-
-
-def merge_thresholds(
-    defaults: Thresholds, marker: Mapping[str, Any] | None, alpha: float | None
-) -> Thresholds:
-    """The marker's thresholds over the run's (options, ini), key by key."""
-    from dataclasses import replace
-
-    merged = replace(defaults, **dict(marker or {}))
-    return replace(merged, alpha=alpha) if alpha is not None else merged
-
-
-@dataclass(frozen=True)
-class TestOutcome:
-    """What a test's verdicts mean for it: ``fail``, ``skip`` or ``pass`` (maybe warned)."""
-
-    outcome: Literal["pass", "fail", "skip"]
-    message: str = ""
-    warning: str | None = None
-
-
-def test_outcome(verdicts: list[Verdict], inconclusive: str) -> TestOutcome:
-    """Fold the verdicts of one test's sweeps under the ``--ollama-cpu-inconclusive`` policy."""
-    failed = [v for v in verdicts if v.failed]
-    if failed:
-        return TestOutcome("fail", "\n".join(v.message() for v in failed))
-    undecided = [v for v in verdicts if v.inconclusive]
-    if not undecided:
-        return TestOutcome("pass")
-    text = (
-        "inconclusive (undecided after the most rounds allowed, or not measurable):\n"
-        + "\n".join(v.message() for v in undecided)
-    )
-    if inconclusive == "fail":
-        return TestOutcome("fail", text)
-    if inconclusive == "skip":
-        return TestOutcome("skip", text)
-    return TestOutcome("pass", warning=text)
-
-
-test_outcome.__test__ = False  # type: ignore[attr-defined]  # not a test for pytest
-TestOutcome.__test__ = False  # type: ignore[attr-defined]

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 
 from pytest_ollama_cpu.client import ModelFacts, Timings
+from pytest_ollama_cpu.fixture import test_outcome
 from pytest_ollama_cpu.machine import MachineFacts
+from pytest_ollama_cpu.options import merge_thresholds
 from pytest_ollama_cpu.results import Sample, ServerFacts, Sweep, ThreadResult
 from pytest_ollama_cpu.statistics import mean_bounds, ratio_bounds, spent_alpha, t_quantile
 from pytest_ollama_cpu.verdicts import (
     Thresholds,
     decide_adaptively,
     evaluate,
-    merge_thresholds,
     planned_looks,
     recommend,
-    test_outcome,
 )
 
 MACHINE = MachineFacts("host", "cpu", 8, 8, tuple(range(8)), None, None, 8.0, 1)
