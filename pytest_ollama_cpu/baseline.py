@@ -48,6 +48,10 @@ class BaselineError(Exception):
     """A saved run that cannot be used; the message names the file and what to do."""
 
 
+class NoSavedRuns(BaselineError):
+    """The storage holds no run of this machine yet (a pipeline's first run)."""
+
+
 # pytest-benchmark's helpers, typed: it ships no annotations
 
 
@@ -296,6 +300,21 @@ def load_file(path: Path) -> SavedRun:
     return SavedRun(path, validate(document, f"baseline {path}"))
 
 
+def _other_machines(storage: Path, folder: Path) -> str:
+    """Where runs of other machines lie, for a first run on a new machine or runner."""
+    others = sorted(
+        p.name
+        for p in storage.glob("*")
+        if p.is_dir() and p != folder and any(p.glob("[0-9][0-9][0-9][0-9]_*.json"))
+    )
+    if not others:
+        return ""
+    return (
+        f" (runs of other machines are in {storage}: {', '.join(others[:5])}; to compare "
+        "with one of them anyway, give its file's path)"
+    )
+
+
 def find(storage: Path, which: str) -> Path:
     """Resolve ``latest``, a number (``3``, ``0003``), a name or a path to a saved file."""
     candidate = Path(which)
@@ -308,23 +327,27 @@ def find(storage: Path, which: str) -> Path:
         (p for p in folder.glob("*.json") if _NUMBERED.match(p.name)), key=lambda p: p.name
     )
     if not files:
-        raise BaselineError(
+        raise NoSavedRuns(
             f"no saved runs in {folder} to compare with: save one first with "
-            "--ollama-cpu-save NAME or --ollama-cpu-autosave"
+            f"--ollama-cpu-save NAME or --ollama-cpu-autosave{_other_machines(storage, folder)}"
         )
     if which == "latest":
         return files[-1]
     if which.isdigit():
         matches = [p for p in files if int(p.name[:4]) == int(which)]
     else:
-        matches = [p for p in files if p.name[5:-5] == which] or [
-            p for p in files if which in p.name
-        ]
+        exact = [p for p in files if p.name[5:-5] == which]
+        if exact:
+            return exact[-1]  # a name saved again means its newest run
+        matches = [p for p in files if which in p.name]
     if len(matches) == 1:
         return matches[0]
-    listed = ", ".join(p.name for p in files[-10:])
+    listed = ", ".join(p.name for p in files[-5:])
     if not matches:
-        raise BaselineError(f"no saved run {which!r} in {folder} (latest: {listed})")
+        raise BaselineError(
+            f"no saved run {which!r} in {folder}; give a number, a name or a path "
+            f"({len(files)} saved there, the newest: {listed})"
+        )
     raise BaselineError(
         f"{which!r} matches several saved runs in {folder}: "
         f"{', '.join(p.name for p in matches)}; give the number"

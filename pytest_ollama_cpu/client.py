@@ -182,9 +182,9 @@ class OllamaClient:
     def _model_not_found(self, model: str, available: list[str]) -> ModelNotFound:
         listed = ", ".join(sorted(available)) or "none"
         return ModelNotFound(
-            f"model {model!r} is not on the Ollama server at {self.host}: pull it with "
-            f"'ollama pull {model}' or choose another with --ollama-cpu-model "
-            f"(models there: {listed})"
+            f"model {model!r} is not on the Ollama server at {self.host}: choose one it has "
+            f"with --ollama-cpu-model (models there: {listed}), or pull it on that server "
+            f"with 'ollama pull {model}'"
         )
 
     def _call(self, request: Any, *, what: str, model: str | None = None) -> Any:

@@ -105,15 +105,29 @@ class Row:
         return f"{self.shift.low:+.{self._digits}f} to {self.shift.high:+.{self._digits}f}"
 
     @property
+    def undecided(self) -> bool:
+        """Passed, but only because the samples are too few or too noisy to show a
+        drop of the rule's size: the gate could not have caught one."""
+        if self.shift is None or self.regression or self.rule.size == 0:
+            return False
+        return self.shift.low < self._no_change - self.rule.size
+
+    @property
+    def _no_change(self) -> float:
+        return 1.0 if self.rule.relative else 0.0
+
+    @property
     def verdict(self) -> str:
         if self.shift is None:
             return "not compared"
         if self.regression:
             return f"REGRESSION (> {self.rule.describe_size()} worse)"
-        if self.rule.relative and self.shift.low > 1:
+        if self.shift.low > self._no_change:
             return "better"
-        if not self.rule.relative and self.shift.low > 0:
-            return "better"
+        if self.rule.size == 0:  # no rule given: the table informs, nothing is judged
+            return "worse" if self.shift.high < self._no_change else "no change shown"
+        if self.undecided:
+            return f"ok? a {self.rule.describe_size()} drop not ruled out"
         return "ok"
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +143,7 @@ class Row:
             "high": None if self.shift is None else self.shift.high,
             "p_value": None if self.shift is None else self.shift.p_value,
             "regression": self.regression,
+            "undecided": self.undecided,
             "verdict": self.verdict,
         }
 
@@ -146,6 +161,10 @@ class Comparison:
     @property
     def regressions(self) -> tuple[Row, ...]:
         return tuple(r for r in self.rows if r.regression)
+
+    @property
+    def undecided(self) -> tuple[Row, ...]:
+        return tuple(r for r in self.rows if r.undecided)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -178,3 +178,16 @@ def parse_cpu_list(text: str) -> tuple[int, ...]:
     if not cpus:
         raise ValueError("no CPUs given; write e.g. 0-3,8")
     return tuple(sorted(cpus))
+
+
+def format_cpu_list(cpus: Iterable[int]) -> str:
+    """``(0, 1, 2, 3, 8)`` -> ``"0-3,8"``: the inverse of ``parse_cpu_list``."""
+    parts: list[str] = []
+    ordered = sorted(set(cpus))
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
+            first, last = ordered[start], ordered[i - 1]
+            parts.append(str(first) if first == last else f"{first}-{last}")
+            start = i
+    return ",".join(parts)

@@ -25,6 +25,7 @@ from .markers import (
     ThreadSpec,
     check_alpha,
     check_threshold,
+    format_cpu_list,
     parse_cpu_list,
     parse_thread_list,
 )
@@ -297,7 +298,7 @@ class Settings:
             if key != "alpha" and isinstance(value, float)
         ]
         if self.cpus is not None:
-            text += f", cpus {','.join(str(c) for c in self.cpus)}"
+            text += f", cpus {format_cpu_list(self.cpus)}"
         if limits:
             text += f"; {', '.join(limits)}, alpha {self.thresholds.alpha:g}"
         return text
@@ -477,7 +478,8 @@ def resolve_settings(
             raise _usage_error(
                 raw_cpus,
                 CPUS,
-                f"this machine has no CPU {', '.join(map(str, missing))} (it has 0-{max(present)})",
+                f"this machine has no CPU {format_cpu_list(missing)} (it has "
+                f"{format_cpu_list(present)})",
             )
 
     return Settings(

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from . import __version__
-from .baseline import BaselineError, SavedRun, autosave_name, find, load_file, save
+from .baseline import (
+    BaselineError,
+    NoSavedRuns,
+    SavedRun,
+    autosave_name,
+    find,
+    load_file,
+    save,
+)
 from .baseline import build_document as build_benchmark_document
 from .comparison import Comparison, compare
 from .options import Settings
@@ -31,6 +39,8 @@ class Outputs:
     saved: Path | None = None
     comparison: Comparison | None = None
     errors: list[str] = field(default_factory=list)
+    #: said in the summary (and the Markdown summary), but no reason to fail
+    notices: list[str] = field(default_factory=list)
 
     def prepare(self) -> None:
         """Check paths and load the baseline; raise ``pytest.UsageError`` on a problem."""
@@ -40,6 +50,14 @@ class Outputs:
                 check_writable(s.json_path)
             if s.compare is not None:
                 self.baseline = load_file(find(s.storage, s.compare))
+        except NoSavedRuns as exc:
+            if not (s.compare == "latest" and (s.save or s.autosave)):
+                raise pytest.UsageError(str(exc)) from None
+            # a pipeline's first run: nothing to compare with yet, and this run
+            # becomes the baseline of the next
+            self.notices.append(
+                f"nothing compared: {exc}. This run is saved as the first baseline."
+            )
         except (StorageError, BaselineError) as exc:
             raise pytest.UsageError(str(exc)) from None
 
@@ -68,6 +86,13 @@ class Outputs:
             except (BaselineError, OSError) as exc:
                 self.errors.append(f"could not save this run: {exc}")
                 status = pytest.ExitCode.INTERNAL_ERROR
+        if self.baseline is None and self.notices and s.compare_markdown is not None:
+            self._append_markdown(
+                "### pytest-ollama-cpu: no baseline yet\n\n"
+                + "\n".join(f"- {n}" for n in self.notices)
+                + (f"\n- saved as `{self.saved}`" if self.saved else "")
+                + "\n"
+            )
         if self.baseline is not None:
             now = SavedRun(self.saved, document)
             self.comparison = compare(self.baseline, now, s.compare_fail, s.thresholds.alpha)
@@ -80,10 +105,15 @@ class Outputs:
             if self.comparison.regressions:
                 status = status or pytest.ExitCode.TESTS_FAILED
             if s.compare_markdown is not None:
-                try:
-                    # appended: a CI job summary collects several steps' output
-                    with open(s.compare_markdown, "a", encoding="utf-8") as handle:
-                        handle.write(comparison_markdown(self.comparison))
-                except OSError as exc:
-                    self.errors.append(f"could not write {s.compare_markdown}: {exc}")
+                self._append_markdown(comparison_markdown(self.comparison))
         return status
+
+    def _append_markdown(self, text: str) -> None:
+        path = self.settings.compare_markdown
+        assert path is not None
+        try:
+            # appended: a CI job summary collects several steps' output
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            self.errors.append(f"could not write {path}: {exc}")

@@ -13,7 +13,7 @@ import pytest
 from .client import OllamaCpuError
 from .fixture import OllamaCpu, test_outcome
 from .markers import MARKER_HELP, MARKER_NAME, MarkerError, ThreadsMarker, parse_marker
-from .options import ENABLE, add_options, merge_thresholds, resolve_settings
+from .options import ENABLE, MODEL, add_options, merge_thresholds, resolve_settings
 from .outputs import Outputs
 from .report import comparison_lines, describe_model, header_lines, summary_lines
 from .session import RunState
@@ -33,6 +33,12 @@ MARKER_KEY = pytest.StashKey[ThreadsMarker]()
 FIXTURE_KEY = pytest.StashKey[OllamaCpu]()
 OUTPUTS_KEY = pytest.StashKey[Outputs]()
 ORDER_KEY = pytest.StashKey[int]()
+MARKED_ONLY_KEY = pytest.StashKey[bool]()
+
+
+class OllamaCpuWarning(pytest.PytestWarning):
+    """Something in a test's set-up that makes its measurement mean less than it seems."""
+
 
 SKIP_REASON = (
     f"ollama-cpu performance test: run pytest with {ENABLE.flag} to measure it "
@@ -75,7 +81,10 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         connection = state.connect()
     except OllamaCpuError as exc:
         return header_lines(state.settings.describe(), None, None, f"NOT CONNECTED: {exc}")
-    model = None
+    model = (
+        f"NO MODEL GIVEN: pass {MODEL.flag} NAME or set {MODEL.env}; each test that does not "
+        "call generate(..., model=NAME) fails until then"
+    )
     if state.settings.model:
         try:
             model = describe_model(connection.client.model_facts(state.settings.model))
@@ -105,7 +114,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 raise pytest.UsageError(
                     f"{item.nodeid}: bad @pytest.mark.{MARKER_NAME}(...): {exc}"
                 ) from None
-        uses_plugin = marker is not None or FIXTURE_NAME in getattr(item, "fixturenames", ())
+        uses_fixture = FIXTURE_NAME in getattr(item, "fixturenames", ())
+        # said when the test runs, where warnings filters apply as users expect
+        item.stash[MARKED_ONLY_KEY] = not uses_fixture and any(
+            m.name == MARKER_NAME for m in item.own_markers
+        )
+        uses_plugin = marker is not None or uses_fixture
         if uses_plugin and not state.settings.enabled:
             item.add_marker(skip)
         elif uses_plugin and xdist_active:
@@ -137,6 +151,16 @@ def ollama_cpu(request: pytest.FixtureRequest) -> Iterator[OllamaCpu]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     """Apply the verdicts of the test's sweeps once its body has passed."""
+    if item.stash.get(MARKED_ONLY_KEY, False):
+        warning = OllamaCpuWarning(
+            f"@pytest.mark.{MARKER_NAME}(...) on a test that does not use the "
+            f"{FIXTURE_NAME} fixture measures nothing: add {FIXTURE_NAME} to the "
+            "test's arguments, or drop the marker"
+        )
+        try:
+            item.warn(warning)
+        except OllamaCpuWarning:  # -W error: the message, not this hook's traceback
+            raise pytest.fail.Exception(f"OllamaCpuWarning: {warning}", pytrace=False) from None
     result = yield
     fixture = item.stash.get(FIXTURE_KEY, None)
     if fixture is None or not fixture.verdicts:
@@ -176,6 +200,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"ollama-cpu: samples written to {outputs.json_written}")
     if outputs.saved is not None:
         terminalreporter.write_line(f"ollama-cpu: run saved as {outputs.saved}")
+    for notice in outputs.notices:
+        terminalreporter.write_line(f"ollama-cpu: {notice}", yellow=True)
     if outputs.comparison is not None:
         terminalreporter.write_sep("=", "ollama-cpu: comparison with the baseline")
         for line in comparison_lines(outputs.comparison):

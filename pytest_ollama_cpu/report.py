@@ -11,7 +11,7 @@ from .client import ModelFacts
 from .comparison import Comparison
 from .machine import MachineFacts
 from .results import RecordedSweep, Sweep, ThreadResult, by_machine
-from .statistics import Summary
+from .statistics import Summary, format_interval
 from .verdicts import NOISE_SHARE
 
 COLUMNS = (
@@ -39,7 +39,7 @@ def _median(summary: Summary | None, digits: int = 2) -> str:
 def _ci(summary: Summary) -> str:
     if summary.ci_low is None or summary.ci_high is None:
         return "-"
-    return f"{summary.ci_low:.1f}-{summary.ci_high:.1f}"
+    return format_interval(summary.ci_low, summary.ci_high, 1)
 
 
 def _row(sweep: Sweep, result: ThreadResult) -> list[str]:
@@ -210,6 +210,13 @@ def _comparison_notes(comparison: Comparison) -> list[str]:
     notes = [f"the baseline's machine differs: {d}" for d in comparison.differences]
     notes += [f"only in the baseline: {name}" for name in comparison.only_in_baseline]
     notes += [f"only in this run: {name}" for name in comparison.only_in_new]
+    undecided = comparison.undecided
+    if undecided:
+        notes.append(
+            f"{len(undecided)} row(s) marked 'ok?' passed because their samples are too few or "
+            "too noisy to show a drop of the rule's size, not because there is none: take more "
+            "rounds (--ollama-cpu-rounds) in both runs, or widen the rule"
+        )
     return notes
 
 

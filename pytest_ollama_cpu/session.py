@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .client import OllamaClient, OllamaCpuError
 from .machine import MachineFacts, read_machine_facts
+from .markers import format_cpu_list
 from .options import Settings
 from .processes import ServerProcess, locate_server
 from .results import RecordedSweep, ServerFacts, Sweep
@@ -38,7 +39,7 @@ class Connection:
         except OSError as exc:
             raise CpuSetRefused(
                 f"cannot confine the Ollama server (pid {self.server.pid}) to CPUs "
-                f"{_cpu_text(self.cpus)}: {exc.strerror or exc}. Run pytest as the server's "
+                f"{format_cpu_list(self.cpus)}: {exc.strerror or exc}. Run pytest as the server's "
                 "user or as root, or start the server under 'taskset -c LIST' and drop "
                 "--ollama-cpu-cpus."
             ) from None
@@ -50,10 +51,6 @@ class Connection:
 
 class CpuSetRefused(OllamaCpuError):
     pass
-
-
-def _cpu_text(cpus: tuple[int, ...]) -> str:
-    return ",".join(str(c) for c in cpus)
 
 
 @dataclass
@@ -112,7 +109,7 @@ def _connect(settings: Settings) -> Connection:
     server = located.server
     if settings.cpus is not None and server is None:
         raise CpuSetRefused(
-            f"--ollama-cpu-cpus {_cpu_text(settings.cpus)} cannot be applied: "
+            f"--ollama-cpu-cpus {format_cpu_list(settings.cpus)} cannot be applied: "
             f"{located.reason.split(', so')[0]}. The plugin can confine only a server on this "
             "machine; start a remote server under 'taskset -c LIST' instead."
         )

@@ -19,6 +19,12 @@ def t_quantile(q: float, df: float) -> float:
     return float(_stdtrit(df, q))
 
 
+def format_interval(low: float, high: float, digits: int = 2) -> str:
+    """``0.45-0.49``; ``-55.2 to 172.9`` once a bound is negative, so the sign reads."""
+    separator = " to " if low < 0 or high < 0 else "-"
+    return f"{low:.{digits}f}{separator}{high:.{digits}f}"
+
+
 #: Confidence level of the intervals shown in reports and saved in JSON.
 DEFAULT_CONFIDENCE = 0.95
 

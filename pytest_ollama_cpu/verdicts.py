@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .results import Sweep, ThreadResult
-from .statistics import Bounds, mean_bounds, ratio_bounds, spent_alpha
+from .statistics import Bounds, format_interval, mean_bounds, ratio_bounds, spent_alpha
 
 Outcome = Literal["pass", "fail", "inconclusive", "unavailable"]
 
@@ -28,6 +28,10 @@ DEFAULT_ALPHA = 0.01
 #: Cores busy outside the server, as a share of the usable CPUs, above which
 #: a shortfall is put down to other processes rather than to the server.
 NOISE_SHARE = 0.15
+
+#: A smaller thread count is recommended when its tokens/s is shown to be at least
+#: this share of the best's.
+EQUIVALENT_SHARE = 0.95
 
 SPEEDUP = "speedup"
 EFFICIENCY = "efficiency"
@@ -137,7 +141,7 @@ class Check:
         interval = ""
         if self.low is not None and self.high is not None:
             level = confidence if self.alpha_used is None else 1 - 2 * self.alpha_used
-            interval = f" ({_percent(level)} CI {self.low:.2f}-{self.high:.2f})"
+            interval = f" ({_percent(level)} CI {format_interval(self.low, self.high)})"
         relation = {
             "fail": "below",
             "pass": "not below",
@@ -172,12 +176,17 @@ class _RatioCheck(Check):
 
 @dataclass(frozen=True)
 class Recommendation:
-    """The smallest thread count whose throughput is not significantly below the best."""
+    """The smallest thread count shown to be as fast as the best, within 5%.
+
+    ``unsettled`` are smaller counts the samples could neither show to be as
+    fast nor to be slower: with more rounds one of them may be recommended.
+    """
 
     threads: int
     tokens_per_second: float
     best_threads: int
     best_tokens_per_second: float
+    unsettled: tuple[int, ...] = ()
 
     @property
     def modelfile_line(self) -> str:
@@ -190,8 +199,14 @@ class Recommendation:
         )
         if self.best_threads != self.threads:
             text += (
-                f"; {self.best_threads} threads gave {self.best_tokens_per_second:.1f} "
-                "tokens/s, not significantly more"
+                f": as fast as the best within {1 - EQUIVALENT_SHARE:.0%}, "
+                f"{self.best_threads} threads at {self.best_tokens_per_second:.1f} tokens/s"
+            )
+        if self.unsettled:
+            counts = ", ".join(str(t) for t in self.unsettled)
+            text += (
+                f"; {counts} thread(s) may be as fast, the samples cannot tell yet "
+                "(more --ollama-cpu-rounds would)"
             )
         return text
 
@@ -201,6 +216,7 @@ class Recommendation:
             "tokens_per_second": self.tokens_per_second,
             "best_threads": self.best_threads,
             "best_tokens_per_second": self.best_tokens_per_second,
+            "unsettled": list(self.unsettled),
             "modelfile": self.modelfile_line,
         }
 
@@ -211,6 +227,7 @@ class Recommendation:
             float(data["tokens_per_second"]),
             int(data["best_threads"]),
             float(data["best_tokens_per_second"]),
+            tuple(int(t) for t in data.get("unsettled", ())),
         )
 
 
@@ -446,11 +463,6 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
     )
 
 
-#: A smaller thread count is recommended when its tokens/s is shown to be at least
-#: this share of the best's.
-EQUIVALENT_SHARE = 0.95
-
-
 def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | None:
     """The smallest thread count shown to be as fast as the best, within 5%.
 
@@ -466,6 +478,7 @@ def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | No
     others = [r for r in measured if r.threads < best.threads]
     per_test = alpha / max(1, len(others))
     chosen = best
+    unsettled: list[int] = []
     for result in others:
         bounds = ratio_bounds(
             [s.tokens_per_second for s in result.samples],
@@ -475,11 +488,14 @@ def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | No
         if bounds is not None and bounds.low >= EQUIVALENT_SHARE:
             chosen = result
             break
+        if bounds is None or bounds.high >= EQUIVALENT_SHARE:
+            unsettled.append(result.threads)  # not shown to be slower either
     return Recommendation(
         chosen.threads,
         chosen.tokens_per_second.median,
         best.threads,
         best.tokens_per_second.median,
+        tuple(unsettled),
     )
 
 

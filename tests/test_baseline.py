@@ -13,6 +13,7 @@ import pytest
 from pytest_ollama_cpu import baseline
 from pytest_ollama_cpu.baseline import BaselineError, SavedRun, find, load_file, save
 from pytest_ollama_cpu.comparison import RuleError, compare, parse_rule
+from pytest_ollama_cpu.report import comparison_lines
 
 from .fake_ollama import Behaviour, FakeOllama
 
@@ -134,8 +135,14 @@ def test_find_by_latest_number_name_and_path(tmp_path: Path):
     assert find(storage, "1") == a and find(storage, "0002") == b
     assert find(storage, "alpha") == a
     assert find(storage, "beta") == b  # an exact name wins over a partial one
+    again = save(_document([1.0]), storage, "beta")
+    assert find(storage, "beta") == again  # a name saved again means its newest run
+    with pytest.raises(BaselineError, match="'bet' matches several saved runs"):
+        find(storage, "bet")
     assert find(storage, str(a)) == a
-    with pytest.raises(BaselineError, match="no saved run 'gamma'.*latest: 0001_alpha.json"):
+    with pytest.raises(
+        BaselineError, match="no saved run 'gamma'.*4 saved there, the newest: 0001_alpha.json"
+    ):
         find(storage, "gamma")
     with pytest.raises(BaselineError, match=r"does not exist"):
         find(storage, str(tmp_path / "x.json"))
@@ -216,10 +223,20 @@ def test_compare_flags_only_a_drop_shown_larger_than_the_rule():
     assert not row.regression and row.verdict == "ok"
     # noisy samples whose mean dropped 10%: not shown, not failed
     noisy = SavedRun(None, _document([30.0, 45.0, 33.0, 40.0, 32.0]))
-    (row,) = compare(old, noisy, rules, 0.01).rows
+    result = compare(old, noisy, rules, 0.01)
+    (row,) = result.rows
     assert not row.regression
+    # ... and the row says that a drop of that size could not have been caught
+    assert row.undecided and row.verdict == "ok? a 5% drop not ruled out"
+    assert result.undecided == (row,)
+    assert "1 row(s) marked 'ok?' passed because" in "\n".join(comparison_lines(result))
+    # a row whose interval stays within the rule is plainly ok
+    (row,) = compare(old, old, rules, 0.01).rows
+    assert row.verdict == "ok" and not row.undecided
     # without rules the table is shown and nothing fails
     assert not compare(old, slower, [], 0.01).regressions
+    assert compare(old, slower, [], 0.01).rows[0].verdict == "worse"
+    assert compare(old, noisy, [], 0.01).rows[0].verdict == "no change shown"
     faster = SavedRun(None, _document([44.0, 44.4, 43.6, 44.2, 43.8]))
     assert compare(old, faster, rules, 0.01).rows[0].verdict == "better"
 
@@ -429,3 +446,34 @@ def test_tests_on_one_side_only_are_listed(pytester: pytest.Pytester) -> None:
             "*note: only in this run: *::test_new?tiny-generate-t3?",
         ]
     )
+
+
+def test_a_pipelines_first_run_saves_instead_of_failing(pytester: pytest.Pytester) -> None:
+    """The README's CI recipe (compare with the latest, autosave) on an empty cache."""
+    pytester.makepyfile(SWEEP_TEST)
+    other = pytester.path / ".benchmarks" / "Linux-CPython-3.9-32bit"
+    other.mkdir(parents=True)
+    (other / "0001_old.json").write_text("{}")
+    summary = pytester.path / "summary.md"
+    gate = (
+        "--ollama-cpu-compare",
+        "--ollama-cpu-autosave",
+        "--ollama-cpu-compare-fail=tokens_per_second:50%",
+        f"--ollama-cpu-compare-markdown={summary}",
+    )
+    first = run(pytester, Behaviour(), *gate)
+    assert first.ret == pytest.ExitCode.OK
+    first.stdout.fnmatch_lines(
+        [
+            "ollama-cpu: run saved as *0001_*.json",
+            "ollama-cpu: nothing compared: no saved runs in * (runs of other machines are in "
+            "*: Linux-CPython-3.9-32bit; *give its file's path). This run is saved as the "
+            "first baseline.",
+        ]
+    )
+    assert summary.read_text().startswith("### pytest-ollama-cpu: no baseline yet\n")
+    (saved,) = machine_dir(pytester.path).glob("*.json")
+    second = run(pytester, Behaviour(), *gate)
+    assert second.ret == pytest.ExitCode.OK
+    second.stdout.fnmatch_lines([f"baseline *{saved.name} vs *0002_*.json"])
+    assert "### pytest-ollama-cpu: No regressions" in summary.read_text()

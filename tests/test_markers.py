@@ -53,9 +53,12 @@ def test_option_list_form():
 
 
 def test_cpu_lists():
-    from pytest_ollama_cpu.markers import parse_cpu_list
+    from pytest_ollama_cpu.markers import format_cpu_list, parse_cpu_list
 
     assert parse_cpu_list("0-3,8") == (0, 1, 2, 3, 8)
+    assert format_cpu_list((8, 0, 1, 2, 3)) == "0-3,8"
+    assert format_cpu_list(range(2, 100)) == "2-99"
+    assert format_cpu_list([5]) == "5"
     assert parse_cpu_list("3, 1,1") == (1, 3)
     for bad, message in (("x", "not a CPU number"), ("3-1", "from low to high"), ("", "no CPUs")):
         with pytest.raises(ValueError, match=message):

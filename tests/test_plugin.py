@@ -86,6 +86,41 @@ def test_bad(ollama_cpu):
     )
 
 
+def test_a_marker_without_the_fixture_is_warned_about(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+
+pytestmark = pytest.mark.threads(1, 2)  # a module's mark covers helpers too: no warning
+
+@pytest.mark.threads(1, 2)
+def test_forgot_the_fixture():
+    pass
+
+def test_helper():
+    pass
+"""
+    )
+    with FakeOllama(Behaviour()) as fake:
+        result = pytester.runpytest(
+            "--ollama-cpu", f"--ollama-cpu-host={fake.host}", "-W", "default"
+        )
+        strict = pytester.runpytest("--ollama-cpu", f"--ollama-cpu-host={fake.host}", "-W", "error")
+    # under -W error (or filterwarnings = error) the test fails with the same words
+    strict.assert_outcomes(passed=1, failed=1)
+    strict.stdout.fnmatch_lines(["OllamaCpuWarning: @pytest.mark.threads(...) on a test*"])
+    assert "plugin.py" not in strict.stdout.str()
+    result.assert_outcomes(passed=2, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_forgot_the_fixture*",
+            "*OllamaCpuWarning: @pytest.mark.threads(...) on a test that does not use the "
+            "ollama_cpu fixture measures nothing: add ollama_cpu to the test's arguments*",
+        ]
+    )
+    assert result.stdout.str().count("OllamaCpuWarning") == 1
+
+
 @pytest.mark.parametrize(
     ("args", "env", "ini", "message"),
     [
@@ -266,7 +301,7 @@ def test_a_model_that_is_not_pulled(pytester: pytest.Pytester, fake_ollama: Fake
     result.stdout.fnmatch_lines(
         [
             "ollama-cpu: MODEL NOT AVAILABLE: model 'llama9' is not on*",
-            "*model 'llama9' is not on the Ollama server*'ollama pull llama9'*models there: tiny*",
+            "*model 'llama9' is not on the Ollama server*models there: tiny*'ollama pull llama9'*",
         ]
     )
 
@@ -275,7 +310,12 @@ def test_no_model_configured(pytester: pytest.Pytester, fake_ollama: FakeOllama)
     pytester.makepyfile(SWEEP_TEST)
     result = pytester.runpytest("--ollama-cpu", f"--ollama-cpu-host={fake_ollama.host}")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*no model given: pass --ollama-cpu-model NAME*"])
+    result.stdout.fnmatch_lines(
+        [
+            "ollama-cpu: NO MODEL GIVEN: pass --ollama-cpu-model NAME or set OLLAMA_CPU_MODEL;*",
+            "*no model given: pass --ollama-cpu-model NAME*",
+        ]
+    )
 
 
 def test_a_server_that_dies_mid_sweep_keeps_what_was_measured(pytester: pytest.Pytester) -> None:
@@ -391,10 +431,10 @@ def test_auto(ollama_cpu):
 
 def test_a_cpu_set_that_does_not_exist_is_refused(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_plain():\n    pass\n")
-    result = pytester.runpytest("--ollama-cpu-cpus=0,4096")
+    result = pytester.runpytest("--ollama-cpu-cpus=0,4096-4100")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["ERROR: --ollama-cpu-cpus: '0,4096' *this machine has no CPU 4096*"]
+        ["ERROR: --ollama-cpu-cpus: '0,4096-4100' *this machine has no CPU 4096-4100 (it has 0-*"]
     )
 
 

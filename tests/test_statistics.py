@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pytest_ollama_cpu.statistics import Summary, ratio
+from pytest_ollama_cpu.statistics import Summary, format_interval, ratio
 
 
 def test_summary_of_known_values():
@@ -48,3 +48,9 @@ def test_bad_input_is_rejected():
 def test_ratio():
     assert ratio(3.0, 2.0) == 1.5
     assert ratio(1.0, 0.0) is None
+
+
+def test_intervals_read_with_their_signs():
+    assert format_interval(0.45, 0.49) == "0.45-0.49"
+    assert format_interval(-55.21, 172.94, 1) == "-55.2 to 172.9"
+    assert format_interval(-3.0, -1.0, 1) == "-3.0 to -1.0"

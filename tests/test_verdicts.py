@@ -20,6 +20,7 @@ from pytest_ollama_cpu.options import merge_thresholds
 from pytest_ollama_cpu.results import Sample, ServerFacts, Sweep, ThreadResult
 from pytest_ollama_cpu.statistics import mean_bounds, ratio_bounds, spent_alpha, t_quantile
 from pytest_ollama_cpu.verdicts import (
+    Recommendation,
     Thresholds,
     decide_adaptively,
     evaluate,
@@ -272,7 +273,7 @@ def test_speedup_per_thread_count_and_machine_utilization():
         sweep.check(min_efficiency=-1)
 
 
-def test_recommendation_is_the_smallest_count_not_significantly_slower():
+def test_recommendation_is_the_smallest_count_shown_as_fast_as_the_best():
     data = {
         1: [sample(1, v) for v in (40.0, 40.5, 39.5, 40.2)],
         2: [sample(2, v) for v in (60.0, 60.5, 59.5, 60.2)],
@@ -283,7 +284,10 @@ def test_recommendation_is_the_smallest_count_not_significantly_slower():
     assert rec is not None
     assert rec.threads == 2 and rec.best_threads == 4
     assert rec.modelfile_line == "PARAMETER num_thread 2"
-    assert "not significantly more" in rec.describe()
+    assert rec.unsettled == ()
+    assert rec.describe().endswith(
+        "PARAMETER num_thread 2): as fast as the best within 5%, 4 threads at 60.5 tokens/s"
+    )
     # noisy samples show nothing: then the best count is recommended, not the smallest
     noisy = {
         1: [sample(1, v) for v in (40.0, 52.0, 30.0, 45.0)],
@@ -291,6 +295,10 @@ def test_recommendation_is_the_smallest_count_not_significantly_slower():
     }
     rec = recommend(sweep_of(noisy))
     assert rec is not None and rec.threads == 4
+    # ... and the report says that 1 thread may be as fast
+    assert rec.unsettled == (1,)
+    assert "1 thread(s) may be as fast, the samples cannot tell yet" in rec.describe()
+    assert Recommendation.from_dict(rec.to_dict()) == rec
 
 
 def test_outcome_policy_for_undecided_verdicts():
