@@ -326,7 +326,7 @@ class _Lookup:
     def __call__(self, spec: OptionSpec) -> _Raw | None:
         cli = self._getoption(spec.dest)
         if cli is not None:
-            return _Raw(str(cli), f"{spec.flag} on the command line")
+            return _Raw(str(cli), "the command line")
         if spec.env and self._environ.get(spec.env, "").strip():
             return _Raw(self._environ[spec.env].strip(), f"environment variable {spec.env}")
         ini = self._getini(spec.ini)

@@ -203,9 +203,10 @@ class Recommendation:
                 f"{self.best_threads} threads at {self.best_tokens_per_second:.1f} tokens/s"
             )
         if self.unsettled:
-            counts = ", ".join(str(t) for t in self.unsettled)
+            counts = " or ".join(str(t) for t in self.unsettled)
+            plural = "s" if len(self.unsettled) > 1 or self.unsettled[0] > 1 else ""
             text += (
-                f"; {counts} thread(s) may be as fast, the samples cannot tell yet "
+                f"; {counts} thread{plural} may be as fast, the samples cannot tell yet "
                 "(more --ollama-cpu-rounds would)"
             )
         return text

@@ -297,7 +297,7 @@ def test_recommendation_is_the_smallest_count_shown_as_fast_as_the_best():
     assert rec is not None and rec.threads == 4
     # ... and the report says that 1 thread may be as fast
     assert rec.unsettled == (1,)
-    assert "1 thread(s) may be as fast, the samples cannot tell yet" in rec.describe()
+    assert "; 1 thread may be as fast, the samples cannot tell yet" in rec.describe()
     assert Recommendation.from_dict(rec.to_dict()) == rec
 
 
