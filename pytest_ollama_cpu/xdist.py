@@ -42,6 +42,32 @@ def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def carry_group_suffix(item: pytest.Item) -> bool:
+    """Make ``--dist loadgroup`` see our group under pytest >= 9.2.
+
+    pytest-xdist (3.8) tells the controller a test's group by rewriting
+    ``item._nodeid`` to ``NODEID@group`` on the worker; pytest 9.2 keeps the id
+    in a structured ``item._id`` and no longer reads ``_nodeid``, so the suffix
+    is lost and the group split (pytest-xdist#1386). For our own tests only,
+    copy the rewritten id into ``_id``, as the proposed fix (pytest-xdist#1388)
+    does. A no-op where xdist's rewrite took effect or pytest's internals
+    differ. Returns whether the id was changed.
+    """
+    rewritten = item.__dict__.get("_nodeid")
+    if not isinstance(rewritten, str) or rewritten == item.nodeid:
+        return False
+    if XDIST_GROUP not in rewritten.rpartition("@")[2].split("_"):
+        return False
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # an older pytest reads _nodeid itself
+        return False
+    if not isinstance(getattr(item, "_id", None), NodeId):
+        return False
+    item._id = NodeId.parse(rewritten)
+    return item.nodeid == rewritten
+
+
 def worker_output(state: RunState) -> dict[str, Any]:
     output = {
         "sweeps": [r.to_dict() for r in state.sweeps],
@@ -66,6 +92,14 @@ class XdistHooks:
 
     def __init__(self, state: RunState) -> None:
         self.state = state
+
+    @pytest.hookimpl(trylast=True)  # after xdist's worker has rewritten the ids
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        if is_worker(config) and config.getvalue("loadgroup"):
+            for item in items:
+                carry_group_suffix(item)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
