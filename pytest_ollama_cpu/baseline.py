@@ -51,6 +51,14 @@ class BaselineError(Exception):
 class NoSavedRuns(BaselineError):
     """The storage holds no run of this machine yet (a pipeline's first run)."""
 
+    def __init__(self, folder: Path, elsewhere: str) -> None:
+        super().__init__(
+            f"no saved runs in {folder} to compare with: save one first with "
+            f"--ollama-cpu-save NAME or --ollama-cpu-autosave{elsewhere}"
+        )
+        self.folder = folder
+        self.elsewhere = elsewhere
+
 
 # pytest-benchmark's helpers, typed: it ships no annotations
 
@@ -205,6 +213,16 @@ def _next_number(folder: Path) -> int:
     return max(numbers, default=0) + 1
 
 
+def saved_under(storage: Path, name: str) -> list[Path]:
+    """Runs of this machine already saved under ``name``, oldest first."""
+    wanted = _safe_name(name)
+    return sorted(
+        p
+        for p in machine_folder(storage).glob("*.json")
+        if _NUMBERED.match(p.name) and p.name[5:-5] == wanted
+    )
+
+
 def save(document: dict[str, Any], storage: Path, name: str) -> Path:
     """Write ``document`` as the next numbered file; never replaces an existing file."""
     folder = machine_folder(storage)
@@ -318,7 +336,7 @@ def _other_machines(storage: Path, folder: Path) -> str:
 def find(storage: Path, which: str) -> Path:
     """Resolve ``latest``, a number (``3``, ``0003``), a name or a path to a saved file."""
     candidate = Path(which)
-    if candidate.suffix == ".json" or os.sep in which:
+    if candidate.suffix == ".json" or os.sep in which or candidate.is_file():
         if not candidate.exists():
             raise BaselineError(f"baseline {candidate} does not exist")
         return candidate
@@ -327,10 +345,7 @@ def find(storage: Path, which: str) -> Path:
         (p for p in folder.glob("*.json") if _NUMBERED.match(p.name)), key=lambda p: p.name
     )
     if not files:
-        raise NoSavedRuns(
-            f"no saved runs in {folder} to compare with: save one first with "
-            f"--ollama-cpu-save NAME or --ollama-cpu-autosave{_other_machines(storage, folder)}"
-        )
+        raise NoSavedRuns(folder, _other_machines(storage, folder))
     if which == "latest":
         return files[-1]
     if which.isdigit():
@@ -342,11 +357,11 @@ def find(storage: Path, which: str) -> Path:
         matches = [p for p in files if which in p.name]
     if len(matches) == 1:
         return matches[0]
-    listed = ", ".join(p.name for p in files[-5:])
+    listed = ", ".join(p.name for p in reversed(files[-5:]))
     if not matches:
         raise BaselineError(
             f"no saved run {which!r} in {folder}; give a number, a name or a path "
-            f"({len(files)} saved there, the newest: {listed})"
+            f"({len(files)} saved there, newest first: {listed})"
         )
     raise BaselineError(
         f"{which!r} matches several saved runs in {folder}: "

@@ -79,6 +79,13 @@ def _compare(args: argparse.Namespace) -> int:
     except RuleError as exc:
         print(f"pytest-ollama-cpu compare: --fail {exc}", file=sys.stderr)
         return 2
+    if args.markdown == "-" and args.json == "-":
+        print(
+            "pytest-ollama-cpu compare: --markdown - and --json - would mix on stdout; "
+            "write one of them to a file",
+            file=sys.stderr,
+        )
+        return 2
     if not 0 < args.alpha < 0.5:
         print("pytest-ollama-cpu compare: --alpha must be between 0 and 0.5", file=sys.stderr)
         return 2
@@ -89,7 +96,9 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"pytest-ollama-cpu compare: {exc}", file=sys.stderr)
         return 2
     result = compare(old, new, rules, args.alpha)
-    print("\n".join(comparison_lines(result)))
+    # stdout carries what was asked for on it ('-') and nothing else, so it can be piped
+    table_to = sys.stderr if "-" in (args.markdown, args.json) else sys.stdout
+    print("\n".join(comparison_lines(result)), file=table_to)
     for target, text in (
         (args.markdown, comparison_markdown(result)),
         (args.json, json.dumps(result.to_dict(), indent=2) + "\n"),
@@ -152,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     comparing.add_argument(
         "--markdown", metavar="PATH", help="write a Markdown table ('-': stdout)"
     )
-    comparing.add_argument("--json", metavar="PATH", help="write the comparison as JSON")
+    comparing.add_argument(
+        "--json", metavar="PATH", help="write the comparison as JSON ('-': stdout)"
+    )
     comparing.add_argument(
         "--append", action="store_true", help="append to the files (e.g. $GITHUB_STEP_SUMMARY)"
     )

@@ -9,6 +9,7 @@ alpha is shared over all rows and rules (Bonferroni).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ class Rule:
         return f"{self.size:.0%}" if self.relative else f"{self.size:g}"
 
 
+#: Shown when no rule is given: throughput is compared, and nothing can fail.
+NO_RULE = Rule("tokens_per_second", 0.0, True, "tokens_per_second (no rule)")
+
+
 def parse_rule(text: str) -> Rule:
     """``tokens_per_second:5%`` (relative drop) or ``utilization:0.1`` (absolute drop)."""
     match = _RULE.match(text.lower())
@@ -89,8 +94,8 @@ class Row:
         if self.shift is None:
             return "-"
         if self.rule.relative:
-            return f"{self.shift.estimate - 1:+.1%}"
-        return f"{self.shift.estimate:+.{self._digits}f}"
+            return f"{_unsigned_zero(self.shift.estimate - 1, 3):+.1%}"
+        return f"{_unsigned_zero(self.shift.estimate, self._digits):+.{self._digits}f}"
 
     @property
     def _digits(self) -> int:
@@ -100,9 +105,12 @@ class Row:
     def interval(self) -> str:
         if self.shift is None:
             return "-"
+        low, high = self.shift.low, self.shift.high
         if self.rule.relative:
-            return f"{self.shift.low - 1:+.1%} to {self.shift.high - 1:+.1%}"
-        return f"{self.shift.low:+.{self._digits}f} to {self.shift.high:+.{self._digits}f}"
+            low, high = _unsigned_zero(low - 1, 3), _unsigned_zero(high - 1, 3)
+            return f"{low:+.1%} to {high:+.1%}"
+        low, high = _unsigned_zero(low, self._digits), _unsigned_zero(high, self._digits)
+        return f"{low:+.{self._digits}f} to {high:+.{self._digits}f}"
 
     @property
     def undecided(self) -> bool:
@@ -166,6 +174,11 @@ class Comparison:
     def undecided(self) -> tuple[Row, ...]:
         return tuple(r for r in self.rows if r.undecided)
 
+    @property
+    def gating(self) -> bool:
+        """Whether any rule was given, i.e. whether a row can fail."""
+        return any(r.rule.size > 0 for r in self.rows)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "baseline": self.baseline,
@@ -179,6 +192,11 @@ class Comparison:
         }
 
 
+def _unsigned_zero(value: float, digits: int) -> float:
+    """``-0.0001`` shown with 3 digits is ``+0.000``, not ``-0.000``."""
+    return round(value, digits) + 0.0
+
+
 def _values(entry: Mapping[str, Any], field_name: str) -> list[float]:
     samples = entry["extra_info"][EXTRA_KEY]["samples"]
     return [float(s[field_name]) for s in samples if s.get(field_name) is not None]
@@ -186,6 +204,12 @@ def _values(entry: Mapping[str, Any], field_name: str) -> list[float]:
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def _geometric_mean(values: Sequence[float]) -> float | None:
+    if not values or min(values) <= 0:
+        return _mean(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 def machine_differences(old: SavedRun, new: SavedRun) -> list[str]:
@@ -228,7 +252,7 @@ def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -
     old_entries, new_entries = old.entries, new.entries
     common = [name for name in new_entries if name in old_entries]
     # without rules the table still shows throughput, and nothing can fail
-    shown = list(rules) or [Rule("tokens_per_second", 0.0, True, "tokens_per_second")]
+    shown = list(rules) or [NO_RULE]
     per_test = alpha / max(1, len(common) * len(shown))
     rows: list[Row] = []
     for name in common:
@@ -248,8 +272,10 @@ def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -
                     extra["test"],
                     int(extra["threads"]),
                     rule,
-                    _mean(b),
-                    _mean(a),
+                    # the figures the change is computed from: now / baseline for a
+                    # relative rule (geometric means), now - baseline for an absolute one
+                    _geometric_mean(b) if rule.relative else _mean(b),
+                    _geometric_mean(a) if rule.relative else _mean(a),
                     shift,
                     regression and bool(rules),
                 )

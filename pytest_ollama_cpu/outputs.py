@@ -22,6 +22,7 @@ from .baseline import (
     find,
     load_file,
     save,
+    saved_under,
 )
 from .baseline import build_document as build_benchmark_document
 from .comparison import Comparison, compare
@@ -56,7 +57,8 @@ class Outputs:
             # a pipeline's first run: nothing to compare with yet, and this run
             # becomes the baseline of the next
             self.notices.append(
-                f"nothing compared: {exc}. This run is saved as the first baseline."
+                f"nothing compared: no run of this machine is saved in {exc.folder} yet"
+                f"{exc.elsewhere}. This run is saved there as the first baseline."
             )
         except (StorageError, BaselineError) as exc:
             raise pytest.UsageError(str(exc)) from None
@@ -82,10 +84,18 @@ class Outputs:
         if s.save or s.autosave:
             name = s.save or autosave_name(document["commit_info"])
             try:
+                earlier = saved_under(s.storage, name) if s.save else []
                 self.saved = save(document, s.storage, name)
             except (BaselineError, OSError) as exc:
                 self.errors.append(f"could not save this run: {exc}")
                 status = pytest.ExitCode.INTERNAL_ERROR
+            else:
+                if earlier:
+                    self.notices.append(
+                        f"the name {name!r} was saved before ({earlier[-1].name}, kept): "
+                        f"--ollama-cpu-compare={name} now means this run, "
+                        f"={earlier[-1].name[:4].lstrip('0')} the earlier one"
+                    )
         if self.baseline is None and self.notices and s.compare_markdown is not None:
             self._append_markdown(
                 "### pytest-ollama-cpu: no baseline yet\n\n"

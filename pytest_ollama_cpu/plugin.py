@@ -119,10 +119,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.stash[MARKED_ONLY_KEY] = not uses_fixture and any(
             m.name == MARKER_NAME for m in item.own_markers
         )
-        uses_plugin = marker is not None or uses_fixture
-        if uses_plugin and not state.settings.enabled:
+        # a marker alone measures nothing: such a test runs as it is, and is warned about
+        if uses_fixture and not state.settings.enabled:
             item.add_marker(skip)
-        elif uses_plugin and xdist_active:
+        elif uses_fixture and xdist_active:
             item.add_marker(pytest.mark.xdist_group(XDIST_GROUP))
 
 

@@ -17,6 +17,7 @@ from .verdicts import NOISE_SHARE
 COLUMNS = (
     "threads",
     "runner",
+    "n",
     "tokens/s",
     "±stdev",
     "mean 95% CI",
@@ -48,6 +49,7 @@ def _row(sweep: Sweep, result: ThreadResult) -> list[str]:
     return [
         str(result.threads),
         "?" if runner is None else str(runner),
+        str(len(result.samples)),
         f"{tps.median:.1f}",
         "-" if tps.stdev is None else f"{tps.stdev:.1f}",
         _ci(tps),
@@ -138,9 +140,10 @@ def summary_lines(sweeps: Sequence[RecordedSweep]) -> list[str]:
             lines += sweep_lines(recorded)
     lines += [
         "",
-        "runner: threads the Ollama runner was started with; tokens/s: median generation "
-        "rate from Ollama's eval timings; util: median CPU use of the server's process tree "
-        "per requested thread / per usable CPU; other cores: CPU busy outside the server.",
+        "runner: threads the Ollama runner was started with; n: measured samples; tokens/s: "
+        "median generation rate from Ollama's eval timings; util: median CPU use of the "
+        "server's process tree per requested thread / per usable CPU; other cores: CPU busy "
+        "outside the server.",
     ]
     return lines
 
@@ -186,13 +189,22 @@ COMPARISON_COLUMNS = (
 )
 
 
+def _common_file(comparison: Comparison) -> str | None:
+    """The test file every row comes from, if one: the table then names tests only."""
+    files = {row.test.partition("::")[0] for row in comparison.rows}
+    if len(files) == 1 and all("::" in row.test for row in comparison.rows):
+        return files.pop()
+    return None
+
+
 def _comparison_rows(comparison: Comparison) -> list[list[str]]:
     rows = []
+    common = _common_file(comparison)
     for row in comparison.rows:
         digits = 1 if row.rule.quantity == "tokens_per_second" else 2
         rows.append(
             [
-                row.test,
+                row.test.partition("::")[2] if common else row.test,
                 str(row.threads),
                 row.rule.text,
                 _num(row.baseline, digits),
@@ -207,7 +219,13 @@ def _comparison_rows(comparison: Comparison) -> list[list[str]]:
 
 
 def _comparison_notes(comparison: Comparison) -> list[str]:
-    notes = [f"the baseline's machine differs: {d}" for d in comparison.differences]
+    notes = []
+    if comparison.baseline == comparison.new:
+        notes.append(
+            f"the baseline and the new run are the same file ({comparison.new}): name two "
+            "different runs"
+        )
+    notes += [f"the baseline's machine differs: {d}" for d in comparison.differences]
     notes += [f"only in the baseline: {name}" for name in comparison.only_in_baseline]
     notes += [f"only in this run: {name}" for name in comparison.only_in_new]
     undecided = comparison.undecided
@@ -215,35 +233,59 @@ def _comparison_notes(comparison: Comparison) -> list[str]:
         notes.append(
             f"{len(undecided)} row(s) marked 'ok?' passed because their samples are too few or "
             "too noisy to show a drop of the rule's size, not because there is none: take more "
-            "rounds (--ollama-cpu-rounds) in both runs, or widen the rule"
+            "rounds in both runs, or widen the rule"
         )
     return notes
 
 
+def _comparison_title(comparison: Comparison) -> str:
+    common = _common_file(comparison)
+    where = f" (tests in {common})" if common else ""
+    return f"baseline {comparison.baseline} vs {comparison.new}{where}"
+
+
+def _comparison_legend(comparison: Comparison) -> list[str]:
+    if comparison.gating:
+        verdict = (
+            f"{len(comparison.regressions)} regression(s) at alpha {comparison.alpha:g}; p: "
+            "one-sided test that the drop exceeds the rule's size"
+        )
+    else:
+        verdict = (
+            "no --ollama-cpu-compare-fail rule, so nothing can fail; p: one-sided test that "
+            "throughput dropped at all"
+        )
+    return [
+        verdict,
+        "baseline, now: what the change is computed from (geometric means for % rules, means "
+        f"otherwise); interval: {1 - comparison.alpha:.0%} simultaneous bounds of the change",
+    ]
+
+
 def comparison_lines(comparison: Comparison) -> list[str]:
-    lines = [f"baseline {comparison.baseline} vs {comparison.new}"]
+    lines = [_comparison_title(comparison)]
     rows = _comparison_rows(comparison)
     if rows:
         lines += ["  " + line for line in format_table(rows, COMPARISON_COLUMNS)]
     else:
         lines.append("  no test was measured in both runs")
     lines += [f"  note: {n}" for n in _comparison_notes(comparison)]
-    regressions = comparison.regressions
-    lines.append(
-        f"  {len(regressions)} regression(s) at alpha {comparison.alpha:g}; interval: "
-        f"{1 - comparison.alpha:.0%} simultaneous bounds of the change; p: one-sided test "
-        "that the drop exceeds the rule's size"
-    )
+    lines += [f"  {line}" for line in _comparison_legend(comparison)]
     return lines
 
 
 def comparison_markdown(comparison: Comparison) -> str:
     regressions = comparison.regressions
     head = "Regressions found" if regressions else "No regressions"
+    if not comparison.gating:
+        head = "Comparison (no rule given)"
+    common = _common_file(comparison)
+    where = f", tests in `{common}`" if common else ""
     lines = [
         f"### pytest-ollama-cpu: {head}",
         "",
-        f"Baseline `{comparison.baseline}` vs `{comparison.new}`, alpha {comparison.alpha:g}.",
+        f"Baseline `{comparison.baseline}` vs `{comparison.new}`{where}, alpha "
+        f"{comparison.alpha:g}.",
         "",
         "| " + " | ".join(COMPARISON_COLUMNS) + " |",
         "|" + "---|" * len(COMPARISON_COLUMNS),
@@ -256,4 +298,5 @@ def comparison_markdown(comparison: Comparison) -> str:
     notes = _comparison_notes(comparison)
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
+    lines += [""] + [f"_{line}_  " for line in _comparison_legend(comparison)]
     return "\n".join(lines) + "\n"

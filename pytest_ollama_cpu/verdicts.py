@@ -207,7 +207,7 @@ class Recommendation:
             plural = "s" if len(self.unsettled) > 1 or self.unsettled[0] > 1 else ""
             text += (
                 f"; {counts} thread{plural} may be as fast, the samples cannot tell yet "
-                "(more --ollama-cpu-rounds would)"
+                "(more rounds would)"
             )
         return text
 

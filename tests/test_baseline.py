@@ -124,7 +124,7 @@ def test_save_numbers_files_and_never_overwrites(tmp_path: Path):
         save(_document([40.0]), storage, "///")
 
 
-def test_find_by_latest_number_name_and_path(tmp_path: Path):
+def test_find_by_latest_number_name_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     storage = tmp_path / "store"
     with pytest.raises(BaselineError, match="no saved runs in .* save one first"):
         find(storage, "latest")
@@ -141,11 +141,17 @@ def test_find_by_latest_number_name_and_path(tmp_path: Path):
         find(storage, "bet")
     assert find(storage, str(a)) == a
     with pytest.raises(
-        BaselineError, match="no saved run 'gamma'.*4 saved there, the newest: 0001_alpha.json"
+        BaselineError,
+        match="no saved run 'gamma'.*4 saved there, newest first: 0004_beta.json, 0003_beta2",
     ):
         find(storage, "gamma")
     with pytest.raises(BaselineError, match=r"does not exist"):
         find(storage, str(tmp_path / "x.json"))
+    # an existing file is taken as a path, whatever its name; loading then says what it is
+    (tmp_path / "NOTES.md").write_text("# notes")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BaselineError, match=r"baseline NOTES.md is not valid JSON"):
+        load_file(find(storage, "NOTES.md"))
 
 
 @pytest.mark.parametrize(
@@ -292,8 +298,8 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         [
             "*= ollama-cpu: comparison with the baseline =*",
-            "baseline *0001_base.json vs this run",
-            "*::test_sweep*1*tokens_per_second:5%*ok",
+            "baseline *0001_base.json vs this run (tests in *.py)",
+            "  test_sweep*1*tokens_per_second:5%*ok",
             "*0 regression(s) at alpha 0.01*",
         ]
     )
@@ -312,8 +318,8 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
-            "*::test_sweep*1*tokens_per_second:5%*20.0*15.*-2*REGRESSION (> 5% worse)",
-            "*::test_sweep*2*tokens_per_second:5%*REGRESSION (> 5% worse)",
+            "  test_sweep*1*tokens_per_second:5%*20.0*15.*-2*REGRESSION (> 5% worse)",
+            "  test_sweep*2*tokens_per_second:5%*REGRESSION (> 5% worse)",
             "*2 regression(s) at alpha 0.01*",
         ]
     )
@@ -357,8 +363,9 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
         cwd=pytester.path,
     )
     assert cli.returncode == 1, cli.stderr
-    assert "REGRESSION" in cli.stdout
-    assert '"regressions": [' in cli.stdout
+    # stdout holds the JSON asked for and nothing else; the table goes to stderr
+    assert json.loads(cli.stdout)["regressions"]
+    assert "REGRESSION" in cli.stderr
     markdown = summary.read_text()
     assert markdown.startswith("### pytest-ollama-cpu: Regressions found")
     assert "**REGRESSION (> 5% worse)**" in markdown
@@ -369,6 +376,7 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
         cwd=pytester.path,
     )
     assert ok.returncode == 0
+    assert "note: the baseline and the new run are the same file" in ok.stdout
 
 
 def test_a_bad_baseline_stops_the_run_before_measuring(pytester: pytest.Pytester) -> None:
@@ -466,14 +474,24 @@ def test_a_pipelines_first_run_saves_instead_of_failing(pytester: pytest.Pyteste
     first.stdout.fnmatch_lines(
         [
             "ollama-cpu: run saved as *0001_*.json",
-            "ollama-cpu: nothing compared: no saved runs in * (runs of other machines are in "
-            "*: Linux-CPython-3.9-32bit; *give its file's path). This run is saved as the "
-            "first baseline.",
+            "ollama-cpu: nothing compared: no run of this machine is saved in * yet (runs of "
+            "other machines are in *: Linux-CPython-3.9-32bit; *give its file's path). This "
+            "run is saved there as the first baseline.",
         ]
     )
     assert summary.read_text().startswith("### pytest-ollama-cpu: no baseline yet\n")
     (saved,) = machine_dir(pytester.path).glob("*.json")
     second = run(pytester, Behaviour(), *gate)
     assert second.ret == pytest.ExitCode.OK
-    second.stdout.fnmatch_lines([f"baseline *{saved.name} vs *0002_*.json"])
+    second.stdout.fnmatch_lines([f"baseline *{saved.name} vs *0002_*.json (tests in *.py)"])
     assert "### pytest-ollama-cpu: No regressions" in summary.read_text()
+    # a name saved again: the earlier run is kept, and the summary says what the name means now
+    run(pytester, Behaviour(), "--ollama-cpu-save=main")
+    again = run(pytester, Behaviour(), "--ollama-cpu-save=main")
+    again.stdout.fnmatch_lines(
+        [
+            "ollama-cpu: run saved as *0004_main.json",
+            "ollama-cpu: the name 'main' was saved before (0003_main.json, kept): "
+            "--ollama-cpu-compare=main now means this run, =3 the earlier one",
+        ]
+    )

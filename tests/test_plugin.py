@@ -111,6 +111,10 @@ def test_helper():
             "-W",
             "error::pytest_ollama_cpu.plugin.OllamaCpuWarning",
         )
+    # without --ollama-cpu it is not skipped as a performance test would be: it runs, warned
+    plain = pytester.runpytest("-W", "default::pytest_ollama_cpu.plugin.OllamaCpuWarning")
+    plain.assert_outcomes(passed=2)
+    assert plain.stdout.str().count("OllamaCpuWarning") == 1
     # under -W error (or filterwarnings = error) the test fails with the same words
     strict.assert_outcomes(passed=1, failed=1)
     strict.stdout.fnmatch_lines(["OllamaCpuWarning: @pytest.mark.threads(...) on a test*"])
