@@ -215,7 +215,7 @@ def _next_number(folder: Path) -> int:
 
 def saved_under(storage: Path, name: str) -> list[Path]:
     """Runs of this machine already saved under ``name``, oldest first."""
-    wanted = _safe_name(name)
+    wanted = _cleaned(name)
     return sorted(
         p
         for p in machine_folder(storage).glob("*.json")
@@ -334,27 +334,36 @@ def _other_machines(storage: Path, folder: Path) -> str:
 
 
 def find(storage: Path, which: str) -> Path:
-    """Resolve ``latest``, a number (``3``, ``0003``), a name or a path to a saved file."""
-    candidate = Path(which)
-    if candidate.suffix == ".json" or os.sep in which or candidate.is_file():
-        if not candidate.exists():
-            raise BaselineError(f"baseline {candidate} does not exist")
-        return candidate
+    """Resolve ``latest``, a number (``3``, ``0003``), a name or a path to a saved file.
+
+    Saved runs come first: a file in the current folder that happens to be
+    called ``main`` does not hide the run saved as ``main``.
+    """
     folder = machine_folder(storage)
     files = sorted(
         (p for p in folder.glob("*.json") if _NUMBERED.match(p.name)), key=lambda p: p.name
     )
-    if not files:
-        raise NoSavedRuns(folder, _other_machines(storage, folder))
-    if which == "latest":
-        return files[-1]
-    if which.isdigit():
-        matches = [p for p in files if int(p.name[:4]) == int(which)]
-    else:
-        exact = [p for p in files if p.name[5:-5] == which]
+    if files:
+        if which == "latest":
+            return files[-1]
+        if which.isdigit():
+            numbered = [p for p in files if int(p.name[:4]) == int(which)]
+            if numbered:
+                return numbered[-1]
+        names = {which, _cleaned(which)}
+        exact = [p for p in files if p.name[5:-5] in names]
         if exact:
             return exact[-1]  # a name saved again means its newest run
-        matches = [p for p in files if which in p.name]
+    candidate = Path(which)
+    if candidate.is_file():
+        return candidate
+    if candidate.suffix == ".json" or "/" in which or os.sep in which:
+        raise BaselineError(
+            f"baseline {candidate} does not exist (neither a file nor a saved run's name)"
+        )
+    if not files:
+        raise NoSavedRuns(folder, _other_machines(storage, folder))
+    matches = [] if which.isdigit() else [p for p in files if which in p.name]
     if len(matches) == 1:
         return matches[0]
     listed = ", ".join(p.name for p in reversed(files[-5:]))
@@ -367,3 +376,11 @@ def find(storage: Path, which: str) -> Path:
         f"{which!r} matches several saved runs in {folder}: "
         f"{', '.join(p.name for p in matches)}; give the number"
     )
+
+
+def _cleaned(name: str) -> str:
+    """The name as ``save`` writes it into the file name, or the name itself."""
+    try:
+        return _safe_name(name)
+    except BaselineError:
+        return name

@@ -165,6 +165,7 @@ class Comparison:
     only_in_baseline: tuple[str, ...] = ()
     only_in_new: tuple[str, ...] = ()
     differences: tuple[str, ...] = field(default_factory=tuple)
+    rules: tuple[Rule, ...] = ()
 
     @property
     def regressions(self) -> tuple[Row, ...]:
@@ -175,9 +176,14 @@ class Comparison:
         return tuple(r for r in self.rows if r.undecided)
 
     @property
+    def not_compared(self) -> tuple[Row, ...]:
+        """Rows without a test: fewer than two usable samples on a side."""
+        return tuple(r for r in self.rows if r.shift is None)
+
+    @property
     def gating(self) -> bool:
         """Whether any rule was given, i.e. whether a row can fail."""
-        return any(r.rule.size > 0 for r in self.rows)
+        return bool(self.rules)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -189,6 +195,9 @@ class Comparison:
             "only_in_baseline": list(self.only_in_baseline),
             "only_in_new": list(self.only_in_new),
             "machine_differences": list(self.differences),
+            "rules": [r.text for r in self.rules],
+            "undecided": [r.fullname + " " + r.rule.text for r in self.undecided],
+            "not_compared": [r.fullname + " " + r.rule.text for r in self.not_compared],
         }
 
 
@@ -288,4 +297,5 @@ def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -
         tuple(n for n in old_entries if n not in new_entries),
         tuple(n for n in new_entries if n not in old_entries),
         tuple(machine_differences(old, new)),
+        tuple(rules),
     )

@@ -40,8 +40,10 @@ class Outputs:
     saved: Path | None = None
     comparison: Comparison | None = None
     errors: list[str] = field(default_factory=list)
-    #: said in the summary (and the Markdown summary), but no reason to fail
+    #: said in the summary, but no reason to fail
     notices: list[str] = field(default_factory=list)
+    #: set on a pipeline's first run: no saved run of this machine to compare with yet
+    first_run: NoSavedRuns | None = None
 
     def prepare(self) -> None:
         """Check paths and load the baseline; raise ``pytest.UsageError`` on a problem."""
@@ -52,14 +54,19 @@ class Outputs:
             if s.compare is not None:
                 self.baseline = load_file(find(s.storage, s.compare))
         except NoSavedRuns as exc:
+            # A pipeline's first run: nothing to compare with yet, and this run
+            # becomes the baseline of the next. Not when runs of other machines
+            # are there (a new Python, another storage folder): that gate would
+            # pass without comparing anything, so the user must choose.
             if not (s.compare == "latest" and (s.save or s.autosave)):
                 raise pytest.UsageError(str(exc)) from None
-            # a pipeline's first run: nothing to compare with yet, and this run
-            # becomes the baseline of the next
-            self.notices.append(
-                f"nothing compared: no run of this machine is saved in {exc.folder} yet"
-                f"{exc.elsewhere}. This run is saved there as the first baseline."
-            )
+            if exc.elsewhere:
+                raise pytest.UsageError(
+                    f"no run of this machine is saved in {exc.folder} to compare with"
+                    f"{exc.elsewhere}; or, to start this machine's baselines afresh, run once "
+                    "without --ollama-cpu-compare"
+                ) from None
+            self.first_run = exc
         except (StorageError, BaselineError) as exc:
             raise pytest.UsageError(str(exc)) from None
 
@@ -92,17 +99,24 @@ class Outputs:
             else:
                 if earlier:
                     self.notices.append(
-                        f"the name {name!r} was saved before ({earlier[-1].name}, kept): "
-                        f"--ollama-cpu-compare={name} now means this run, "
+                        f"the name {self.saved.name[5:-5]!r} was saved before "
+                        f"({earlier[-1].name}, kept): --ollama-cpu-compare="
+                        f"{self.saved.name[5:-5]} now means this run, "
                         f"={earlier[-1].name[:4].lstrip('0')} the earlier one"
                     )
-        if self.baseline is None and self.notices and s.compare_markdown is not None:
-            self._append_markdown(
-                "### pytest-ollama-cpu: no baseline yet\n\n"
-                + "\n".join(f"- {n}" for n in self.notices)
-                + (f"\n- saved as `{self.saved}`" if self.saved else "")
-                + "\n"
+        if self.first_run is not None:
+            outcome = (
+                f"This run is saved as the first baseline: {self.saved}."
+                if self.saved is not None
+                else "This run could not be saved either (see the error below)."
             )
+            notice = (
+                f"nothing compared: no run of this machine is saved in "
+                f"{self.first_run.folder} yet. {outcome}"
+            )
+            self.notices.insert(0, notice)
+            if s.compare_markdown is not None:
+                self._append_markdown(f"### pytest-ollama-cpu: no baseline yet\n\n{notice}\n")
         if self.baseline is not None:
             now = SavedRun(self.saved, document)
             self.comparison = compare(self.baseline, now, s.compare_fail, s.thresholds.alpha)

@@ -228,6 +228,15 @@ def _comparison_notes(comparison: Comparison) -> list[str]:
     notes += [f"the baseline's machine differs: {d}" for d in comparison.differences]
     notes += [f"only in the baseline: {name}" for name in comparison.only_in_baseline]
     notes += [f"only in this run: {name}" for name in comparison.only_in_new]
+    if comparison.gating and not comparison.rows:
+        notes.append("no test was measured in both runs, so no rule was applied")
+    missing = comparison.not_compared
+    if missing and comparison.gating:
+        notes.append(
+            f"{len(missing)} row(s) 'not compared': fewer than two usable samples on a side "
+            "(--ollama-cpu-rounds 1, or requests too short for CPU figures), so no rule was "
+            "applied to them"
+        )
     undecided = comparison.undecided
     if undecided:
         notes.append(
@@ -258,7 +267,8 @@ def _comparison_legend(comparison: Comparison) -> list[str]:
     return [
         verdict,
         "baseline, now: what the change is computed from (geometric means for % rules, means "
-        f"otherwise); interval: {1 - comparison.alpha:.0%} simultaneous bounds of the change",
+        f"otherwise); interval: {1 - 2 * comparison.alpha:.0%} simultaneous interval of the "
+        f"change (each bound one-sided at {1 - comparison.alpha:.0%})",
     ]
 
 

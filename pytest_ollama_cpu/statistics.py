@@ -141,7 +141,13 @@ def ratio_bounds(
         return None
     diff, se, df = welch
     half = 0.0 if se == 0 else t_quantile(1.0 - alpha, df) * se
-    return Bounds(math.exp(diff), math.exp(diff - half), math.exp(diff + half))
+    return Bounds(_exp(diff), _exp(diff - half), _exp(diff + half))
+
+
+def _exp(x: float) -> float:
+    """exp, but inf instead of OverflowError: two wild samples and a small alpha give a
+    log-scale bound far beyond a float's range, and an unbounded interval is the truth."""
+    return math.inf if x > 709.0 else math.exp(x)
 
 
 def spent_alpha(alpha: float, look: int, looks: int) -> float:
@@ -212,7 +218,7 @@ def relative_shift(
         return None
     diff, se, df = welch
     low, high, p = _shift(diff, se, df, math.log(1.0 - max_drop), alpha)
-    return Shift(math.exp(diff), math.exp(low), math.exp(high), p)
+    return Shift(_exp(diff), _exp(low), _exp(high), p)
 
 
 def absolute_shift(

@@ -24,8 +24,12 @@ XDIST_GROUP = "ollama-cpu"
 
 
 def test_id(nodeid: str) -> str:
-    """The test's id without the ``@group`` that ``--dist loadgroup`` appends."""
-    return nodeid.removesuffix(f"@{XDIST_GROUP}")
+    """The test's id without the ``@group`` that ``--dist loadgroup`` appends: ours, or
+    several joined by ``_`` (sorted) when the test has groups of its own too."""
+    head, at, suffix = nodeid.rpartition("@")
+    if at and "]" not in suffix and XDIST_GROUP in suffix.split("_"):
+        return head
+    return nodeid
 
 
 test_id.__test__ = False  # type: ignore[attr-defined]  # not a test

@@ -13,7 +13,7 @@ import pytest
 from pytest_ollama_cpu import baseline
 from pytest_ollama_cpu.baseline import BaselineError, SavedRun, find, load_file, save
 from pytest_ollama_cpu.comparison import RuleError, compare, parse_rule
-from pytest_ollama_cpu.report import comparison_lines
+from pytest_ollama_cpu.report import comparison_lines, comparison_markdown
 
 from .fake_ollama import Behaviour, FakeOllama
 
@@ -152,6 +152,15 @@ def test_find_by_latest_number_name_and_path(tmp_path: Path, monkeypatch: pytest
     monkeypatch.chdir(tmp_path)
     with pytest.raises(BaselineError, match=r"baseline NOTES.md is not valid JSON"):
         load_file(find(storage, "NOTES.md"))
+    # ... but a file that happens to share a saved run's name does not hide the run
+    (tmp_path / "alpha").write_text("not a run")
+    assert find(storage, "alpha") == a
+    # names are found as typed, though the file name has them cleaned up
+    slashed = save(_document([1.0]), storage, "feat/x 2")
+    assert slashed.name == "0005_feat-x-2.json"
+    assert find(storage, "feat/x 2") == slashed
+    with pytest.raises(BaselineError, match="feat/y does not exist .neither a file nor a saved"):
+        find(storage, "feat/y")
 
 
 @pytest.mark.parametrize(
@@ -245,6 +254,37 @@ def test_compare_flags_only_a_drop_shown_larger_than_the_rule():
     assert compare(old, noisy, [], 0.01).rows[0].verdict == "no change shown"
     faster = SavedRun(None, _document([44.0, 44.4, 43.6, 44.2, 43.8]))
     assert compare(old, faster, rules, 0.01).rows[0].verdict == "better"
+
+
+def test_compare_says_what_it_could_not_judge():
+    old = SavedRun(None, _document([40.0, 40.4, 39.6]))
+    rules = [parse_rule("tokens_per_second:5%")]
+    # one sample a side (--ollama-cpu-rounds 1): no test, and the summary says so
+    single = SavedRun(None, _document([10.0]))
+    result = compare(old, single, rules, 0.01)
+    (row,) = result.rows
+    assert row.verdict == "not compared" and result.not_compared == (row,)
+    assert not result.regressions
+    assert "1 row(s) 'not compared': fewer than two usable samples" in "\n".join(
+        comparison_lines(result)
+    )
+    # no test in common: the rules were given, but applied to nothing
+    renamed = _document([40.0, 40.4, 39.6])
+    renamed["benchmarks"][0]["fullname"] = "t.py::test_b[m-generate-t1]"
+    result = compare(old, SavedRun(None, renamed), rules, 0.01)
+    assert result.gating and not result.rows
+    text = "\n".join(comparison_lines(result))
+    assert "no test was measured in both runs, so no rule was applied" in text
+    assert "only in this run: t.py::test_b[m-generate-t1]" in text
+    # without rules, the table and the Markdown say that nothing can fail
+    result = compare(old, old, [], 0.01)
+    assert not result.gating
+    assert "no --ollama-cpu-compare-fail rule, so nothing can fail" in "\n".join(
+        comparison_lines(result)
+    )
+    markdown = comparison_markdown(result)
+    assert markdown.startswith("### pytest-ollama-cpu: Comparison (no rule given)")
+    assert "98% simultaneous interval" in markdown
 
 
 def test_compare_absolute_utilization_and_machine_differences():
@@ -377,6 +417,16 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
     )
     assert ok.returncode == 0
     assert "note: the baseline and the new run are the same file" in ok.stdout
+    both = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("pytest-ollama-cpu")),
+            *("compare", "1", "2", "--json", "-", "--markdown", "-"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=pytester.path,
+    )
+    assert both.returncode == 2 and "would mix on stdout" in both.stderr
 
 
 def test_a_bad_baseline_stops_the_run_before_measuring(pytester: pytest.Pytester) -> None:
@@ -459,9 +509,6 @@ def test_tests_on_one_side_only_are_listed(pytester: pytest.Pytester) -> None:
 def test_a_pipelines_first_run_saves_instead_of_failing(pytester: pytest.Pytester) -> None:
     """The README's CI recipe (compare with the latest, autosave) on an empty cache."""
     pytester.makepyfile(SWEEP_TEST)
-    other = pytester.path / ".benchmarks" / "Linux-CPython-3.9-32bit"
-    other.mkdir(parents=True)
-    (other / "0001_old.json").write_text("{}")
     summary = pytester.path / "summary.md"
     gate = (
         "--ollama-cpu-compare",
@@ -469,14 +516,32 @@ def test_a_pipelines_first_run_saves_instead_of_failing(pytester: pytest.Pyteste
         "--ollama-cpu-compare-fail=tokens_per_second:50%",
         f"--ollama-cpu-compare-markdown={summary}",
     )
+    # runs of another machine id (e.g. after a Python upgrade) are there: comparing
+    # nothing would pass the gate unseen, so the user must choose
+    other = pytester.path / ".benchmarks" / "Linux-CPython-3.9-32bit"
+    other.mkdir(parents=True)
+    (other / "0001_old.json").write_text("{}")
+    refused = run(pytester, Behaviour(), *gate)
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(
+        [
+            "ERROR: no run of this machine is saved in * to compare with (runs of other machines "
+            "are in *: Linux-CPython-3.9-32bit; to compare with one of them anyway, give its "
+            "file's path); or, to start this machine's baselines afresh, run once without "
+            "--ollama-cpu-compare"
+        ]
+    )
+    assert refused.requests == []
+    (other / "0001_old.json").unlink()
+    other.rmdir()
+
     first = run(pytester, Behaviour(), *gate)
     assert first.ret == pytest.ExitCode.OK
     first.stdout.fnmatch_lines(
         [
             "ollama-cpu: run saved as *0001_*.json",
-            "ollama-cpu: nothing compared: no run of this machine is saved in * yet (runs of "
-            "other machines are in *: Linux-CPython-3.9-32bit; *give its file's path). This "
-            "run is saved there as the first baseline.",
+            "ollama-cpu: nothing compared: no run of this machine is saved in * yet. This run "
+            "is saved as the first baseline: *0001_*.json.",
         ]
     )
     assert summary.read_text().startswith("### pytest-ollama-cpu: no baseline yet\n")
@@ -484,14 +549,20 @@ def test_a_pipelines_first_run_saves_instead_of_failing(pytester: pytest.Pyteste
     second = run(pytester, Behaviour(), *gate)
     assert second.ret == pytest.ExitCode.OK
     second.stdout.fnmatch_lines([f"baseline *{saved.name} vs *0002_*.json (tests in *.py)"])
+    second.stdout.no_fnmatch_line("*nothing compared*")
     assert "### pytest-ollama-cpu: No regressions" in summary.read_text()
-    # a name saved again: the earlier run is kept, and the summary says what the name means now
-    run(pytester, Behaviour(), "--ollama-cpu-save=main")
-    again = run(pytester, Behaviour(), "--ollama-cpu-save=main")
+    # a name saved again: the earlier run is kept, and the summary says what the name means
+    # now, in the form the file name has
+    run(pytester, Behaviour(), "--ollama-cpu-save=release 1")
+    again = run(pytester, Behaviour(), "--ollama-cpu-save=release 1")
     again.stdout.fnmatch_lines(
         [
-            "ollama-cpu: run saved as *0004_main.json",
-            "ollama-cpu: the name 'main' was saved before (0003_main.json, kept): "
-            "--ollama-cpu-compare=main now means this run, =3 the earlier one",
+            "ollama-cpu: run saved as *0004_release-1.json",
+            "ollama-cpu: the name 'release-1' was saved before (0003_release-1.json, kept): "
+            "--ollama-cpu-compare=release-1 now means this run, =3 the earlier one",
         ]
     )
+    assert "no baseline yet" not in again.stdout.str()
+    # ... and the name works as typed, too
+    result = run(pytester, Behaviour(), "--ollama-cpu-compare=release 1")
+    result.stdout.fnmatch_lines(["baseline *0004_release-1.json vs this run*"])

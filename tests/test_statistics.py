@@ -54,3 +54,12 @@ def test_intervals_read_with_their_signs():
     assert format_interval(0.45, 0.49) == "0.45-0.49"
     assert format_interval(-55.21, 172.94, 1) == "-55.2 to 172.9"
     assert format_interval(-3.0, -1.0, 1) == "-3.0 to -1.0"
+
+
+def test_wild_samples_give_unbounded_ratios_not_an_overflow():
+    from pytest_ollama_cpu.statistics import ratio_bounds, relative_shift
+
+    shift = relative_shift([10.0, 40.0], [30.0, 31.0], 0.05, 0.01 / 40)
+    assert shift is not None and shift.high == float("inf") and shift.low >= 0
+    bounds = ratio_bounds([10.0, 40.0], [30.0, 31.0], 0.01 / 40)
+    assert bounds is not None and bounds.high == float("inf")

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pytest_ollama_cpu.locking import lock_names, taking_turns
+from pytest_ollama_cpu.xdist import carry_group_suffix, test_id
 
 from .fake_ollama import Behaviour, FakeOllama, SpawnedFakeOllama
 
@@ -200,3 +201,27 @@ def test_locks_are_per_server_and_per_cpu(tmp_path: Path) -> None:
         taking_turns("http://b:1", [0], 0.2, tmp_path),
     ):
         pass
+
+
+def test_the_group_suffix_is_stripped_from_test_ids() -> None:
+    assert test_id("t.py::test_a@ollama-cpu") == "t.py::test_a"
+    # with a group of the user's too, xdist joins the sorted names with "_"
+    assert test_id("t.py::test_a[x]@db_ollama-cpu") == "t.py::test_a[x]"
+    # an "@" of the user's is left alone
+    assert test_id("t.py::test_a[me@host]") == "t.py::test_a[me@host]"
+    assert test_id("t.py::test_a@db") == "t.py::test_a@db"
+
+
+def test_carrying_the_group_over_touches_only_our_rewritten_items(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    items, _ = pytester.inline_genitems("-p", "no:xdist")
+    ours, theirs = items
+    assert not carry_group_suffix(ours)  # nothing rewritten: nothing to do
+    ours._nodeid = f"{ours.nodeid}@ollama-cpu"  # what pytest-xdist 3.8 does on a worker
+    theirs._nodeid = f"{theirs.nodeid}@db"
+    before = theirs.nodeid
+    assert carry_group_suffix(ours)
+    assert ours.nodeid.endswith("::test_a@ollama-cpu")
+    assert not carry_group_suffix(theirs) and theirs.nodeid == before
