@@ -208,19 +208,28 @@ def machine_folder(storage: Path) -> Path:
     return storage / get_machine_id()
 
 
+def saved_runs(folder: Path) -> list[Path]:
+    """The numbered files ``NNNN_name.json`` in one machine's folder, oldest first."""
+    return sorted(p for p in folder.glob("*.json") if _NUMBERED.match(p.name))  # by name
+
+
+def run_number(path: Path) -> int:
+    return int(path.name[:4])
+
+
+def run_name(path: Path) -> str:
+    """``0003_main.json`` -> ``main``."""
+    return path.name[5:-5]
+
+
 def _next_number(folder: Path) -> int:
-    numbers = [int(m.group(1)) for p in folder.glob("*.json") if (m := _NUMBERED.match(p.name))]
-    return max(numbers, default=0) + 1
+    return max((run_number(p) for p in saved_runs(folder)), default=0) + 1
 
 
 def saved_under(storage: Path, name: str) -> list[Path]:
     """Runs of this machine already saved under ``name``, oldest first."""
     wanted = _cleaned(name)
-    return sorted(
-        p
-        for p in machine_folder(storage).glob("*.json")
-        if _NUMBERED.match(p.name) and p.name[5:-5] == wanted
-    )
+    return [p for p in saved_runs(machine_folder(storage)) if run_name(p) == wanted]
 
 
 def save(document: dict[str, Any], storage: Path, name: str) -> Path:
@@ -321,9 +330,7 @@ def load_file(path: Path) -> SavedRun:
 def _other_machines(storage: Path, folder: Path) -> str:
     """Where runs of other machines lie, for a first run on a new machine or runner."""
     others = sorted(
-        p.name
-        for p in storage.glob("*")
-        if p.is_dir() and p != folder and any(p.glob("[0-9][0-9][0-9][0-9]_*.json"))
+        p.name for p in storage.glob("*") if p.is_dir() and p != folder and saved_runs(p)
     )
     if not others:
         return ""
@@ -340,18 +347,16 @@ def find(storage: Path, which: str) -> Path:
     called ``main`` does not hide the run saved as ``main``.
     """
     folder = machine_folder(storage)
-    files = sorted(
-        (p for p in folder.glob("*.json") if _NUMBERED.match(p.name)), key=lambda p: p.name
-    )
+    files = saved_runs(folder)
     if files:
         if which == "latest":
             return files[-1]
         if which.isdigit():
-            numbered = [p for p in files if int(p.name[:4]) == int(which)]
+            numbered = [p for p in files if run_number(p) == int(which)]
             if numbered:
                 return numbered[-1]
         names = {which, _cleaned(which)}
-        exact = [p for p in files if p.name[5:-5] in names]
+        exact = [p for p in files if run_name(p) in names]
         if exact:
             return exact[-1]  # a name saved again means its newest run
     candidate = Path(which)

@@ -21,6 +21,8 @@ from .baseline import (
     autosave_name,
     find,
     load_file,
+    run_name,
+    run_number,
     save,
     saved_under,
 )
@@ -98,11 +100,11 @@ class Outputs:
                 status = pytest.ExitCode.INTERNAL_ERROR
             else:
                 if earlier:
+                    saved_as = run_name(self.saved)
                     self.notices.append(
-                        f"the name {self.saved.name[5:-5]!r} was saved before "
-                        f"({earlier[-1].name}, kept): --ollama-cpu-compare="
-                        f"{self.saved.name[5:-5]} now means this run, "
-                        f"={earlier[-1].name[:4].lstrip('0')} the earlier one"
+                        f"the name {saved_as!r} was saved before ({earlier[-1].name}, kept): "
+                        f"--ollama-cpu-compare={saved_as} now means this run, "
+                        f"={run_number(earlier[-1])} the earlier one"
                     )
         if self.first_run is not None:
             outcome = (
