@@ -341,6 +341,14 @@ def _usage_error(raw: _Raw, spec: OptionSpec, allowed: str) -> pytest.UsageError
     )
 
 
+def _path(raw: _Raw, rootpath: Path | None) -> Path:
+    """A path option; a relative one from the ini file is relative to the rootdir."""
+    path = Path(raw.value).expanduser()
+    if not path.is_absolute() and rootpath is not None and raw.source.startswith("ini"):
+        return rootpath / path
+    return path
+
+
 def _positive_int(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
     if raw is None:
         return default
@@ -396,13 +404,7 @@ def resolve_settings(
     raw_json = lookup(JSON)
     json_path = None
     if raw_json is not None:
-        json_path = Path(raw_json.value).expanduser()
-        if (
-            not json_path.is_absolute()
-            and rootpath is not None
-            and raw_json.source.startswith("ini")
-        ):
-            json_path = rootpath / json_path
+        json_path = _path(raw_json, rootpath)
         if json_path.is_dir():
             raise _usage_error(raw_json, JSON, "it is a folder; give a file name")
 
@@ -439,13 +441,7 @@ def resolve_settings(
     raw_storage = lookup(STORAGE)
     storage = DEFAULT_STORAGE
     if raw_storage is not None:
-        storage = Path(raw_storage.value).expanduser()
-        if (
-            not storage.is_absolute()
-            and rootpath is not None
-            and raw_storage.source.startswith("ini")
-        ):
-            storage = rootpath / storage
+        storage = _path(raw_storage, rootpath)
         if storage.exists() and not storage.is_dir():
             raise _usage_error(raw_storage, STORAGE, "it is a file; give a folder")
     raw_fail = getoption(COMPARE_FAIL.dest) or getini(COMPARE_FAIL.ini) or []
