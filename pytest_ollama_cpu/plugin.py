@@ -33,7 +33,6 @@ MARKER_KEY = pytest.StashKey[ThreadsMarker]()
 FIXTURE_KEY = pytest.StashKey[OllamaCpu]()
 OUTPUTS_KEY = pytest.StashKey[Outputs]()
 ORDER_KEY = pytest.StashKey[int]()
-MARKED_ONLY_KEY = pytest.StashKey[bool]()
 
 
 class OllamaCpuWarning(pytest.PytestWarning):
@@ -114,16 +113,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 raise pytest.UsageError(
                     f"{item.nodeid}: bad @pytest.mark.{MARKER_NAME}(...): {exc}"
                 ) from None
-        uses_fixture = FIXTURE_NAME in getattr(item, "fixturenames", ())
-        # said when the test runs, where warnings filters apply as users expect
-        item.stash[MARKED_ONLY_KEY] = not uses_fixture and any(
-            m.name == MARKER_NAME for m in item.own_markers
-        )
+        uses_fixture = _uses_fixture(item)
         # a marker alone measures nothing: such a test runs as it is, and is warned about
+        # when it runs (where warnings filters apply as users expect)
         if uses_fixture and not state.settings.enabled:
             item.add_marker(skip)
         elif uses_fixture and xdist_active:
             item.add_marker(pytest.mark.xdist_group(XDIST_GROUP))
+
+
+def _uses_fixture(item: pytest.Item) -> bool:
+    return FIXTURE_NAME in getattr(item, "fixturenames", ())
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def ollama_cpu(request: pytest.FixtureRequest) -> Iterator[OllamaCpu]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     """Apply the verdicts of the test's sweeps once its body has passed."""
-    if item.stash.get(MARKED_ONLY_KEY, False):
+    if not _uses_fixture(item) and any(m.name == MARKER_NAME for m in item.own_markers):
         warning = OllamaCpuWarning(
             f"@pytest.mark.{MARKER_NAME}(...) on a test that does not use the "
             f"{FIXTURE_NAME} fixture measures nothing: add {FIXTURE_NAME} to the "
