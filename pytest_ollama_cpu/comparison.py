@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .baseline import EXTRA_KEY, SavedRun
+from .disturbance import describe_load
 from .statistics import Shift, absolute_shift, relative_shift
 
 #: Quantities a rule can name, with the sample field each reads.
@@ -88,6 +89,8 @@ class Row:
     now: float | None
     shift: Shift | None
     regression: bool
+    #: why the row could not be compared because a machine was busy, if it was
+    busy: str | None = None
 
     @property
     def change(self) -> str:
@@ -126,6 +129,8 @@ class Row:
 
     @property
     def verdict(self) -> str:
+        if self.busy is not None:
+            return "busy: not compared"
         if self.shift is None:
             return "not compared"
         if self.regression:
@@ -152,6 +157,7 @@ class Row:
             "p_value": None if self.shift is None else self.shift.p_value,
             "regression": self.regression,
             "undecided": self.undecided,
+            "busy": self.busy,
             "verdict": self.verdict,
         }
 
@@ -177,8 +183,13 @@ class Comparison:
 
     @property
     def not_compared(self) -> tuple[Row, ...]:
-        """Rows without a test: fewer than two usable samples on a side."""
-        return tuple(r for r in self.rows if r.shift is None)
+        """Rows without a test: fewer than two usable samples on a side (not for load)."""
+        return tuple(r for r in self.rows if r.shift is None and r.busy is None)
+
+    @property
+    def busy(self) -> tuple[Row, ...]:
+        """Rows left undecided because a machine was busy: never regressions."""
+        return tuple(r for r in self.rows if r.busy is not None)
 
     @property
     def gating(self) -> bool:
@@ -198,6 +209,7 @@ class Comparison:
             "rules": [r.text for r in self.rules],
             "undecided": [r.fullname + " " + r.rule.text for r in self.undecided],
             "not_compared": [r.fullname + " " + r.rule.text for r in self.not_compared],
+            "busy": [r.fullname + " " + r.rule.text for r in self.busy],
         }
 
 
@@ -206,9 +218,34 @@ def _unsigned_zero(value: float, digits: int) -> float:
     return round(value, digits) + 0.0
 
 
+def _samples(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return list(entry["extra_info"][EXTRA_KEY]["samples"])
+
+
 def _values(entry: Mapping[str, Any], field_name: str) -> list[float]:
-    samples = entry["extra_info"][EXTRA_KEY]["samples"]
-    return [float(s[field_name]) for s in samples if s.get(field_name) is not None]
+    """The undisturbed samples' values: those taken under load are set aside (files
+    saved before samples were flagged count as undisturbed)."""
+    return [
+        float(s[field_name])
+        for s in _samples(entry)
+        if s.get(field_name) is not None and not s.get("disturbed")
+    ]
+
+
+def busy_reason(entry: Mapping[str, Any], side: str) -> str | None:
+    """Why ``entry`` has too few undisturbed samples to compare, if load is the reason."""
+    samples = _samples(entry)
+    aside = [s for s in samples if s.get("disturbed")]
+    if not aside or len(samples) - len(aside) >= 2:
+        return None
+    loads = sorted(float(s["other_cores_busy"]) for s in aside if s.get("other_cores_busy"))
+    cpus = next((s.get("server_cpus") for s in aside if s.get("server_cpus")), None)
+    load = (
+        describe_load(loads[len(loads) // 2], int(cpus))
+        if loads and cpus
+        else "other processes took CPU the server needed"
+    )
+    return f"{side}: {load}; {len(aside)} of {len(samples)} samples set aside"
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -267,8 +304,12 @@ def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -
     for name in common:
         before, after = old_entries[name], new_entries[name]
         extra = after["extra_info"][EXTRA_KEY]
+        reasons = [busy_reason(before, "baseline"), busy_reason(after, "now")]
+        busy = "; ".join(r for r in reasons if r) or None
         for rule in shown:
             a, b = _values(after, rule.field), _values(before, rule.field)
+            if busy is not None:
+                a = b = []  # never judged on samples taken under load
             if rule.relative:
                 shift = relative_shift(a, b, rule.size, per_test)
                 regression = shift is not None and shift.high < 1 - rule.size
@@ -287,6 +328,7 @@ def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -
                     _geometric_mean(a) if rule.relative else _mean(a),
                     shift,
                     regression and bool(rules),
+                    busy,
                 )
             )
     return Comparison(

@@ -18,7 +18,7 @@ from .client import ModelFacts, OllamaCpuError
 from .locking import LockTimeout, taking_turns
 from .markers import AUTO, ThreadSpec, expand_threads
 from .options import Settings
-from .results import Sweep
+from .results import MachineBusy, Sweep
 from .sampler import RESERVED_OPTIONS, SweepInterrupted, SweepRunner, Workload
 from .session import Connection, CpuSetRefused, RunState
 from .verdicts import Thresholds, Verdict, decide_adaptively
@@ -144,7 +144,11 @@ class OllamaCpu:
             options=options,
         )
         runner = SweepRunner(
-            connection.client, connection.server, connection.facts, connection.machine
+            connection.client,
+            connection.server,
+            connection.facts,
+            connection.machine,
+            budget=self.settings.retake_budget,
         )
         cpus = connection.machine.affinity if connection.server is not None else ()
         try:
@@ -193,18 +197,32 @@ class TestOutcome:
     warning: str | None = None
 
 
-def test_outcome(verdicts: list[Verdict], inconclusive: str) -> TestOutcome:
-    """Fold the verdicts of one test's sweeps under the ``--ollama-cpu-inconclusive`` policy."""
+def test_outcome(
+    verdicts: list[Verdict], inconclusive: str, busy: MachineBusy | None = None
+) -> TestOutcome:
+    """Fold the verdicts of one test's sweeps under the ``--ollama-cpu-inconclusive`` policy.
+
+    ``busy`` is a figure the test body asked of a thread count that got no
+    undisturbed sample: like a check the load left undecided, it is no failure.
+    """
     failed = [v for v in verdicts if v.failed]
     if failed:
         return TestOutcome("fail", "\n".join(v.message() for v in failed))
     undecided = [v for v in verdicts if v.inconclusive]
-    if not undecided:
+    if not undecided and busy is None:
         return TestOutcome("pass")
-    text = (
-        "inconclusive (undecided after the most rounds allowed, or not measurable):\n"
-        + "\n".join(v.message() for v in undecided)
-    )
+    messages = [v.message() for v in undecided]
+    if busy is not None:
+        messages.append(f"the test's own assertions could not run: {busy}")
+    reasons = [c.outcome for v in undecided for c in v.inconclusive]
+    reasons += ["busy"] if busy is not None else []
+    if all(r == "busy" for r in reasons):
+        why = "because the machine was busy"
+    elif "busy" in reasons:
+        why = "because the machine was busy, or undecided after the most rounds allowed"
+    else:
+        why = "undecided after the most rounds allowed, or not measurable"
+    text = f"inconclusive ({why}):\n" + "\n".join(messages)
     if inconclusive == "fail":
         return TestOutcome("fail", text)
     if inconclusive == "skip":

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from .comparison import Rule, RuleError, parse_rule
+from .disturbance import DEFAULT_QUIET_WAIT, DEFAULT_RETAKES, RetakeBudget
 from .host import DEFAULT_HOST, normalize_host
 from .markers import (
     AUTO,
@@ -144,6 +145,19 @@ INCONCLUSIVE = OptionSpec(
     "fail or skip. Default: pass.",
     metavar="pass|fail|skip",
 )
+RETAKES = OptionSpec(
+    "--ollama-cpu-retakes",
+    "Samples a thread count may set aside and take again, per sweep, when other processes took "
+    f"CPU the server needed; then it is given up as busy. Default: {DEFAULT_RETAKES}.",
+    metavar="N",
+)
+QUIET_WAIT = OptionSpec(
+    "--ollama-cpu-quiet-wait",
+    "Seconds a thread count may wait, per sweep, for the server's CPUs to be quiet before "
+    "retaking a disturbed sample; 0 retakes at once. Default: "
+    f"{DEFAULT_QUIET_WAIT:g}.",
+    metavar="SECONDS",
+)
 
 CPUS = OptionSpec(
     "--ollama-cpu-cpus",
@@ -209,6 +223,8 @@ ALL_OPTIONS = (
     MIN_MACHINE_UTILIZATION,
     ALPHA,
     INCONCLUSIVE,
+    RETAKES,
+    QUIET_WAIT,
     CPUS,
     SAVE,
     AUTOSAVE,
@@ -280,6 +296,7 @@ class Settings:
     compare_strict: bool = False
     compare_markdown: Path | None = None
     cpus: tuple[int, ...] | None = None
+    retake_budget: RetakeBudget = RetakeBudget()
 
     def rounds_limit(self, rounds: int, marker_max: int | None = None) -> int:
         """Most rounds a thread count may get: marker, then option, then 4 x rounds."""
@@ -358,6 +375,31 @@ def _positive_int(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
         raise _usage_error(raw, spec, "expected a whole number of 1 or more") from None
     if value < 1:
         raise _usage_error(raw, spec, "expected a whole number of 1 or more")
+    return value
+
+
+def _whole_number(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
+    """A count that may be 0."""
+    if raw is None:
+        return default
+    try:
+        value = int(raw.value)
+    except ValueError:
+        raise _usage_error(raw, spec, "expected a whole number of 0 or more") from None
+    if value < 0:
+        raise _usage_error(raw, spec, "expected a whole number of 0 or more")
+    return value
+
+
+def _seconds_or_zero(raw: _Raw | None, spec: OptionSpec, default: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw.value)
+    except ValueError:
+        raise _usage_error(raw, spec, "expected a number of seconds, 0 or more") from None
+    if not 0 <= value < float("inf"):
+        raise _usage_error(raw, spec, "expected a number of seconds, 0 or more")
     return value
 
 
@@ -490,6 +532,10 @@ def resolve_settings(
         compare_strict=bool(getoption(COMPARE_STRICT.dest)) or bool(getini(COMPARE_STRICT.ini)),
         compare_markdown=None if raw_markdown is None else Path(raw_markdown.value).expanduser(),
         cpus=cpus,
+        retake_budget=RetakeBudget(
+            retakes=_whole_number(lookup(RETAKES), RETAKES, DEFAULT_RETAKES),
+            quiet_wait=_seconds_or_zero(lookup(QUIET_WAIT), QUIET_WAIT, DEFAULT_QUIET_WAIT),
+        ),
         enabled=enabled,
         host=host,
         model=model,

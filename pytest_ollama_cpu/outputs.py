@@ -130,8 +130,24 @@ class Outputs:
                 status = status or pytest.ExitCode.USAGE_ERROR
             if self.comparison.regressions:
                 status = status or pytest.ExitCode.TESTS_FAILED
+            status = self._busy_rows(self.comparison, status)
             if s.compare_markdown is not None:
                 self._append_markdown(comparison_markdown(self.comparison))
+        return status
+
+    def _busy_rows(self, comparison: Comparison, status: int | None) -> int | None:
+        """Rows a busy machine left undecided follow --ollama-cpu-inconclusive."""
+        busy = {(row.test, row.threads) for row in comparison.busy}
+        if not busy:
+            return status
+        text = (
+            f"{len(busy)} comparison row(s) inconclusive because the machine was busy "
+            "(see the notes under the comparison)"
+        )
+        if self.settings.inconclusive == "fail":
+            self.errors.append(f"{text}; --ollama-cpu-inconclusive=fail makes that a failure")
+            return status or pytest.ExitCode.TESTS_FAILED
+        self.notices.append(f"WARNING {text}: nothing was judged on samples taken under load")
         return status
 
     def _append_markdown(self, text: str) -> None:

@@ -16,6 +16,7 @@ from .markers import MARKER_HELP, MARKER_NAME, MarkerError, ThreadsMarker, parse
 from .options import ENABLE, MODEL, add_options, merge_thresholds, resolve_settings
 from .outputs import Outputs
 from .report import comparison_lines, describe_model, header_lines, summary_lines
+from .results import MachineBusy
 from .session import RunState
 from .xdist import (
     WORKER_OUTPUT_KEY,
@@ -161,12 +162,19 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
             item.warn(warning)
         except OllamaCpuWarning:  # -W error: the message, not this hook's traceback
             raise pytest.fail.Exception(f"OllamaCpuWarning: {warning}", pytrace=False) from None
-    result = yield
+    busy: MachineBusy | None = None
+    try:
+        result = yield
+    except MachineBusy as exc:
+        # the body asked for a figure the machine's load left unmeasured: no failure
+        busy, result = exc, None
     fixture = item.stash.get(FIXTURE_KEY, None)
-    if fixture is None or not fixture.verdicts:
+    if fixture is None and busy is not None:
+        raise busy  # not a sweep of this test's: nothing to fold it into
+    if fixture is None or (not fixture.verdicts and busy is None):
         return result
     state = item.config.stash[STATE_KEY]
-    decided = test_outcome(fixture.verdicts, state.settings.inconclusive)
+    decided = test_outcome(fixture.verdicts, state.settings.inconclusive, busy)
     if decided.warning:
         state.warnings.append(f"{item.nodeid}: {decided.warning}")
     if decided.outcome == "fail":

@@ -135,6 +135,15 @@ class ServerProcess:
             lost_processes=lost,
         )
 
+    def other_load(self, window: float) -> float:
+        """Cores other processes keep busy on the server's CPUs, watched for ``window``
+        seconds: asked while the server is idle, it tells whether a request now
+        would be disturbed."""
+        before = self.snapshot()
+        time.sleep(window)
+        use = self.cpu_use(before, self.snapshot())
+        return use.other / use.wall if use.wall > 0 else 0.0
+
     def _threads(self) -> list[int]:
         """Thread ids of every process of the server: affinity is set per thread."""
         tids: list[int] = []

@@ -9,15 +9,16 @@ from collections.abc import Sequence
 
 from .client import ModelFacts
 from .comparison import Comparison
+from .disturbance import MARGIN_CORES
 from .machine import MachineFacts
 from .results import RecordedSweep, Sweep, ThreadResult, by_machine
 from .statistics import Summary, format_interval
-from .verdicts import NOISE_SHARE
 
 COLUMNS = (
     "threads",
     "runner",
     "n",
+    "aside",
     "tokens/s",
     "±stdev",
     "mean 95% CI",
@@ -44,15 +45,18 @@ def _ci(summary: Summary) -> str:
 
 
 def _row(sweep: Sweep, result: ThreadResult) -> list[str]:
-    tps = result.tokens_per_second
     runner = result.runner_threads
+    if result.undisturbed:
+        tps = result.tokens_per_second
+        rate = [f"{tps.median:.1f}", "-" if tps.stdev is None else f"{tps.stdev:.1f}", _ci(tps)]
+    else:
+        rate = ["busy", "-", "-"]
     return [
         str(result.threads),
         "?" if runner is None else str(runner),
-        str(len(result.samples)),
-        f"{tps.median:.1f}",
-        "-" if tps.stdev is None else f"{tps.stdev:.1f}",
-        _ci(tps),
+        str(len(result.undisturbed)),
+        str(len(result.set_aside)),
+        *rate,
         _num(sweep.speedup(result.threads)),
         _num(sweep.efficiency(result.threads)),
         _median(result.thread_utilization),
@@ -91,13 +95,7 @@ def sweep_lines(recorded: RecordedSweep) -> list[str]:
         lines.append(
             f"  note: asked for {r.threads} threads, the runner was started with {r.runner_threads}"
         )
-    disturbed, total = sweep.disturbed_samples(NOISE_SHARE)
-    if disturbed:
-        lines.append(
-            f"  disturbed: {disturbed} of {total} samples ran while other processes kept more "
-            f"than {NOISE_SHARE * sweep.machine.usable_cpus:.2g} cores busy (other tests? "
-            "see --dist loadgroup in the README)"
-        )
+    lines += _disturbance_lines(sweep)
     if sweep.waited_seconds >= 0.1:
         lines.append(
             f"  waited {sweep.waited_seconds:.1f} s for other sweeps on this server or these "
@@ -108,9 +106,12 @@ def sweep_lines(recorded: RecordedSweep) -> list[str]:
         if verdict.recommendation is not None:
             lines.append(f"  {verdict.recommendation.describe()}")
         for check in verdict.checks:
-            mark = {"pass": "ok", "fail": "FAILED", "inconclusive": "UNDECIDED"}.get(
-                check.outcome, "NOT MEASURED"
-            )
+            mark = {
+                "pass": "ok",
+                "fail": "FAILED",
+                "inconclusive": "UNDECIDED",
+                "busy": "BUSY",
+            }.get(check.outcome, "NOT MEASURED")
             lines.append(f"  {mark:>12}  {check.describe(verdict.confidence)}")
         if verdict.checks:
             samples = sum(len(r.samples) for r in sweep)
@@ -120,6 +121,50 @@ def sweep_lines(recorded: RecordedSweep) -> list[str]:
             )
         lines += [f"  note: {n}" for n in verdict.notes]
     return lines
+
+
+def _disturbance_lines(sweep: Sweep) -> list[str]:
+    """What the machine's load cost: samples set aside, time waited, counts given up."""
+    lines = []
+    for result in sweep:
+        if not result.set_aside and result.waited_seconds < 0.1:
+            continue
+        aside = len(result.set_aside)
+        if aside:
+            text = (
+                f"  retaken: {aside} disturbed sample{'s' if aside != 1 else ''} at "
+                f"{result.threads} threads set aside ({result.describe_load()}, more than "
+                f"{MARGIN_CORES:g} beyond the {_spare(result)} they could not use anyway)"
+            )
+            if result.waited_seconds >= 0.1:
+                text += f"; waited {result.waited_seconds:.1f} s for quiet"
+        else:
+            text = (
+                f"  waited {result.waited_seconds:.1f} s at {result.threads} threads for quiet: "
+                "other processes took CPU its threads needed after the warm-up"
+            )
+        if result.gave_up:
+            text += (
+                "; gave up: the machine stayed busy (see --ollama-cpu-retakes and "
+                "--ollama-cpu-quiet-wait)"
+            )
+        lines.append(text)
+    disturbed, total = sweep.disturbed_samples()
+    if disturbed:
+        lines.append(
+            f"  disturbed: {disturbed} of {total} samples; verdicts, the recommendation and "
+            "comparisons use the undisturbed ones only (other tests? see --dist loadgroup in "
+            "the README)"
+        )
+    return lines
+
+
+def _spare(result: ThreadResult) -> str:
+    spares = {s.spare_cpus for s in result.samples if s.spare_cpus is not None}
+    if len(spares) != 1:
+        return "CPUs"
+    spare = spares.pop()
+    return f"{spare:g} CPU{'' if spare == 1 else 's'}"
 
 
 def summary_lines(sweeps: Sequence[RecordedSweep]) -> list[str]:
@@ -140,10 +185,12 @@ def summary_lines(sweeps: Sequence[RecordedSweep]) -> list[str]:
             lines += sweep_lines(recorded)
     lines += [
         "",
-        "runner: threads the Ollama runner was started with; n: measured samples; tokens/s: "
-        "median generation rate from Ollama's eval timings; util: median CPU use of the "
-        "server's process tree per requested thread / per usable CPU; other cores: CPU busy "
-        "outside the server.",
+        "runner: threads the Ollama runner was started with; n: undisturbed samples, which "
+        "every figure but 'other cores' is computed from; aside: samples set aside because "
+        "other processes took CPU the server needed; tokens/s: median generation rate from "
+        "Ollama's eval timings; util: median CPU use of the server's process tree per "
+        "requested thread / per usable CPU; other cores: CPU busy outside the server on its "
+        "CPUs, over all samples.",
     ]
     return lines
 
@@ -237,6 +284,11 @@ def _comparison_notes(comparison: Comparison) -> list[str]:
             "(--ollama-cpu-rounds 1, or requests too short for CPU figures), so no rule was "
             "applied to them"
         )
+    for row in comparison.busy:
+        notes.append(
+            f"{row.test} at {row.threads} threads was not compared because the machine was "
+            f"busy ({row.busy}): samples taken under load are never judged"
+        )
     undecided = comparison.undecided
     if undecided:
         notes.append(
@@ -287,6 +339,8 @@ def comparison_lines(comparison: Comparison) -> list[str]:
 def comparison_markdown(comparison: Comparison) -> str:
     regressions = comparison.regressions
     head = "Regressions found" if regressions else "No regressions"
+    if comparison.busy:
+        head += f" ({len(comparison.busy)} row(s) inconclusive: the machine was busy)"
     if not comparison.gating:
         head = "Comparison (no rule given)"
     common = _common_file(comparison)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from .client import ModelFacts, Timings
+from .client import ModelFacts, OllamaCpuError, Timings
+from .disturbance import describe_load, excess_cores, spare_cpus
 from .machine import MachineFacts
 from .statistics import Summary, ratio
 
@@ -24,8 +25,13 @@ class Sample:
     """One request at one thread count.
 
     ``cpu_seconds`` is the CPU time of the server's whole process tree during the
-    request and ``other_cpu_seconds`` that of everything else on the machine;
-    both are ``None`` when the server's processes cannot be watched.
+    request and ``other_cpu_seconds`` that of everything else on the server's
+    CPUs (``server_cpus`` of them); both are ``None`` when the server's processes
+    cannot be watched. ``disturbed`` says that other processes took CPU the
+    server needed (see ``disturbance.py``): such a sample is kept, but set aside
+    from every summary, verdict and comparison. ``started_at`` (wall clock,
+    seconds since the epoch) and ``started_monotonic`` date the request, to
+    diagnose drift and hiccups later.
     """
 
     threads: int
@@ -37,6 +43,22 @@ class Sample:
     other_cpu_seconds: float | None = None
     runner_threads: int | None = None
     runner_pid: int | None = None
+    server_cpus: int | None = None
+    disturbed: bool = False
+    started_at: float | None = None
+    started_monotonic: float | None = None
+
+    @property
+    def spare_cpus(self) -> float | None:
+        """CPUs of the server's that this request's threads could not use anyway."""
+        if self.server_cpus is None:
+            return None
+        return spare_cpus(self.server_cpus, self.threads, self.usable_cpus)
+
+    @property
+    def excess_cores(self) -> float | None:
+        """Cores other processes took beyond the spare: above the margin, disturbed."""
+        return excess_cores(self.other_cores_busy, self.spare_cpus)
 
     @property
     def tokens_per_second(self) -> float:
@@ -90,6 +112,12 @@ class Sample:
             "usable_cpus": self.usable_cpus,
             "runner_threads": self.runner_threads,
             "runner_pid": self.runner_pid,
+            "other_cores_busy": self.other_cores_busy,
+            "server_cpus": self.server_cpus,
+            "spare_cpus": self.spare_cpus,
+            "disturbed": self.disturbed,
+            "started_at": self.started_at,
+            "started_monotonic": self.started_monotonic,
             "timings": self.timings.to_dict(),
         }
 
@@ -105,7 +133,15 @@ class Sample:
             other_cpu_seconds=data.get("other_cpu_seconds"),
             runner_threads=data.get("runner_threads"),
             runner_pid=data.get("runner_pid"),
+            server_cpus=data.get("server_cpus"),
+            disturbed=bool(data.get("disturbed", False)),
+            started_at=data.get("started_at"),
+            started_monotonic=data.get("started_monotonic"),
         )
+
+
+class MachineBusy(OllamaCpuError):
+    """A figure was asked of a thread count whose every sample was disturbed."""
 
 
 def _summary(values: Sequence[float | None]) -> Summary | None:
@@ -115,37 +151,87 @@ def _summary(values: Sequence[float | None]) -> Summary | None:
 
 @dataclass(frozen=True)
 class ThreadResult:
-    """All samples taken at one thread count, and their summaries."""
+    """All samples taken at one thread count, and the summaries of the undisturbed ones.
+
+    ``samples`` holds every measured request in the order taken, disturbed ones
+    included (flagged); the summaries, verdicts and comparisons read only
+    ``undisturbed``. ``waited_seconds`` is the time spent waiting for the
+    server's CPUs to be quiet, ``gave_up`` that the machine stayed busy beyond
+    the retake budget.
+    """
 
     threads: int
     samples: tuple[Sample, ...]
     warmup: Sample | None = None
+    waited_seconds: float = 0.0
+    gave_up: bool = False
+
+    @cached_property
+    def undisturbed(self) -> tuple[Sample, ...]:
+        return tuple(s for s in self.samples if not s.disturbed)
+
+    @cached_property
+    def set_aside(self) -> tuple[Sample, ...]:
+        """Samples during which other processes took CPU the server needed."""
+        return tuple(s for s in self.samples if s.disturbed)
+
+    @property
+    def busy(self) -> bool:
+        """Too few undisturbed samples (under two) to decide anything, because of load."""
+        return bool(self.set_aside) and len(self.undisturbed) < 2
+
+    @property
+    def load(self) -> float | None:
+        """Median cores other processes kept busy during the disturbed samples."""
+        values = [s.other_cores_busy for s in self.set_aside if s.other_cores_busy is not None]
+        return Summary.from_values(values).median if values else None
+
+    def describe_load(self) -> str:
+        """'other processes used 1.02 of the server's 2 CPUs' (during the set-aside samples)."""
+        load = self.load
+        cpus = next((s.server_cpus for s in self.set_aside if s.server_cpus is not None), None)
+        if load is None or cpus is None:
+            return "other processes took CPU the server needed"
+        return describe_load(load, cpus)
 
     @cached_property
     def tokens_per_second(self) -> Summary:
         if not self.samples:
             raise ValueError(f"no samples were taken at {self.threads} threads")
-        return Summary.from_values([s.tokens_per_second for s in self.samples])
+        if not self.undisturbed:
+            raise MachineBusy(
+                f"no undisturbed sample at {self.threads} threads: {self.describe_load()} "
+                f"during all {len(self.samples)} of them, so its tokens/s is not known. "
+                "Measure on a quieter machine, or raise --ollama-cpu-retakes / "
+                "--ollama-cpu-quiet-wait"
+            )
+        return Summary.from_values([s.tokens_per_second for s in self.undisturbed])
 
     @cached_property
     def prompt_tokens_per_second(self) -> Summary | None:
-        return _summary([s.prompt_tokens_per_second for s in self.samples])
+        return _summary([s.prompt_tokens_per_second for s in self.undisturbed])
 
     @cached_property
     def wall_seconds(self) -> Summary | None:
-        return _summary([s.wall_seconds for s in self.samples])
+        return _summary([s.wall_seconds for s in self.undisturbed])
 
     @cached_property
     def thread_utilization(self) -> Summary | None:
-        return _summary([s.thread_utilization for s in self.samples])
+        return _summary([s.thread_utilization for s in self.undisturbed])
 
     @cached_property
     def machine_utilization(self) -> Summary | None:
-        return _summary([s.machine_utilization for s in self.samples])
+        return _summary([s.machine_utilization for s in self.undisturbed])
 
     @cached_property
     def other_cores_busy(self) -> Summary | None:
+        """Over every sample, disturbed ones included: how busy the machine was."""
         return _summary([s.other_cores_busy for s in self.samples])
+
+    @property
+    def median_tokens_per_second(self) -> float | None:
+        """The median tokens/s, or ``None`` where no undisturbed sample was taken."""
+        return self.tokens_per_second.median if self.undisturbed else None
 
     @property
     def runner_threads(self) -> int | None:
@@ -161,13 +247,17 @@ class ThreadResult:
             "threads": self.threads,
             "runner_threads": self.runner_threads,
             "summary": {
-                "tokens_per_second": dump(self.tokens_per_second) if self.samples else None,
+                "tokens_per_second": dump(self.tokens_per_second) if self.undisturbed else None,
                 "prompt_tokens_per_second": dump(self.prompt_tokens_per_second),
                 "wall_seconds": dump(self.wall_seconds),
                 "thread_utilization": dump(self.thread_utilization),
                 "machine_utilization": dump(self.machine_utilization),
                 "other_cores_busy": dump(self.other_cores_busy),
             },
+            "undisturbed": len(self.undisturbed),
+            "set_aside": len(self.set_aside),
+            "waited_seconds": self.waited_seconds,
+            "gave_up": self.gave_up,
             "warmup": None if self.warmup is None else self.warmup.to_dict(),
             "samples": [s.to_dict() for s in self.samples],
         }
@@ -179,6 +269,8 @@ class ThreadResult:
             int(data["threads"]),
             tuple(Sample.from_dict(s) for s in data["samples"]),
             None if warmup is None else Sample.from_dict(warmup),
+            float(data.get("waited_seconds", 0.0)),
+            bool(data.get("gave_up", False)),
         )
 
 
@@ -253,8 +345,12 @@ class Sweep:
         return self.results[min(self.results)]
 
     def speedup(self, threads: int) -> float | None:
-        """Median tokens/s at ``threads`` over the median at the smallest count."""
-        return ratio(self[threads].tokens_per_second.median, self.baseline.tokens_per_second.median)
+        """Median tokens/s at ``threads`` over the median at the smallest count
+        (undisturbed samples; ``None`` where a side has none)."""
+        now, base = self[threads].median_tokens_per_second, self.baseline.median_tokens_per_second
+        if now is None or base is None:
+            return None
+        return ratio(now, base)
 
     def efficiency(self, threads: int) -> float | None:
         """Speedup divided by the thread ratio: 1.0 is perfect scaling."""
@@ -263,15 +359,15 @@ class Sweep:
             return None
         return speedup / (threads / self.baseline.threads)
 
-    def disturbed_samples(self, share: float) -> tuple[int, int]:
-        """(samples during which other processes kept more than ``share`` of the usable
-        CPUs busy, all samples): how much of the sweep was disturbed."""
-        limit = share * self.machine.usable_cpus
+    def disturbed_samples(self) -> tuple[int, int]:
+        """(samples set aside as disturbed, all samples): how much the machine's load cost."""
         samples = [s for r in self for s in r.samples]
-        disturbed = sum(
-            1 for s in samples if s.other_cores_busy is not None and s.other_cores_busy > limit
-        )
-        return disturbed, len(samples)
+        return sum(1 for s in samples if s.disturbed), len(samples)
+
+    @property
+    def waited_for_quiet(self) -> float:
+        """Seconds spent waiting for the server's CPUs to be quiet, over all thread counts."""
+        return sum(r.waited_seconds for r in self)
 
     def check(
         self,
@@ -321,6 +417,7 @@ class Sweep:
                     **r.to_dict(),
                     "speedup": self.speedup(r.threads) if r.samples else None,
                     "efficiency": self.efficiency(r.threads) if r.samples else None,
+                    "busy": r.busy,
                 }
                 for r in self
             ],

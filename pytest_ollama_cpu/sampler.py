@@ -4,16 +4,23 @@
 restart its runner, so the first reply after a change carries the load and is
 kept apart as the warm-up. The measured requests use a fixed seed and
 temperature 0 so every sample does the same work.
+
+On a busy machine a sample during which other processes took CPU the server
+needed (``disturbance.py``) is kept, flagged, and taken again after waiting for
+the server's CPUs to be quiet, within a ``RetakeBudget`` per thread count: a
+sweep on a machine that stays busy ends in bounded time, with the thread count
+marked as given up rather than measured wrongly.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .client import ModelFacts, OllamaClient, OllamaCpuError, Timings
+from .disturbance import QUIET_WINDOW, RetakeBudget, is_disturbed, spare_cpus
 from .machine import MachineFacts
 from .processes import ServerProcess
 from .results import Sample, ServerFacts, Sweep, ThreadResult
@@ -72,11 +79,13 @@ class SweepRunner:
         server_facts: ServerFacts,
         machine: MachineFacts,
         on_progress: Callable[[str], None] | None = None,
+        budget: RetakeBudget | None = None,
     ) -> None:
         self.client = client
         self.server = server
         self.server_facts = server_facts
         self.machine = machine
+        self.budget = budget or RetakeBudget()
         self._progress = on_progress or (lambda _message: None)
         self._loaded: int | None = None
 
@@ -98,6 +107,7 @@ class SweepRunner:
     def _measure(self, workload: Workload, threads: int, round_: int) -> Sample:
         server = self.server
         before = server.snapshot() if server else None
+        started_at, started_monotonic = time.time(), time.monotonic()
         started = time.perf_counter()
         timings = self._request(workload, threads)
         wall = time.perf_counter() - started
@@ -117,7 +127,7 @@ class SweepRunner:
             runner = server.runner()
             if runner is not None:
                 runner_threads, runner_pid = runner.threads, runner.pid
-        return Sample(
+        sample = Sample(
             threads=threads,
             round=round_,
             timings=timings,
@@ -127,7 +137,24 @@ class SweepRunner:
             other_cpu_seconds=other,
             runner_threads=runner_threads,
             runner_pid=runner_pid,
+            server_cpus=len(self.machine.affinity) if server is not None else None,
+            started_at=started_at,
+            started_monotonic=started_monotonic,
         )
+        return replace(sample, disturbed=is_disturbed(sample.other_cores_busy, sample.spare_cpus))
+
+    def _wait_for_quiet(self, threads: int, budget: float) -> tuple[float, bool]:
+        """Watch the idle server's CPUs until other processes leave ``threads`` threads
+        the CPUs they need, for up to ``budget`` seconds: (seconds waited, quiet)."""
+        if self.server is None:
+            return 0.0, True
+        spare = spare_cpus(len(self.machine.affinity), threads, self.machine.usable_cpus)
+        started = time.monotonic()
+        while True:
+            quiet = not is_disturbed(self.server.other_load(QUIET_WINDOW), spare)
+            waited = time.monotonic() - started
+            if quiet or waited >= budget:
+                return waited, quiet
 
     def run(
         self, workload: Workload, model: ModelFacts, threads: Sequence[int], rounds: int
@@ -157,48 +184,106 @@ class SweepRunner:
         """
         order = sorted(more, key=lambda t: t != self._loaded)
         for count in order:
-            rounds = more[count]
             earlier = sweep.results.get(count)
-            done = len(earlier.samples) if earlier else 0
-            warmup: Sample | None = None
-            samples: list[Sample] = []
+            if earlier is not None and earlier.gave_up:
+                continue  # the machine stayed busy beyond the budget: no more tries
+            visit = _Visit(count, more[count], earlier)
             try:
-                if self._loaded != count:
-                    self._progress(f"{count} threads: warm-up")
-                    warmup = self._sample(workload, count, 0)
-                reloads = 0
-                while len(samples) < rounds:
-                    self._progress(f"{count} threads: round {done + len(samples) + 1}")
-                    sample = self._sample(workload, count, done + len(samples) + 1)
-                    if sample.timings.load_duration >= RELOAD_SECONDS and reloads < rounds:
-                        reloads += 1
-                        warmup = warmup or sample
-                        continue
-                    samples.append(sample)
+                self._visit(workload, visit)
             except OllamaCpuError as exc:
-                self._store(sweep, count, earlier, warmup, samples)
+                self._store(sweep, visit)
                 sweep.complete = False
                 sweep.error = str(exc)
                 measured = ", ".join(str(t) for t in sorted(sweep.results)) or "none"
                 raise SweepInterrupted(
-                    f"{exc}\nThe sweep stopped at {count} threads after {len(samples)} of "
-                    f"{rounds} rounds; thread counts measured before: {measured}.",
+                    f"{exc}\nThe sweep stopped at {count} threads after {visit.good} of "
+                    f"{visit.rounds} rounds; thread counts measured before: {measured}.",
                     sweep,
                 ) from None
-            self._store(sweep, count, earlier, warmup, samples)
+            self._store(sweep, visit)
         return sweep
 
+    def _visit(self, workload: Workload, visit: _Visit) -> None:
+        """Take ``visit.rounds`` undisturbed samples at one thread count, within the budget."""
+        count, budget = visit.count, self.budget
+        last_disturbed = visit.earlier_disturbed_last
+        if self._loaded != count:
+            self._progress(f"{count} threads: warm-up")
+            visit.warmup = self._sample(workload, count, 0)
+            last_disturbed = visit.warmup.disturbed
+        reloads = 0
+        while visit.good < visit.rounds:
+            if last_disturbed and budget.quiet_wait > 0:
+                self._progress(f"{count} threads: waiting for the CPUs to be quiet")
+                spent, quiet = self._wait_for_quiet(count, budget.quiet_wait - visit.waited)
+                visit.waited += spent
+                if not quiet:
+                    visit.gave_up = True
+                    if visit.taken_before + len(visit.samples) > 0:
+                        return
+                    # not one sample yet: take one, so what the load did is on record
+            round_ = visit.taken_before + len(visit.samples) + 1
+            self._progress(f"{count} threads: round {round_}")
+            sample = self._sample(workload, count, round_)
+            if sample.timings.load_duration >= RELOAD_SECONDS and reloads < visit.rounds:
+                reloads += 1
+                visit.warmup = visit.warmup or sample
+                continue
+            visit.samples.append(sample)
+            last_disturbed = sample.disturbed
+            if visit.gave_up:
+                return
+            if sample.disturbed:
+                visit.set_aside += 1
+                if visit.set_aside > budget.retakes:
+                    visit.gave_up = True
+                    return
+
     @staticmethod
-    def _store(
-        sweep: Sweep,
-        count: int,
-        earlier: ThreadResult | None,
-        warmup: Sample | None,
-        samples: list[Sample],
-    ) -> None:
+    def _store(sweep: Sweep, visit: _Visit) -> None:
+        earlier = visit.earlier
         if earlier is not None:
-            sweep.results[count] = ThreadResult(
-                count, earlier.samples + tuple(samples), earlier.warmup
+            sweep.results[visit.count] = ThreadResult(
+                visit.count,
+                earlier.samples + tuple(visit.samples),
+                earlier.warmup,
+                visit.waited,
+                visit.gave_up,
             )
-        elif samples:
-            sweep.results[count] = ThreadResult(count, tuple(samples), warmup)
+        elif visit.samples:
+            sweep.results[visit.count] = ThreadResult(
+                visit.count, tuple(visit.samples), visit.warmup, visit.waited, visit.gave_up
+            )
+
+
+@dataclass
+class _Visit:
+    """One stay at a thread count: what it wants, what it took, what it spent."""
+
+    count: int
+    rounds: int
+    earlier: ThreadResult | None
+    warmup: Sample | None = None
+    samples: list[Sample] = field(default_factory=list)
+    waited: float = 0.0
+    set_aside: int = 0
+    gave_up: bool = False
+
+    def __post_init__(self) -> None:
+        # the budget is per thread count and sweep: earlier visits spent part of it
+        if self.earlier is not None:
+            self.waited = self.earlier.waited_seconds
+            self.set_aside = len(self.earlier.set_aside)
+
+    @property
+    def taken_before(self) -> int:
+        return len(self.earlier.samples) if self.earlier else 0
+
+    @property
+    def earlier_disturbed_last(self) -> bool:
+        return bool(self.earlier and self.earlier.samples and self.earlier.samples[-1].disturbed)
+
+    @property
+    def good(self) -> int:
+        """Undisturbed samples taken in this visit."""
+        return sum(1 for s in self.samples if not s.disturbed)

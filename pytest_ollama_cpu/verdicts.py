@@ -21,13 +21,11 @@ from typing import Any, Literal
 from .results import Sweep, ThreadResult
 from .statistics import Bounds, format_interval, mean_bounds, ratio_bounds, spent_alpha
 
-Outcome = Literal["pass", "fail", "inconclusive", "unavailable"]
+#: ``busy``: too few undisturbed samples, because other processes took the CPU the
+#: server needed; never a failure, whatever the samples taken under load say.
+Outcome = Literal["pass", "fail", "inconclusive", "unavailable", "busy"]
 
 DEFAULT_ALPHA = 0.01
-
-#: Cores busy outside the server, as a share of the usable CPUs, above which
-#: a shortfall is put down to other processes rather than to the server.
-NOISE_SHARE = 0.15
 
 #: A smaller thread count is recommended when its tokens/s is shown to be at least
 #: this share of the best's.
@@ -136,6 +134,8 @@ class Check:
 
     def describe(self, confidence: float) -> str:
         name = f"num_thread={self.threads}: {self.quantity}"
+        if self.outcome == "busy":
+            return f"{name} not decided because the machine was busy: {self.cause}"
         if self.estimate is None:
             return f"{name} not decided: {self.cause}"
         interval = ""
@@ -147,10 +147,11 @@ class Check:
             "pass": "not below",
             "inconclusive": "undecided against",
             "unavailable": "against",
+            "busy": "undecided against",
         }[self.outcome]
         text = f"{name} {self.estimate:.2f}{interval} {relation} {self.threshold:g}"
         if self.cause and self.outcome == "fail":
-            text += f": likely cause: {self.cause}"
+            text += f": {self.cause}"
         elif self.cause and self.estimate is not None:
             text += f" ({self.cause})"
         return text
@@ -187,6 +188,8 @@ class Recommendation:
     best_threads: int
     best_tokens_per_second: float
     unsettled: tuple[int, ...] = ()
+    #: thread counts that got too few undisturbed samples to take part
+    busy: tuple[int, ...] = ()
 
     @property
     def modelfile_line(self) -> str:
@@ -209,6 +212,9 @@ class Recommendation:
                 f"; {counts} thread{plural} may be as fast, the samples cannot tell yet "
                 "(more rounds would)"
             )
+        if self.busy:
+            counts = ", ".join(str(t) for t in self.busy)
+            text += f"; not compared: {counts} threads (the machine was busy)"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,6 +224,7 @@ class Recommendation:
             "best_threads": self.best_threads,
             "best_tokens_per_second": self.best_tokens_per_second,
             "unsettled": list(self.unsettled),
+            "busy": list(self.busy),
             "modelfile": self.modelfile_line,
         }
 
@@ -229,6 +236,7 @@ class Recommendation:
             int(data["best_threads"]),
             float(data["best_tokens_per_second"]),
             tuple(int(t) for t in data.get("unsettled", ())),
+            tuple(int(t) for t in data.get("busy", ())),
         )
 
 
@@ -249,7 +257,12 @@ class Verdict:
 
     @property
     def inconclusive(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if c.outcome in ("inconclusive", "unavailable"))
+        return tuple(c for c in self.checks if c.outcome in ("inconclusive", "unavailable", "busy"))
+
+    @property
+    def busy(self) -> tuple[Check, ...]:
+        """Checks left undecided because the machine was busy."""
+        return tuple(c for c in self.checks if c.outcome == "busy")
 
     @property
     def passed(self) -> bool:
@@ -262,7 +275,7 @@ class Verdict:
         """Thread counts that more samples could help decide."""
         found: set[int] = set()
         for check in self.checks:
-            if check.outcome == "inconclusive":
+            if check.outcome in ("inconclusive", "busy"):
                 found.update(check.involves)
         return found
 
@@ -343,48 +356,63 @@ def _classify(bounds: Bounds, threshold: float) -> Outcome:
 
 def _values(result: ThreadResult, quantity: str) -> list[float]:
     if quantity == THREAD_UTILIZATION:
-        raw = [s.thread_utilization for s in result.samples]
+        raw = [s.thread_utilization for s in result.undisturbed]
     else:
-        raw = [s.machine_utilization for s in result.samples]
+        raw = [s.machine_utilization for s in result.undisturbed]
     return [v for v in raw if v is not None]
 
 
-def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str | None:
-    """What the samples show about why ``threads`` fell short, if anything."""
+def _tokens(result: ThreadResult) -> list[float]:
+    return [s.tokens_per_second for s in result.undisturbed]
+
+
+def busy_cause(result: ThreadResult) -> str:
+    """How busy the machine was at ``result``'s thread count, and what it cost."""
+    aside = len(result.set_aside)
+    kept = len(result.undisturbed)
+    return (
+        f"{result.describe_load()} at {result.threads} threads; {aside} disturbed "
+        f"sample{'s' if aside != 1 else ''} set aside, {kept} undisturbed"
+    )
+
+
+def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str:
+    """What the machine proves about why ``threads`` fell short, first things first.
+
+    The decision read undisturbed samples only, so load from other processes is
+    never the cause here: a count the load disturbed is ``busy``, not failed.
+    """
     result = sweep.results.get(threads)
-    if result is None:
-        return None
     machine = sweep.machine
-    noise = result.other_cores_busy
-    if noise is not None and noise.median > NOISE_SHARE * machine.usable_cpus:
+    runner = None if result is None else result.runner_threads
+    if runner is not None and runner != threads:
         return (
-            f"other processes kept {noise.median:.2f} cores busy during the samples (noise), "
-            "so this says little about the server: rerun on a quiet machine"
-        )
-    if result.runner_threads is not None and result.runner_threads != threads:
-        return (
-            f"the runner was started with {result.runner_threads} threads, not {threads}: "
+            f"cause: the runner was started with {runner} threads, not {threads}: "
             "the server did not apply num_thread"
         )
     if threads > machine.usable_cpus:
-        quota = (
-            f", cgroup quota {machine.cgroup_quota_cpus:g}"
-            if machine.cgroup_quota_cpus is not None
-            else ""
-        )
+        limits = [f"its affinity allows {len(machine.affinity)} CPUs"]
+        if machine.cgroup_quota_cpus is not None:
+            limits.append(
+                f"its cgroup v{machine.cgroup_version} quota {machine.cgroup_quota_cpus:g} CPUs"
+            )
         return (
-            f"only {machine.usable_cpus:g} usable CPUs (affinity {len(machine.affinity)}"
-            f"{quota}) for {threads} threads"
+            f"cause: the server may use only {machine.usable_cpus:g} CPUs for {threads} "
+            f"threads ({', '.join(limits)})"
         )
+    util = None if result is None else result.thread_utilization
     if quantity in (THREAD_UTILIZATION, MACHINE_UTILIZATION):
-        return "the runner's threads are not running in parallel"
-    util = result.thread_utilization
+        return (
+            f"no cause shown: the server may use {machine.usable_cpus:g} CPUs and other "
+            "processes left it the CPUs it needed, yet its threads were not all running"
+        )
     if util is not None and util.median >= 0.8:
         return (
-            "the threads are busy but throughput does not grow with them: generation is "
-            "likely memory-bandwidth bound here, and fewer threads may be as fast"
+            f"no cause shown: every thread was busy (thread utilization {util.median:.2f}) and "
+            "other processes left the CPUs free, yet throughput did not grow with the threads; "
+            "the limit is not the CPUs offered (memory bandwidth often is; not measured here)"
         )
-    return None
+    return "no cause shown by these samples"
 
 
 def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
@@ -403,12 +431,18 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
                 f"{plan.quantity} is measured against the smallest thread count, {base}: "
                 "sweep at least two thread counts"
             )
+        busy = [r for r in (sweep.results[base], result) if r.busy]
+        if busy:
+            return _RatioCheck(
+                plan.quantity,
+                plan.threads,
+                plan.threshold,
+                "busy",
+                cause="; ".join(busy_cause(r) for r in busy),
+                baseline=base,
+            )
         scale = 1.0 if plan.quantity == SPEEDUP else base / plan.threads
-        bounds = ratio_bounds(
-            [s.tokens_per_second for s in result.samples],
-            [s.tokens_per_second for s in sweep.results[base].samples],
-            alpha,
-        )
+        bounds = ratio_bounds(_tokens(result), _tokens(sweep.results[base]), alpha)
         if bounds is None:
             return _RatioCheck(
                 plan.quantity,
@@ -433,6 +467,8 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
             alpha_used=alpha,
             baseline=base,
         )
+    if result.busy:
+        return Check(plan.quantity, plan.threads, plan.threshold, "busy", cause=busy_cause(result))
     values = _values(result, plan.quantity)
     if not values:
         if sweep.server.local:
@@ -472,7 +508,8 @@ def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | No
     it is within ``EQUIVALENT_SHARE`` of the best: the lower bound of its
     tokens/s ratio to the best's is at least 0.95. Otherwise the best it is.
     """
-    measured = [r for r in sweep if r.samples]
+    measured = [r for r in sweep if r.undisturbed and not r.busy]
+    busy = tuple(r.threads for r in sweep if r.busy)
     if not measured:
         return None
     best = max(measured, key=lambda r: r.tokens_per_second.median)
@@ -481,11 +518,7 @@ def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | No
     chosen = best
     unsettled: list[int] = []
     for result in others:
-        bounds = ratio_bounds(
-            [s.tokens_per_second for s in result.samples],
-            [s.tokens_per_second for s in best.samples],
-            per_test,
-        )
+        bounds = ratio_bounds(_tokens(result), _tokens(best), per_test)
         if bounds is not None and bounds.low >= EQUIVALENT_SHARE:
             chosen = result
             break
@@ -497,6 +530,7 @@ def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | No
         best.threads,
         best.tokens_per_second.median,
         tuple(unsettled),
+        busy,
     )
 
 
@@ -525,16 +559,12 @@ def evaluate(
         if check.outcome in ("pass", "fail"):
             check = _with_look(check, look)
         checks.append(check)
-    notes = []
-    noisy = [
-        r.threads
+    notes = [
+        f"{len(r.set_aside)} disturbed sample(s) at {r.threads} threads set aside: "
+        f"{r.describe_load()}; decided on the {len(r.undisturbed)} undisturbed"
         for r in sweep
-        if r.other_cores_busy is not None
-        and r.other_cores_busy.median > NOISE_SHARE * sweep.machine.usable_cpus
+        if r.set_aside and not r.busy
     ]
-    if noisy:
-        listed = ", ".join(str(t) for t in noisy)
-        notes.append(f"other processes took CPU while measuring {listed} threads (noise)")
     return Verdict(
         tuple(checks),
         thresholds.alpha,
@@ -577,8 +607,9 @@ def decide_adaptively(
     while look < looks and verdict.undecided_threads():
         look += 1
         wanted = {
-            count: min(rounds, max_rounds - len(sweep[count].samples))
+            count: min(rounds, max_rounds - len(sweep[count].undisturbed))
             for count in sorted(verdict.undecided_threads())
+            if not sweep[count].gave_up
         }
         wanted = {count: n for count, n in wanted.items() if n > 0}
         if wanted:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -285,6 +286,76 @@ def test_compare_says_what_it_could_not_judge():
     markdown = comparison_markdown(result)
     assert markdown.startswith("### pytest-ollama-cpu: Comparison (no rule given)")
     assert "98% simultaneous interval" in markdown
+
+
+def _under_load(document: dict, values: list[float], other: float = 1.0) -> dict:
+    """Add samples taken while other processes took the CPU the server needed."""
+    samples = document["benchmarks"][0]["extra_info"]["ollama_cpu"]["samples"]
+    samples += [
+        {
+            "tokens_per_second": v,
+            "thread_utilization": 0.5,
+            "machine_utilization": 0.5,
+            "other_cores_busy": other,
+            "server_cpus": 2,
+            "disturbed": True,
+        }
+        for v in values
+    ]
+    return document
+
+
+def test_disturbed_samples_are_never_compared():
+    old = SavedRun(None, _document([40.0, 40.4, 39.6, 40.2, 39.8]))
+    rules = [parse_rule("tokens_per_second:5%"), parse_rule("utilization:0.1")]
+    # set-aside samples at half speed beside undisturbed ones at the baseline's: no drop
+    mixed = SavedRun(None, _under_load(_document([40.1, 40.3, 39.7]), [20.0, 21.0]))
+    result = compare(old, mixed, rules, 0.01)
+    assert not result.regressions and not result.busy
+    assert [row.verdict for row in result.rows] == ["ok", "ok"]
+    # every sample disturbed: neither a regression nor 'not compared' for lack of rounds
+    loaded = SavedRun(None, _under_load(_document([]), [20.0, 21.0, 19.5, 20.5]))
+    result = compare(old, loaded, rules, 0.01)
+    assert not result.regressions and not result.not_compared
+    assert len(result.busy) == 2
+    row = result.rows[0]
+    assert row.verdict == "busy: not compared" and row.shift is None
+    assert row.busy == (
+        "now: other processes used 1.00 of the server's 2 CPUs; 4 of 4 samples set aside"
+    )
+    text = "\n".join(comparison_lines(result))
+    assert "t.py::test_a at 1 threads was not compared because the machine was busy (now:" in text
+    markdown = comparison_markdown(result)
+    assert markdown.startswith(
+        "### pytest-ollama-cpu: No regressions (2 row(s) inconclusive: the machine was busy)"
+    )
+    # a baseline saved on a busy machine says so from its side
+    result = compare(loaded, old, rules, 0.01)
+    assert result.rows[0].busy is not None and result.rows[0].busy.startswith("baseline: ")
+    assert compare(loaded, old, rules, 0.01).to_dict()["busy"]
+
+
+def test_busy_rows_follow_the_inconclusive_policy():
+    from pytest_ollama_cpu.options import Settings
+    from pytest_ollama_cpu.outputs import Outputs
+
+    old = SavedRun(None, _document([40.0, 40.4, 39.6, 40.2, 39.8]))
+    loaded = SavedRun(None, _under_load(_document([]), [20.0, 21.0, 19.5]))
+    comparison = compare(old, loaded, [parse_rule("tokens_per_second:5%")], 0.01)
+
+    def outputs(policy: str) -> Outputs:
+        settings = Settings(True, "http://h:1", "m", 5, 64, ("auto",), 300.0, None)
+        return Outputs(replace(settings, inconclusive=policy))
+
+    passing = outputs("pass")
+    assert passing._busy_rows(comparison, None) is None
+    assert passing.notices == [
+        "WARNING 1 comparison row(s) inconclusive because the machine was busy (see the notes "
+        "under the comparison): nothing was judged on samples taken under load"
+    ]
+    failing = outputs("fail")
+    assert failing._busy_rows(comparison, None) == pytest.ExitCode.TESTS_FAILED
+    assert "--ollama-cpu-inconclusive=fail makes that a failure" in failing.errors[0]
 
 
 def test_compare_absolute_utilization_and_machine_differences():
