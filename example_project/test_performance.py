@@ -2,6 +2,11 @@
 
 Run it against your own Ollama:   pytest example_project --ollama-cpu --ollama-cpu-model llama3.2
 or against the embedded one:      make example
+
+Its assertions hold on a busy machine (a CI runner, a laptop with a browser open): samples
+during which other processes took CPU the server needed are set aside and retaken, and a
+thread count that the load left without undisturbed samples is *busy*, which the plugin
+reports as a warning (see --ollama-cpu-inconclusive), never as a failure of the server.
 """
 
 import pytest
@@ -10,7 +15,17 @@ import pytest
 @pytest.mark.threads(1, 2)
 def test_generation_uses_the_cores(ollama_cpu):
     sweep = ollama_cpu.generate("Explain what a CPU cache is.", num_predict=64)
-    assert sweep[2].tokens_per_second.median > sweep[1].tokens_per_second.median
+    # Assert on verdicts, not on raw medians: a verdict is a statistical test on the
+    # undisturbed samples, so noise cannot fail it and a busy machine leaves it undecided.
+    # More threads need not be faster (generation is often memory-bound), but two threads
+    # at under half the speed of one would be a broken setup.
+    verdict = sweep.check(min_utilization=0.7, min_speedup=0.5)
+    assert verdict, verdict.message()
+    # Figures of a thread count the load left unmeasured are not known: ask .busy first.
+    for result in sweep:
+        if not result.busy:
+            assert result.tokens_per_second.median > 1
+            assert result.runner_threads in (None, result.threads)
 
 
 @pytest.mark.threads("auto", min_utilization=0.7, min_machine_utilization=0.7)

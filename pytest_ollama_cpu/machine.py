@@ -202,7 +202,8 @@ class MachineFacts:
         quota = (
             "none"
             if self.cgroup_quota_cpus is None
-            else f"{self.cgroup_quota_cpus:g} CPUs (cgroup v{self.cgroup_version})"
+            else f"{self.cgroup_quota_cpus:g} CPU{'' if self.cgroup_quota_cpus == 1 else 's'} "
+            f"(cgroup v{self.cgroup_version})"
         )
         whose = (
             "the server's"

@@ -271,12 +271,19 @@ class Verdict:
     def __bool__(self) -> bool:
         return not self.failed
 
-    def undecided_threads(self) -> set[int]:
-        """Thread counts that more samples could help decide."""
+    def undecided_threads(self, sweep: Sweep | None = None) -> set[int]:
+        """Thread counts that more samples could help decide: not where a check reads a
+        count the machine's load made the sweep give up (more samples elsewhere would
+        not decide it)."""
         found: set[int] = set()
         for check in self.checks:
-            if check.outcome in ("inconclusive", "busy"):
-                found.update(check.involves)
+            if check.outcome not in ("inconclusive", "busy"):
+                continue
+            if sweep is not None and any(
+                t in sweep.results and sweep.results[t].gave_up for t in check.involves
+            ):
+                continue
+            found.update(check.involves)
         return found
 
     @property
@@ -391,13 +398,13 @@ def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str:
             "the server did not apply num_thread"
         )
     if threads > machine.usable_cpus:
-        limits = [f"its affinity allows {len(machine.affinity)} CPUs"]
+        limits = [f"its affinity allows {_cpus(len(machine.affinity))}"]
         if machine.cgroup_quota_cpus is not None:
             limits.append(
-                f"its cgroup v{machine.cgroup_version} quota {machine.cgroup_quota_cpus:g} CPUs"
+                f"its cgroup v{machine.cgroup_version} quota {_cpus(machine.cgroup_quota_cpus)}"
             )
         return (
-            f"cause: the server may use only {machine.usable_cpus:g} CPUs for {threads} "
+            f"cause: the server may use only {_cpus(machine.usable_cpus)} for {threads} "
             f"threads ({', '.join(limits)})"
         )
     util = None if result is None else result.thread_utilization
@@ -413,6 +420,10 @@ def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str:
             "the limit is not the CPUs offered (memory bandwidth often is; not measured here)"
         )
     return "no cause shown by these samples"
+
+
+def _cpus(count: float) -> str:
+    return f"{count:g} CPU{'' if count == 1 else 's'}"
 
 
 def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
@@ -604,12 +615,11 @@ def decide_adaptively(
     looks = planned_looks(thresholds, rounds, max_rounds)
     verdict = evaluate(sweep, thresholds, 1, looks)
     look = 1
-    while look < looks and verdict.undecided_threads():
+    while look < looks and verdict.undecided_threads(sweep):
         look += 1
         wanted = {
             count: min(rounds, max_rounds - len(sweep[count].undisturbed))
-            for count in sorted(verdict.undecided_threads())
-            if not sweep[count].gave_up
+            for count in sorted(verdict.undecided_threads(sweep))
         }
         wanted = {count: n for count, n in wanted.items() if n > 0}
         if wanted:

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,3 +38,98 @@ def embedded_ollama() -> Iterator[EmbeddedServer]:
         if os.environ.get("OLLAMA_CPU_REQUIRE_E2E") == "1":
             pytest.fail(f"the embedded Ollama is required here but cannot run: {exc}")
         pytest.skip(f"the embedded Ollama cannot run here: {exc}")
+
+
+class Neighbour:
+    """A busy process in a session of its own, as another service or CI job would be.
+
+    Linux autogroups share CPU between sessions first: a busy loop in the test's
+    own session would barely compete with a server started in another one. It
+    ends by itself after ``seconds`` and is stopped by its pid.
+    """
+
+    def __init__(self, seconds: float = 600.0) -> None:
+        code = (
+            f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+        )
+        self.process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+def busy_cores(seconds: float = 1.0) -> float:
+    """Cores kept busy on this machine, watched for ``seconds``."""
+    import psutil
+
+    def busy() -> float:
+        times = psutil.cpu_times()
+        return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+    before = busy()
+    time.sleep(seconds)
+    return (busy() - before) / seconds
+
+
+class _AlreadyBusy(Neighbour):
+    """Stands for a neighbour that is already there (make test beside a busy process)."""
+
+    def __init__(self) -> None:  # starts nothing
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def one_busy_core() -> Neighbour:
+    """A neighbour, unless another process already keeps a core busy: the tests that
+    use it are about one core taken, and two would leave a one-thread server none."""
+    if busy_cores() >= 0.6:
+        return _AlreadyBusy()
+    busy = Neighbour()
+    time.sleep(0.5)  # let the scheduler place it before anything is measured
+    return busy
+
+
+@pytest.fixture
+def neighbour() -> Iterator[Neighbour]:
+    """One core kept busy by another session's process for the length of the test."""
+    busy = one_busy_core()
+    try:
+        yield busy
+    finally:
+        busy.stop()
+
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+def _tree(pid: int) -> list[int]:
+    import psutil
+
+    process = psutil.Process(pid)
+    return [process.pid, *(child.pid for child in process.children(recursive=True))]
+
+
+@contextlib.contextmanager
+def cpu_quota(pid: int, cpus: float) -> Iterator[Path]:
+    """Run ``pid`` and its children (runners started later too) under a cgroup v1 CPU
+    quota of ``cpus``; everything goes back to the root cgroup afterwards."""
+    quota_file = CGROUP_CPU / "cpu.cfs_quota_us"
+    if not quota_file.exists() or not os.access(CGROUP_CPU, os.W_OK):
+        pytest.skip(f"needs a writable cgroup v1 cpu controller at {CGROUP_CPU} (run as root)")
+    group = CGROUP_CPU / f"pytest-ollama-cpu-{os.getpid()}-{pid}"
+    group.mkdir(exist_ok=True)
+    try:
+        period = int((group / "cpu.cfs_period_us").read_text())
+        (group / "cpu.cfs_quota_us").write_text(str(int(cpus * period)))
+        for member in _tree(pid):
+            (group / "cgroup.procs").write_text(str(member))
+        yield group
+    finally:
+        for member in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (CGROUP_CPU / "cgroup.procs").write_text(member)
+        group.rmdir()

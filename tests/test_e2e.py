@@ -39,8 +39,9 @@ def test_generation(ollama_cpu):
     sweep = ollama_cpu.generate("Explain what a CPU cache is.")
     for result in sweep:
         assert result.runner_threads == result.threads
-        assert result.tokens_per_second.median > 1
         assert all(s.timings.eval_count == 32 for s in result.samples)
+        if not result.busy:  # a busy machine leaves a count without undisturbed samples
+            assert result.tokens_per_second.median > 1
 """
     )
     out = pytester.path / "run.json"
@@ -72,7 +73,7 @@ def test_generation(ollama_cpu):
     # one thread keeps about one core busy; the server's own process adds a little
     assert 0.6 < one["summary"]["thread_utilization"]["median"] < 1.4
     usable = data["machine"]["usable_cpus"]
-    if usable >= 2:
+    if usable >= 2 and not two["busy"]:
         assert (
             two["summary"]["machine_utilization"]["median"]
             > (one["summary"]["machine_utilization"]["median"])
@@ -190,7 +191,11 @@ import pytest
 @pytest.mark.threads(1, 2, min_efficiency=0.3, min_utilization=0.5)
 def test_meets(ollama_cpu):
     sweep = ollama_cpu.generate("Explain what a CPU cache is.")
-    assert ollama_cpu.verdicts[-1].passed
+    verdict = ollama_cpu.verdicts[-1]
+    assert not verdict.failed
+    # every check passed, or was left undecided because the machine was busy
+    assert {c.outcome for c in verdict.checks} <= {"pass", "busy"}
+    assert verdict.passed or sweep[2].busy
 """
     )
     result = run(pytester, embedded_ollama)
@@ -198,22 +203,29 @@ def test_meets(ollama_cpu):
     result.stdout.fnmatch_lines(
         [
             "*recommended num_thread * tokens/s; Modelfile: PARAMETER num_thread *",
-            "*ok  num_thread=2: efficiency * not below 0.3",
             "*ok  num_thread=1: thread utilization * not below 0.5",
-            "*ok  num_thread=2: thread utilization * not below 0.5",
         ]
     )
+    marks = ("ok", "BUSY", "FAILED", "UNDECIDED", "NOT")
+    for check in ("efficiency", "thread utilization"):
+        (line,) = [
+            x.strip()
+            for x in result.stdout.lines
+            if f"num_thread=2: {check}" in x and x.strip().startswith(marks)
+        ]
+        assert line.split()[0] in ("ok", "BUSY"), line
 
 
 def test_real_thresholds_the_machine_cannot_meet_fail_with_the_numbers(
     pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
 ) -> None:
-    # two threads can never be 2.5 times as fast as one
+    # one thread can never keep one and a half cores busy; the machine has a CPU for one
+    # thread even beside a busy neighbour, so this is decided on any machine
     pytester.makepyfile(
         """
 import pytest
 
-@pytest.mark.threads(1, 2, min_speedup=2.5)
+@pytest.mark.threads(1, min_utilization=1.5)
 def test_cannot_meet(ollama_cpu):
     ollama_cpu.generate("Explain what a CPU cache is.")
 """
@@ -221,65 +233,11 @@ def test_cannot_meet(ollama_cpu):
     result = run(pytester, embedded_ollama, "--ollama-cpu-max-rounds=6")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["num_thread=2: speedup * (*% CI *-*) below 2.5*", "*FAILED  num_thread=2: speedup*"]
+        [
+            "num_thread=1: thread utilization * (*% CI *-*) below 1.5*",
+            "*FAILED  num_thread=1: thread utilization*",
+        ]
     )
-
-
-def test_real_baseline_unchanged_passes_and_an_induced_slowdown_fails(
-    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
-) -> None:
-    """Save a real run, compare an unchanged one (passes), then a really slower one.
-
-    The slowdown is real, not a doctored file: busy processes on every CPU take
-    time from the Ollama runner during the third run. Each runs in a session of
-    its own, as separate services would: with Linux's autogroup scheduling,
-    busy processes in the test's own session barely touch a server started in
-    another session.
-    """
-    import subprocess
-    import sys
-
-    pytester.makepyfile(
-        """
-import pytest
-
-@pytest.mark.threads(1, rounds=4)
-def test_generation(ollama_cpu):
-    ollama_cpu.generate("Explain what a CPU cache is.")
-"""
-    )
-    compare = ["--ollama-cpu-compare=base", "--ollama-cpu-compare-fail=tokens_per_second:10%"]
-    run(pytester, embedded_ollama, "--ollama-cpu-save=base").assert_outcomes(passed=1)
-    result = run(pytester, embedded_ollama, *compare)
-    assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["*test_generation*1*tokens_per_second:10%*ok"])
-
-    hogs = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
-        for _ in range(2 * len(os.sched_getaffinity(0)))
-    ]
-    try:
-        result = run(pytester, embedded_ollama, *compare, "--ollama-cpu-save=slowed")
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
-    result.assert_outcomes(passed=1)
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(
-        ["*test_generation*1*tokens_per_second:10%*REGRESSION (> 10% worse)"]
-    )
-
-    # pytest-benchmark's compare reads the saved files as they are
-    bench = subprocess.run(
-        [str(Path(sys.executable).with_name("pytest-benchmark")), "compare"],
-        capture_output=True,
-        text=True,
-        cwd=pytester.path,
-    )
-    assert bench.returncode == 0, bench.stderr
-    assert "test_generation[gemma3-270m-generate-t1] (0001_base)" in bench.stdout
-    assert "(0002_slowed)" in bench.stdout
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")

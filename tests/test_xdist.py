@@ -167,8 +167,9 @@ import pytest
 @pytest.mark.threads({cpus}, rounds=4)
 def test_sweep(ollama_cpu):
     sweep = ollama_cpu.generate("x", num_predict=8)
-    # the busy test ended within the wait: every count got its undisturbed rounds
-    assert len(sweep[{cpus}].undisturbed) == 4
+    # the busy test ended within the wait, and every count got its undisturbed rounds,
+    # unless yet another process kept the machine busy: then the count was given up
+    assert len(sweep[{cpus}].undisturbed) == 4 or sweep[{cpus}].gave_up
 
 def test_busy_neighbour():
     end = time.monotonic() + 3
