@@ -105,6 +105,11 @@ def sweep_lines(recorded: RecordedSweep) -> list[str]:
     if verdict is not None:
         if verdict.recommendation is not None:
             lines.append(f"  {verdict.recommendation.describe()}")
+        elif any(r.busy for r in sweep):
+            lines.append(
+                "  no recommended num_thread: no thread count got undisturbed samples "
+                "(the machine was busy)"
+            )
         for check in verdict.checks:
             mark = {
                 "pass": "ok",

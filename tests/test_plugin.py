@@ -155,6 +155,22 @@ def test_helper():
         (["--ollama-cpu-threads=1,zero"], {}, "", "*'zero' is not a whole number*"),
         (["--ollama-cpu-timeout=0"], {}, "", "*expected a number of seconds above 0*"),
         (["--ollama-cpu-host=ftp://x"], {}, "", "*scheme 'ftp' is not http or https*"),
+        (
+            ["--ollama-cpu-retakes=-1"],
+            {},
+            "",
+            "--ollama-cpu-retakes: '-1' (from the command line) is not valid: expected a whole "
+            "number of 0 or more",
+        ),
+        (
+            [],
+            {},
+            "ollama_cpu_quiet_wait = soon",
+            "--ollama-cpu-quiet-wait: 'soon' (from ini option ollama_cpu_quiet_wait) is not "
+            "valid: expected a number of seconds, 0 or more",
+        ),
+        (["--ollama-cpu-quiet-wait=nan"], {}, "", "*expected a number of seconds, 0 or more"),
+        (["--ollama-cpu-quiet-wait=inf"], {}, "", "*expected a number of seconds, 0 or more"),
     ],
 )
 def test_bad_settings_say_where_they_came_from(
@@ -173,6 +189,23 @@ def test_bad_settings_say_where_they_came_from(
     result = pytester.runpytest(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+def test_the_retake_budget_comes_from_the_options(pytester: pytest.Pytester) -> None:
+    from pytest_ollama_cpu.disturbance import RetakeBudget
+    from pytest_ollama_cpu.options import resolve_settings
+
+    pytester.makeini("[pytest]\nollama_cpu_retakes = 2\nollama_cpu_quiet_wait = 0\n")
+    config = pytester.parseconfig()
+    settings = resolve_settings(config.getoption, config.getini, {})
+    assert settings.retake_budget == RetakeBudget(retakes=2, quiet_wait=0.0)
+    config = pytester.parseconfig("--ollama-cpu-retakes=0", "--ollama-cpu-quiet-wait=2.5")
+    settings = resolve_settings(config.getoption, config.getini, {})
+    assert settings.retake_budget == RetakeBudget(retakes=0, quiet_wait=2.5)
+    config = pytester.parseconfig("-p", "no:cacheprovider")
+    assert resolve_settings(config.getoption, lambda _name: None, {}).retake_budget == (
+        RetakeBudget(retakes=5, quiet_wait=10.0)
+    )
 
 
 def test_precedence_marker_cli_env_ini(

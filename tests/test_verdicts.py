@@ -408,3 +408,23 @@ def test_a_recorded_sweep_travels_as_plain_json_and_comes_back_the_same():
     assert back.verdict is not None and back.verdict.undecided_threads() == (
         recorded.verdict.undecided_threads()
     )
+
+
+def test_the_report_of_a_sweep_the_load_left_unmeasured():
+    from pytest_ollama_cpu.report import sweep_lines
+    from pytest_ollama_cpu.results import RecordedSweep
+
+    sweep = sweep_of({2: [disturbed(2, 20.0), disturbed(2, 21.0)]})
+    verdict = evaluate(sweep, Thresholds(min_utilization=0.5))
+    assert verdict.recommendation is None and verdict.busy
+    lines = sweep_lines(RecordedSweep("t.py::test_a", sweep, verdict))
+    (row,) = [line for line in lines if line.split()[:1] == ["2"]]
+    assert row.split()[:5] == ["2", "2", "0", "2", "busy"]
+    assert (
+        "  no recommended num_thread: no thread count got undisturbed samples (the machine "
+        "was busy)"
+    ) in lines
+    assert any(line.strip().startswith("BUSY  num_thread=2: thread utilization") for line in lines)
+    assert any(
+        line.startswith("  retaken: 2 disturbed samples at 2 threads set aside") for line in lines
+    )
