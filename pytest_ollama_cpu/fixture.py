@@ -49,6 +49,8 @@ class OllamaCpu:
         self._order = order
         #: verdicts of the sweeps run so far; the plugin applies them when the test ends
         self.verdicts: list[Verdict] = []
+        #: the sweeps run so far, for the thread counts a busy machine left unmeasured
+        self.sweeps: list[Sweep] = []
 
     @property
     def settings(self) -> Settings:
@@ -165,6 +167,7 @@ class OllamaCpu:
             _fail(exc)
         self._state.record(self._nodeid, sweep, verdict, self.thresholds, self._order)
         self.verdicts.append(verdict)
+        self.sweeps.append(sweep)
         return sweep
 
     def _sweep(
@@ -198,24 +201,36 @@ class TestOutcome:
 
 
 def test_outcome(
-    verdicts: list[Verdict], inconclusive: str, busy: MachineBusy | None = None
+    verdicts: Sequence[Verdict],
+    inconclusive: str,
+    busy: MachineBusy | None = None,
+    sweeps: Sequence[Sweep] = (),
 ) -> TestOutcome:
     """Fold the verdicts of one test's sweeps under the ``--ollama-cpu-inconclusive`` policy.
 
-    ``busy`` is a figure the test body asked of a thread count that got no
-    undisturbed sample: like a check the load left undecided, it is no failure.
+    A thread count of ``sweeps`` that got no undisturbed sample, and ``busy`` (a
+    figure the test body asked of such a count), are inconclusive like a check the
+    load left undecided: the test's own assertions on them could not be made, and
+    that is said, never blamed on the server.
     """
     failed = [v for v in verdicts if v.failed]
     if failed:
         return TestOutcome("fail", "\n".join(v.message() for v in failed))
     undecided = [v for v in verdicts if v.inconclusive]
-    if not undecided and busy is None:
+    unmeasured = [r for sweep in sweeps for r in sweep if r.busy]
+    if not undecided and busy is None and not unmeasured:
         return TestOutcome("pass")
     messages = [v.message() for v in undecided]
+    if unmeasured:
+        messages.append(
+            "no undisturbed sample at "
+            + "; ".join(f"{r.threads} threads ({r.describe_load()})" for r in unmeasured)
+            + ": the test's figures there were not measured"
+        )
     if busy is not None:
         messages.append(f"the test's own assertions could not run: {busy}")
     reasons = [c.outcome for v in undecided for c in v.inconclusive]
-    reasons += ["busy"] if busy is not None else []
+    reasons += ["busy"] if busy is not None or unmeasured else []
     if all(r == "busy" for r in reasons):
         why = "because the machine was busy"
     elif "busy" in reasons:

@@ -174,7 +174,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if fixture is None or (not fixture.verdicts and busy is None):
         return result
     state = item.config.stash[STATE_KEY]
-    decided = test_outcome(fixture.verdicts, state.settings.inconclusive, busy)
+    decided = test_outcome(fixture.verdicts, state.settings.inconclusive, busy, fixture.sweeps)
     if decided.warning:
         state.warnings.append(f"{item.nodeid}: {decided.warning}")
     if decided.outcome == "fail":

@@ -276,6 +276,16 @@ def test_a_busy_thread_count_is_never_a_failure():
     assert outcome.outcome == "pass" and outcome.warning is not None
     assert outcome.warning.startswith("inconclusive (because the machine was busy):")
     assert test_outcome([verdict], "fail").outcome == "fail"
+    # no thresholds, figures asserted in the test body: the unmeasured count is still said
+    sweep = sweep_of(data)
+    outcome = test_outcome([evaluate(sweep, Thresholds())], "pass", sweeps=[sweep])
+    assert outcome.outcome == "pass" and outcome.warning == (
+        "inconclusive (because the machine was busy):\nno undisturbed sample at 2 threads "
+        "(other processes used 7.00 of the server's 8 CPUs): the test's figures there were "
+        "not measured"
+    )
+    assert test_outcome([], "skip", sweeps=[sweep]).outcome == "skip"
+    assert test_outcome([], "fail", sweeps=[sweep_of({1: data[1]})]).outcome == "pass"
 
 
 def test_disturbed_samples_are_set_aside_and_the_rest_decide():
