@@ -9,11 +9,12 @@ the environment, the ini file, the default. A bad value is a
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -35,6 +36,8 @@ from .verdicts import DEFAULT_ALPHA, Thresholds
 DEFAULT_STORAGE = Path(".benchmarks")
 
 GROUP = "ollama-cpu"
+
+N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True)
@@ -366,53 +369,54 @@ def _path(raw: _Raw, rootpath: Path | None) -> Path:
     return path
 
 
-def _positive_int(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
+def _number(
+    raw: _Raw | None,
+    spec: OptionSpec,
+    default: N,
+    parse: Callable[[str], N],
+    accept: Callable[[N], bool],
+    allowed: str,
+) -> N:
+    """A numeric option: ``default`` when not given, else parsed and checked."""
     if raw is None:
         return default
     try:
-        value = int(raw.value)
+        value = parse(raw.value)
     except ValueError:
-        raise _usage_error(raw, spec, "expected a whole number of 1 or more") from None
-    if value < 1:
-        raise _usage_error(raw, spec, "expected a whole number of 1 or more")
+        raise _usage_error(raw, spec, allowed) from None
+    if not accept(value):
+        raise _usage_error(raw, spec, allowed)
     return value
+
+
+def _positive_int(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
+    return _number(
+        raw, spec, default, int, lambda v: v >= 1, "expected a whole number of 1 or more"
+    )
 
 
 def _whole_number(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
     """A count that may be 0."""
-    if raw is None:
-        return default
-    try:
-        value = int(raw.value)
-    except ValueError:
-        raise _usage_error(raw, spec, "expected a whole number of 0 or more") from None
-    if value < 0:
-        raise _usage_error(raw, spec, "expected a whole number of 0 or more")
-    return value
+    return _number(
+        raw, spec, default, int, lambda v: v >= 0, "expected a whole number of 0 or more"
+    )
 
 
 def _seconds_or_zero(raw: _Raw | None, spec: OptionSpec, default: float) -> float:
-    if raw is None:
-        return default
-    try:
-        value = float(raw.value)
-    except ValueError:
-        raise _usage_error(raw, spec, "expected a number of seconds, 0 or more") from None
-    if not 0 <= value < float("inf"):
-        raise _usage_error(raw, spec, "expected a number of seconds, 0 or more")
-    return value
+    return _number(
+        raw,
+        spec,
+        default,
+        float,
+        lambda v: 0 <= v < math.inf,
+        "expected a number of seconds, 0 or more",
+    )
 
 
 def _positive_float(raw: _Raw | None, spec: OptionSpec, default: float) -> float:
-    if raw is None:
-        return default
-    try:
-        value = float(raw.value)
-    except ValueError:
-        raise _usage_error(raw, spec, "expected a number of seconds above 0") from None
-    if not value > 0:
-        raise _usage_error(raw, spec, "expected a number of seconds above 0")
-    return value
+    return _number(
+        raw, spec, default, float, lambda v: v > 0, "expected a number of seconds above 0"
+    )
 
 
 def resolve_settings(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_ollama_cpu.embedded import EmbeddedServer, EmbeddedUnavailable, running
+from pytest_ollama_cpu.embedded import MODEL_NAME, EmbeddedServer, EmbeddedUnavailable, running
 
 from .fake_ollama import Behaviour, FakeOllama
 
@@ -38,6 +38,18 @@ def embedded_ollama() -> Iterator[EmbeddedServer]:
         if os.environ.get("OLLAMA_CPU_REQUIRE_E2E") == "1":
             pytest.fail(f"the embedded Ollama is required here but cannot run: {exc}")
         pytest.skip(f"the embedded Ollama cannot run here: {exc}")
+
+
+def run_embedded(pytester: pytest.Pytester, server: EmbeddedServer, *args: str) -> pytest.RunResult:
+    """pytest with the plugin on, measuring ``server`` with short sweeps; ``args`` win."""
+    return pytester.runpytest(
+        "--ollama-cpu",
+        f"--ollama-cpu-host={server.host}",
+        f"--ollama-cpu-model={MODEL_NAME}",
+        "--ollama-cpu-num-predict=32",
+        "--ollama-cpu-rounds=2",
+        *args,
+    )
 
 
 class Neighbour:

@@ -11,20 +11,15 @@ import pytest
 
 from pytest_ollama_cpu.embedded import MODEL_NAME, EmbeddedServer
 
+from .conftest import run_embedded
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(pytester: pytest.Pytester, server: EmbeddedServer, *args: str) -> pytest.RunResult:
-    return pytester.runpytest(
-        "--ollama-cpu",
-        f"--ollama-cpu-host={server.host}",
-        f"--ollama-cpu-model={MODEL_NAME}",
-        "--ollama-cpu-num-predict=32",
-        "--ollama-cpu-rounds=2",
-        *args,
-    )
+    return run_embedded(pytester, server, *args)
 
 
 def test_a_real_sweep_measures_throughput_and_utilization(

@@ -10,39 +10,40 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from pytest_ollama_cpu.embedded import MODEL_NAME, EmbeddedServer
+from pytest_ollama_cpu.embedded import EmbeddedServer
 
-from .conftest import Neighbour, cpu_quota, one_busy_core
+from .conftest import Neighbour, cpu_quota, one_busy_core, run_embedded
 
 pytestmark = pytest.mark.e2e
 
 
 def run(pytester: pytest.Pytester, server: EmbeddedServer, *args: str) -> pytest.RunResult:
-    return pytester.runpytest(
-        "--ollama-cpu",
-        f"--ollama-cpu-host={server.host}",
-        f"--ollama-cpu-model={MODEL_NAME}",
+    # a neighbour that never leaves: keep the wait for quiet short
+    return run_embedded(
+        pytester,
+        server,
         "--ollama-cpu-num-predict=48",
         "--ollama-cpu-rounds=3",
-        # a neighbour that never leaves: keep the wait for quiet short
         "--ollama-cpu-quiet-wait=2",
         *args,
     )
 
 
-def server_cpus(server: EmbeddedServer) -> int:
-    assert server.process is not None
-    return len(psutil.Process(server.process.pid).cpu_affinity())
+@pytest.fixture
+def cpus(embedded_ollama: EmbeddedServer) -> int:
+    """The server's CPUs; these tests need two: one for a thread, one for the neighbour."""
+    assert embedded_ollama.process is not None
+    count = len(psutil.Process(embedded_ollama.process.pid).cpu_affinity())
+    if count < 2:
+        pytest.skip("needs two CPUs: one for the server's thread, one for the neighbour")
+    return count
 
 
 def test_a_healthy_server_beside_a_busy_neighbour_does_not_fail(
-    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer, neighbour: Neighbour
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer, neighbour: Neighbour, cpus: int
 ) -> None:
     """All CPUs asked for: the neighbour takes one the threads need, so those samples are
     set aside and the checks there are 'busy'; one thread has a CPU to spare."""
-    cpus = server_cpus(embedded_ollama)
-    if cpus < 2:
-        pytest.skip("needs two CPUs: one for the server's thread, one for the neighbour")
     pytester.makepyfile(
         f"""
 import pytest
@@ -72,11 +73,8 @@ def test_healthy(ollama_cpu):
 
 
 def test_the_busy_policy_can_make_it_fail(
-    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer, neighbour: Neighbour
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer, neighbour: Neighbour, cpus: int
 ) -> None:
-    cpus = server_cpus(embedded_ollama)
-    if cpus < 2:
-        pytest.skip("needs two CPUs")
     pytester.makepyfile(
         f"""
 import pytest
@@ -100,11 +98,8 @@ def test_all_cpus(ollama_cpu):
 
 
 def test_a_quiet_baseline_compared_under_load_is_no_regression(
-    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer, cpus: int
 ) -> None:
-    cpus = server_cpus(embedded_ollama)
-    if cpus < 2:
-        pytest.skip("needs two CPUs")
     pytester.makepyfile(
         f"""
 import pytest
@@ -157,12 +152,9 @@ def test_generation(ollama_cpu):
 
 
 def test_a_server_in_a_one_cpu_quota_fails_naming_the_quota(
-    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer, neighbour: Neighbour
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer, neighbour: Neighbour, cpus: int
 ) -> None:
     """The quota, not the neighbour: the busy CPU is one the server may not use anyway."""
-    cpus = server_cpus(embedded_ollama)
-    if cpus < 2:
-        pytest.skip("needs two CPUs to ask for more threads than a 1-CPU quota allows")
     pytester.makepyfile(
         """
 import pytest
