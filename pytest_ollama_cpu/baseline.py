@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import re
 import tempfile
@@ -313,7 +314,46 @@ def validate(raw: Any, where: str) -> dict[str, Any]:
             raise BaselineError(
                 f"{where}: benchmark #{i + 1} has no samples of ours; the file is damaged"
             )
+        _check_samples(extra["samples"], f"{where}: {bench['fullname']}")
     return document
+
+
+#: The figures a comparison reads from each saved sample, and what each may be.
+SAMPLE_FIGURES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "tokens_per_second": ("a positive number", lambda v: v > 0),
+    "thread_utilization": ("a number of 0 or more", lambda v: v >= 0),
+    "machine_utilization": ("a number of 0 or more", lambda v: v >= 0),
+}
+
+
+def _number_in_range(value: Any, ok: Callable[[float], bool]) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and ok(value)
+
+
+def _check_samples(samples: Any, where: str) -> None:
+    """Every figure a comparison would read is a finite number in its range: a NaN or a
+    zero must stop the run with its place named, never read as 'ok'."""
+    if not isinstance(samples, list):
+        raise BaselineError(f"{where}: 'samples' is not a list; the file is damaged")
+    for k, sample in enumerate(samples, 1):
+        if not isinstance(sample, dict):
+            raise BaselineError(f"{where}: sample {k} is not a JSON object; the file is damaged")
+        for name, (allowed, ok) in SAMPLE_FIGURES.items():
+            value = sample.get(name)
+            if value is None and name != "tokens_per_second":
+                continue  # not measured (a remote server, a short request)
+            if not _number_in_range(value, ok):
+                raise BaselineError(
+                    f"{where}: sample {k} has {name} {value!r}, which should be {allowed}; "
+                    "the file is damaged or was edited by hand"
+                )
+        if not isinstance(sample.get("disturbed", False), bool):
+            raise BaselineError(
+                f"{where}: sample {k} has disturbed {sample['disturbed']!r}, which should be "
+                "true or false; the file is damaged or was edited by hand"
+            )
 
 
 def load_file(path: Path) -> SavedRun:

@@ -422,6 +422,13 @@ def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str:
     return "no cause shown by these samples"
 
 
+def _why_no_ratio(now: list[float], base: list[float]) -> str:
+    """Why a ratio of throughputs has no bounds: the real reason, not a guess."""
+    if min(len(now), len(base)) < 2:
+        return "fewer than two undisturbed samples"
+    return "a sample's tokens/s is not a positive number, so no ratio can be formed"
+
+
 def _cpus(count: float) -> str:
     return f"{count:g} CPU{'' if count == 1 else 's'}"
 
@@ -460,7 +467,7 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
                 plan.threads,
                 plan.threshold,
                 "inconclusive",
-                cause="fewer than two samples",
+                cause=_why_no_ratio(_tokens(result), _tokens(sweep.results[base])),
                 baseline=base,
             )
         # estimate and bounds are of the same statistic: the ratio of geometric means
@@ -495,7 +502,7 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
             plan.threads,
             plan.threshold,
             "inconclusive",
-            cause="fewer than two samples",
+            cause="fewer than two undisturbed samples",
         )
     outcome = _classify(bounds_, plan.threshold)
     return Check(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -191,6 +192,36 @@ def test_unusable_baselines_are_named(tmp_path: Path, content: str, message: str
         load_file(path)
     assert str(path) in str(info.value)
     assert path.read_text() == content  # nothing the user saved is touched
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("tokens_per_second", math.nan, "tokens_per_second nan, which should be a positive number"),
+        ("tokens_per_second", math.inf, "tokens_per_second inf"),
+        ("tokens_per_second", "fast", "tokens_per_second 'fast'"),
+        ("tokens_per_second", 0, "tokens_per_second 0, which should be a positive number"),
+        ("tokens_per_second", -3.5, "tokens_per_second -3.5"),
+        ("tokens_per_second", None, "tokens_per_second None"),
+        ("tokens_per_second", True, "tokens_per_second True"),
+        ("thread_utilization", -0.1, "thread_utilization -0.1, which should be a number of 0"),
+        ("machine_utilization", math.nan, "machine_utilization nan"),
+        ("disturbed", "yes", "disturbed 'yes', which should be true or false"),
+    ],
+)
+def test_a_damaged_sample_is_named_not_compared(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    document = _document([40.0, 40.4, 39.6])
+    document["benchmarks"][0]["extra_info"]["ollama_cpu"]["samples"][1][field] = value
+    path = tmp_path / "0001_edited.json"
+    path.write_text(json.dumps(document))  # NaN and Infinity as Python's json writes them
+    with pytest.raises(BaselineError) as caught:
+        load_file(path)
+    assert str(caught.value).startswith(
+        f"baseline {path}: t.py::test_a[m-generate-t1]: sample 2 has {message}"
+    )
+    assert str(caught.value).endswith("the file is damaged or was edited by hand")
 
 
 def test_unreadable_baseline(tmp_path: Path):

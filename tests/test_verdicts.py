@@ -438,3 +438,16 @@ def test_the_report_of_a_sweep_the_load_left_unmeasured():
     assert any(
         line.startswith("  retaken: 2 disturbed samples at 2 threads set aside") for line in lines
     )
+
+
+def test_a_check_that_cannot_compute_says_why():
+    from dataclasses import replace
+
+    zero = replace(sample(2, 40.0), timings=Timings(1.0, 0.0, 8, 0.1, 64, 0.0))
+    data = {1: [sample(1, 40.0), sample(1, 40.5)], 2: [sample(2, 70.0), zero]}
+    (check,) = evaluate(sweep_of(data), Thresholds(min_efficiency=0.5)).checks
+    assert check.outcome == "inconclusive"
+    assert check.cause == "a sample's tokens/s is not a positive number, so no ratio can be formed"
+    data = {1: [sample(1, 40.0), sample(1, 40.5)], 2: [sample(2, 70.0)]}
+    (check,) = evaluate(sweep_of(data), Thresholds(min_efficiency=0.5)).checks
+    assert check.cause == "fewer than two undisturbed samples"
