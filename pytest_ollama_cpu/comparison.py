@@ -17,7 +17,7 @@ from typing import Any
 
 from .baseline import EXTRA_KEY, SavedRun
 from .disturbance import describe_load
-from .statistics import Shift, absolute_shift, relative_shift
+from .statistics import Shift, absolute_shift, detectable_drop, relative_shift
 
 #: Quantities a rule can name, with the sample field each reads.
 QUANTITIES = {
@@ -91,6 +91,34 @@ class Row:
     regression: bool
     #: why the row could not be compared because a machine was busy, if it was
     busy: str | None = None
+    #: the one-sided significance this row was tested at, and how many rows and rules
+    #: shared the run's alpha (Bonferroni)
+    alpha: float = 0.01
+    tests: int = 1
+
+    @property
+    def p_adjusted(self) -> float | None:
+        """The p-value the decision used, adjusted for the rows and rules compared: the row
+        is a regression when it is below the run's alpha."""
+        if self.shift is None:
+            return None
+        return min(1.0, self.shift.p_value * self.tests)
+
+    @property
+    def detectable(self) -> float | None:
+        """The drop this row would have caught 9 times in 10 (a fraction for a % rule)."""
+        if self.shift is None or self.rule.size == 0:
+            return None
+        return detectable_drop(self.shift, self.rule.size, self.alpha, self.rule.relative)
+
+    @property
+    def detectable_text(self) -> str:
+        drop = self.detectable
+        if drop is None:
+            return "-"
+        if self.rule.relative:
+            return f"{drop:.0%}" if drop < 1 else ">99%"
+        return f"{drop:.{self._digits}f}"
 
     @property
     def change(self) -> str:
@@ -155,6 +183,8 @@ class Row:
             "low": None if self.shift is None else self.shift.low,
             "high": None if self.shift is None else self.shift.high,
             "p_value": None if self.shift is None else self.shift.p_value,
+            "p_adjusted": self.p_adjusted,
+            "detectable": self.detectable,
             "regression": self.regression,
             "undecided": self.undecided,
             "busy": self.busy,
@@ -329,6 +359,8 @@ def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -
                     shift,
                     regression and bool(rules),
                     busy,
+                    per_test,
+                    max(1, len(common) * len(shown)),
                 )
             )
     return Comparison(

@@ -236,7 +236,8 @@ COMPARISON_COLUMNS = (
     "now",
     "change",
     "interval",
-    "p",
+    "p adj.",
+    "detects",
     "verdict",
 )
 
@@ -263,7 +264,8 @@ def _comparison_rows(comparison: Comparison) -> list[list[str]]:
                 _num(row.now, digits),
                 row.change,
                 row.interval,
-                "-" if row.shift is None else f"{row.shift.p_value:.2g}",
+                "-" if row.p_adjusted is None else f"{row.p_adjusted:.2g}",
+                row.detectable_text,
                 row.verdict,
             ]
         )
@@ -313,13 +315,16 @@ def _comparison_title(comparison: Comparison) -> str:
 def _comparison_legend(comparison: Comparison) -> list[str]:
     if comparison.gating:
         verdict = (
-            f"{len(comparison.regressions)} regression(s) at alpha {comparison.alpha:g}; p: "
-            "one-sided test that the drop exceeds the rule's size"
+            f"{len(comparison.regressions)} regression(s) at alpha {comparison.alpha:g}; p adj.: "
+            "one-sided test that the drop exceeds the rule's size, adjusted for the "
+            f"{len(comparison.rows)} row(s) compared (Bonferroni): below alpha is a regression; "
+            "detects: the drop a row would catch 9 times in 10 at its samples' spread (a drop "
+            "of exactly the rule's size passes)"
         )
     else:
         verdict = (
-            "no --ollama-cpu-compare-fail rule, so nothing can fail; p: one-sided test that "
-            "throughput dropped at all"
+            "no --ollama-cpu-compare-fail rule, so nothing can fail; p adj.: one-sided test "
+            f"that throughput dropped at all, adjusted for the {len(comparison.rows)} row(s)"
         )
     return [
         verdict,

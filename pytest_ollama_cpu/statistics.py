@@ -178,6 +178,25 @@ class Shift:
     low: float
     high: float
     p_value: float
+    #: standard error and degrees of freedom of the difference (of logs, for a ratio)
+    se: float = 0.0
+    df: float = 1.0
+
+
+def detectable_drop(
+    shift: Shift, margin: float, alpha: float, relative: bool, power: float = 0.9
+) -> float:
+    """The true drop a test like ``shift``'s shows larger than ``margin`` with probability
+    ``power``, at its samples' spread: what the gate could have caught.
+
+    The test flags a drop when the upper bound, estimate + t(1 - alpha) * se, lies
+    below the margin; a true difference d gives that with probability ``power`` when
+    d = margin - (t(1 - alpha) + t(power)) * se (on logs for a relative rule).
+    """
+    reach = (t_quantile(1.0 - alpha, shift.df) + t_quantile(power, shift.df)) * shift.se
+    if relative:
+        return 1.0 - _exp(math.log(1.0 - margin) - reach)
+    return margin + reach
 
 
 def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float] | None:
@@ -198,6 +217,7 @@ def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]
 def _shift(
     diff: float, se: float, df: float, margin: float, alpha: float
 ) -> tuple[float, float, float]:
+    """(low, high, p) of a one-sided test that ``diff`` lies below ``margin``."""
     from scipy.special import stdtr
 
     if se == 0:
@@ -218,7 +238,7 @@ def relative_shift(
         return None
     diff, se, df = welch
     low, high, p = _shift(diff, se, df, math.log(1.0 - max_drop), alpha)
-    return Shift(_exp(diff), _exp(low), _exp(high), p)
+    return Shift(_exp(diff), _exp(low), _exp(high), p, se, df)
 
 
 def absolute_shift(
@@ -230,4 +250,4 @@ def absolute_shift(
         return None
     diff, se, df = welch
     low, high, p = _shift(diff, se, df, -max_drop, alpha)
-    return Shift(diff, low, high, p)
+    return Shift(diff, low, high, p, se, df)

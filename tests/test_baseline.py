@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pytest_ollama_cpu import baseline
@@ -20,6 +21,7 @@ from pytest_ollama_cpu.report import comparison_lines, comparison_markdown
 from .fake_ollama import Behaviour, FakeOllama
 
 SWEEP_TEST = """
+import numpy as np
 import pytest
 
 @pytest.mark.threads(1, 2, rounds=4)
@@ -668,3 +670,32 @@ def test_a_pipelines_first_run_saves_instead_of_failing(pytester: pytest.Pyteste
     # ... and the name works as typed, too
     result = run(pytester, Behaviour(), "--ollama-cpu-compare=release 1")
     result.stdout.fnmatch_lines(["baseline *0004_release-1.json vs this run*"])
+
+
+def test_each_row_says_what_it_could_have_caught():
+    from pytest_ollama_cpu.statistics import Shift, detectable_drop, t_quantile
+
+    shift = Shift(0.9, 0.8, 0.95, 0.5, se=0.01, df=8.0)
+    reach = (t_quantile(0.99, 8.0) + t_quantile(0.9, 8.0)) * 0.01
+    assert detectable_drop(shift, 0.05, 0.01, relative=True) == pytest.approx(
+        1 - 0.95 * math.exp(-reach)
+    )
+    assert detectable_drop(shift, 2.0, 0.01, relative=False) == pytest.approx(2.0 + reach)
+    # a drop of exactly that size is caught about 9 times in 10 (Welch's df vary: 0.8-0.97)
+    rng = np.random.default_rng(11)
+    sigma, n, rule = 0.02, 5, parse_rule("tokens_per_second:5%")
+    expected = Shift(1.0, 1.0, 1.0, 0.5, se=sigma * math.sqrt(2 / n), df=2 * n - 2)
+    drop = detectable_drop(expected, 0.05, 0.01, relative=True)
+    caught = 0
+    for _ in range(400):
+        old = SavedRun(None, _document(list(40.0 * np.exp(rng.normal(0, sigma, n)))))
+        new_values = 40.0 * (1 - drop) * np.exp(rng.normal(0, sigma, n))
+        (row,) = compare(old, SavedRun(None, _document(list(new_values))), [rule], 0.01).rows
+        caught += row.regression
+        assert row.p_adjusted == pytest.approx(min(1.0, row.shift.p_value))  # one row
+    assert 0.8 <= caught / 400 <= 0.97, caught
+    # the table shows the adjusted p and the detectable drop
+    text = "\n".join(
+        comparison_lines(compare(old, old, [rule, parse_rule("utilization:0.1")], 0.01))
+    )
+    assert "p adj.  detects" in text and "adjusted for the 2 row(s) compared" in text

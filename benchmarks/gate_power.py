@@ -1,0 +1,111 @@
+"""Power and false alarms of the baseline gate and the verdicts, by simulation.
+
+Samples are drawn log-normal at the spreads the development machine shows
+(CV about 1% at 1 thread, 5-9% at 2 threads on 2 cores) and put through the
+plugin's own functions: ``comparison.compare`` for the gate, ``verdicts.evaluate``
+for a threshold. Prints, per spread and true drop:
+
+- how often the gate flags the row (a regression) under a % rule, with alpha
+  shared over ``--rows`` rows as in a real comparison;
+- the median ``detects`` figure the rows show;
+- the false-failure rate of an efficiency verdict at its threshold exactly, when
+  the two thread counts' spreads differ (Welch's degrees of freedom at tiny alphas).
+
+    .venv/bin/python benchmarks/gate_power.py [--trials 2000] [--rounds 5] [--rows 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pytest_ollama_cpu.baseline import SavedRun  # noqa: E402
+from pytest_ollama_cpu.comparison import compare, parse_rule  # noqa: E402
+from pytest_ollama_cpu.statistics import ratio_bounds  # noqa: E402
+
+
+def document(values: list[float]) -> dict[str, object]:
+    samples = [{"tokens_per_second": v} for v in values]
+    entry = {
+        "fullname": "t.py::test_a[m-generate-t2]",
+        "extra_info": {
+            "ollama_cpu": {"test": "t.py::test_a", "threads": 2, "model": {}, "samples": samples}
+        },
+    }
+    return {"machine_info": {}, "benchmarks": [entry]}
+
+
+def gate(args: argparse.Namespace, rng: np.random.Generator) -> None:
+    print(
+        f"gate: {args.rounds} samples a side, alpha {args.alpha} shared over {args.rows} rows "
+        f"(one-sided {args.alpha / args.rows:.2g} a row), {args.trials} trials"
+    )
+    print("| CV | true drop | rule | flagged | median 'detects' |")
+    print("|---|---|---|---|---|")
+    for cv in (0.01, 0.03, 0.07):
+        for drop in (0.0, 0.05, 0.10, 0.20):
+            for rule_text in ("tokens_per_second:5%", "tokens_per_second:10%"):
+                rule = parse_rule(rule_text)
+                flagged, detects = 0, []
+                for _ in range(args.trials):
+                    old = 40.0 * np.exp(rng.normal(0, cv, args.rounds))
+                    new = 40.0 * (1 - drop) * np.exp(rng.normal(0, cv, args.rounds))
+                    comparison = compare(
+                        SavedRun(None, document(list(old))),
+                        SavedRun(None, document(list(new))),
+                        [rule],
+                        args.alpha / args.rows,  # this row's share, as among --rows rows
+                    )
+                    (row,) = comparison.rows
+                    flagged += row.regression
+                    if row.detectable is not None:
+                        detects.append(row.detectable)
+                print(
+                    f"| {cv:.0%} | {drop:.0%} | {rule_text} | {flagged / args.trials:.1%} | "
+                    f"{statistics.median(detects):.0%} |"
+                )
+
+
+def verdicts(args: argparse.Namespace, rng: np.random.Generator) -> None:
+    print()
+    print(
+        "verdict at its threshold exactly (efficiency 0.6, 1 vs 2 threads, one look): "
+        "false failures / alpha, Welch-Satterthwaite degrees of freedom"
+    )
+    print("| CV 1 thread | CV 2 threads | alpha | false failures | / alpha |")
+    print("|---|---|---|---|---|")
+    trials = args.trials * 10
+    for cv1, cv2 in ((0.01, 0.07), (0.04, 0.04)):
+        for alpha in (0.01, 0.001):
+            failures = 0
+            for _ in range(trials):
+                one = 40.0 * np.exp(rng.normal(0, cv1, args.rounds))
+                two = 40.0 * 2 * 0.6 * np.exp(rng.normal(0, cv2, args.rounds))
+                bounds = ratio_bounds(list(two), list(one), alpha)
+                assert bounds is not None
+                failures += bounds.high / 2 < 0.6
+            rate = failures / trials
+            print(f"| {cv1:.0%} | {cv2:.0%} | {alpha:g} | {rate:.3%} | {rate / alpha:.2f} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=12)
+    parser.add_argument("--alpha", type=float, default=0.01)
+    args = parser.parse_args()
+    rng = np.random.default_rng(2026)
+    gate(args, rng)
+    verdicts(args, rng)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
