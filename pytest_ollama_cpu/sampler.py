@@ -180,7 +180,9 @@ class SweepRunner:
         restarts Ollama's runner, so it starts with a warm-up; the thread count
         still loaded is visited first and needs none. A measured reply that
         carries a model load anyway (the server unloaded or restarted the
-        runner) is set aside as a warm-up and taken again.
+        runner) is set aside as a warm-up and taken again; so is a disturbed
+        one, after waiting for quiet, within the budget (``_visit``). A count
+        given up as busy earlier in the sweep is not visited again.
         """
         order = sorted(more, key=lambda t: t != self._loaded)
         for count in order:
@@ -242,18 +244,15 @@ class SweepRunner:
     @staticmethod
     def _store(sweep: Sweep, visit: _Visit) -> None:
         earlier = visit.earlier
-        if earlier is not None:
-            sweep.results[visit.count] = ThreadResult(
-                visit.count,
-                earlier.samples + tuple(visit.samples),
-                earlier.warmup,
-                visit.waited,
-                visit.gave_up,
-            )
-        elif visit.samples:
-            sweep.results[visit.count] = ThreadResult(
-                visit.count, tuple(visit.samples), visit.warmup, visit.waited, visit.gave_up
-            )
+        if earlier is None and not visit.samples:
+            return
+        sweep.results[visit.count] = ThreadResult(
+            visit.count,
+            (earlier.samples if earlier else ()) + tuple(visit.samples),
+            earlier.warmup if earlier else visit.warmup,
+            visit.waited,
+            visit.gave_up,
+        )
 
 
 @dataclass
