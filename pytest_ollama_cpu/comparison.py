@@ -9,7 +9,6 @@ alpha is shared over all rows and rules (Bonferroni).
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,14 @@ from typing import Any
 
 from .baseline import EXTRA_KEY, SavedRun
 from .disturbance import describe_load
-from .statistics import Shift, absolute_shift, detectable_drop, relative_shift
+from .statistics import (
+    Shift,
+    absolute_shift,
+    detectable_drop,
+    geometric_mean,
+    mean,
+    relative_shift,
+)
 
 #: Quantities a rule can name, with the sample field each reads.
 QUANTITIES = {
@@ -278,16 +284,6 @@ def busy_reason(entry: Mapping[str, Any], side: str) -> str | None:
     return f"{side}: {load}; {len(aside)} of {len(samples)} samples set aside"
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _geometric_mean(values: Sequence[float]) -> float | None:
-    if not values or min(values) <= 0:
-        return _mean(values)
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
 def machine_differences(old: SavedRun, new: SavedRun) -> list[str]:
     """What differs between the machines, servers and models of two runs."""
 
@@ -354,8 +350,8 @@ def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -
                     rule,
                     # the figures the change is computed from: now / baseline for a
                     # relative rule (geometric means), now - baseline for an absolute one
-                    _geometric_mean(b) if rule.relative else _mean(b),
-                    _geometric_mean(a) if rule.relative else _mean(a),
+                    geometric_mean(b) if rule.relative else mean(b),
+                    geometric_mean(a) if rule.relative else mean(a),
                     shift,
                     regression and bool(rules),
                     busy,

@@ -90,6 +90,19 @@ class Summary:
         return asdict(self)
 
 
+def mean(values: Sequence[float]) -> float | None:
+    """The arithmetic mean, ``None`` for no values."""
+    return math.fsum(values) / len(values) if values else None
+
+
+def geometric_mean(values: Sequence[float]) -> float | None:
+    """exp(mean(log v)): the centre a ratio of throughputs is taken between; the
+    arithmetic mean where a value is not positive, ``None`` for no values."""
+    if not values or min(values) <= 0:
+        return mean(values)
+    return math.exp(math.fsum(math.log(v) for v in values) / len(values))
+
+
 def ratio(numerator: float, denominator: float) -> float | None:
     """``numerator / denominator``, or ``None`` when the denominator is zero."""
     if denominator == 0:

@@ -63,3 +63,12 @@ def test_wild_samples_give_unbounded_ratios_not_an_overflow():
     assert shift is not None and shift.high == float("inf") and shift.low >= 0
     bounds = ratio_bounds([10.0, 40.0], [30.0, 31.0], 0.01 / 40)
     assert bounds is not None and bounds.high == float("inf")
+
+
+def test_means_with_literal_numbers():
+    from pytest_ollama_cpu.statistics import geometric_mean, mean
+
+    assert mean([1.0, 2.0, 6.0]) == 3.0 and mean([]) is None
+    assert geometric_mean([1.0, 4.0]) == pytest.approx(2.0)
+    assert geometric_mean([0.0, 4.0]) == 2.0  # not positive: the arithmetic mean
+    assert geometric_mean([]) is None
