@@ -5,13 +5,17 @@ on the same server:
 
 - the adaptive sweep the plugin uses: ``--rounds`` samples per thread count,
   then more only where a verdict is still open, up to ``--max-rounds``;
-- a fixed sweep of ``--max-rounds`` samples per thread count, judged once;
+- a fixed sweep of ``--max-rounds`` samples per thread count, judged once; or,
+  with ``--llama-bench``, a sweep as llama-bench measures generation (tg128): a
+  warm-up and 5 repetitions of 128 generated tokens per thread count;
 
 and prints each one's verdict, number of samples and wall time, and the ratio
 of wall times. The verdicts should agree; the adaptive one should cost less
 wherever the answer is clear.
 
     .venv/bin/python benchmarks/adaptive_vs_fixed.py [--rounds 3] [--max-rounds 12]
+    .venv/bin/python benchmarks/adaptive_vs_fixed.py --llama-bench --rounds 5 \
+        --max-rounds 20 --num-predict 64     # the plugin's defaults vs tg128
 """
 
 from __future__ import annotations
@@ -52,7 +56,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-rounds", type=int, default=12)
     parser.add_argument("--num-predict", type=int, default=32)
+    parser.add_argument(
+        "--llama-bench",
+        action="store_true",
+        help="compare with llama-bench's tg128 (128 tokens, a warm-up and 5 repetitions)",
+    )
     args = parser.parse_args()
+    fixed_rounds = 5 if args.llama_bench else args.max_rounds
+    fixed_predict = 128 if args.llama_bench else args.num_predict
 
     with running(ROOT / ".ollama-embedded") as embedded:
         client = OllamaClient(embedded.host, timeout=300)
@@ -64,11 +75,14 @@ def main() -> None:
         workload = Workload(
             "generate", MODEL_NAME, args.num_predict, prompt="Explain what a CPU cache is."
         )
+        fixed_workload = Workload(
+            "generate", MODEL_NAME, fixed_predict, prompt="Explain what a CPU cache is."
+        )
         threads = [1, machine.usable_threads] if machine.usable_threads > 1 else [1, 2]
         print(f"machine: {machine.describe()}")
         print(
-            f"threads {threads}, {args.num_predict} tokens per request, adaptive "
-            f"{args.rounds}..{args.max_rounds} rounds vs fixed {args.max_rounds} rounds\n"
+            f"threads {threads}: adaptive {args.rounds}..{args.max_rounds} rounds of "
+            f"{args.num_predict} tokens vs fixed {fixed_rounds} rounds of {fixed_predict} tokens\n"
         )
         header = (
             f"{'scenario':<52} {'adaptive':>9} {'samples':>7} {'wall s':>7}   "
@@ -87,7 +101,7 @@ def main() -> None:
             adaptive_samples = samples(sweep)
 
             started = time.perf_counter()
-            fixed_sweep = runner.run(workload, model, threads, args.max_rounds)
+            fixed_sweep = runner.run(fixed_workload, model, threads, fixed_rounds)
             fixed = evaluate(fixed_sweep, thresholds)
             fixed_wall = time.perf_counter() - started
 
