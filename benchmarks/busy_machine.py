@@ -27,7 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pytest_ollama_cpu.embedded import MODEL_NAME, EmbeddedServer, running  # noqa: E402
+from pytest_ollama_cpu.embedded import (  # noqa: E402
+    CGROUP_CPU,
+    MODEL_NAME,
+    EmbeddedServer,
+    cpu_quota,
+    running,
+)
 
 HEALTHY = """
 import pytest
@@ -45,7 +51,7 @@ def test_sweep(ollama_cpu):
     ollama_cpu.generate("Explain what a CPU cache is.")
 """
 
-CGROUP = Path("/sys/fs/cgroup/cpu")
+CGROUP = CGROUP_CPU
 
 
 @contextlib.contextmanager
@@ -68,23 +74,9 @@ def quota(server: EmbeddedServer, cpus: float | None) -> Iterator[None]:
     if cpus is None:
         yield
         return
-    import psutil
-
     assert server.process is not None
-    group = CGROUP / f"bench-ollama-cpu-{os.getpid()}"
-    group.mkdir(exist_ok=True)
-    period = int((group / "cpu.cfs_period_us").read_text())
-    (group / "cpu.cfs_quota_us").write_text(str(int(cpus * period)))
-    root = psutil.Process(server.process.pid)
-    for pid in [root.pid, *(c.pid for c in root.children(recursive=True))]:
-        (group / "cgroup.procs").write_text(str(pid))
-    try:
+    with cpu_quota(server.process.pid, cpus):
         yield
-    finally:
-        for pid in (group / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                (CGROUP / "cgroup.procs").write_text(pid)
-        group.rmdir()
 
 
 def pytest_run(

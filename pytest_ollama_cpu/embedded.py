@@ -324,3 +324,38 @@ def running(
     with server:
         server.ensure_model()
         yield server
+
+
+#: cgroup v1's cpu controller, where a quota slows a server by a known amount.
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+class QuotaUnavailable(Exception):
+    """No writable cgroup v1 cpu controller here (not root, or cgroup v2)."""
+
+
+@contextlib.contextmanager
+def cpu_quota(pid: int, cpus: float, root: Path = CGROUP_CPU) -> Iterator[Path]:
+    """Run ``pid`` and its children (runners started later too) under a cgroup v1 CPU
+    quota of ``cpus``: a known slowdown, for testing a gate or a verdict. Everything is
+    moved back to the root cgroup afterwards and the group removed."""
+    import psutil
+
+    if not (root / "cpu.cfs_quota_us").exists() or not os.access(root, os.W_OK):
+        raise QuotaUnavailable(
+            f"a CPU quota needs a writable cgroup v1 cpu controller at {root} (run as root)"
+        )
+    group = root / f"pytest-ollama-cpu-{os.getpid()}-{pid}"
+    group.mkdir(exist_ok=True)
+    try:
+        period = int((group / "cpu.cfs_period_us").read_text())
+        (group / "cpu.cfs_quota_us").write_text(str(int(cpus * period)))
+        process = psutil.Process(pid)
+        for member in [process, *process.children(recursive=True)]:
+            (group / "cgroup.procs").write_text(str(member.pid))
+        yield group
+    finally:
+        for member_pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (root / "cgroup.procs").write_text(member_pid)
+        group.rmdir()

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from pytest_ollama_cpu.embedded import MODEL_NAME, EmbeddedServer, EmbeddedUnavailable, running
+from pytest_ollama_cpu.embedded import (
+    MODEL_NAME,
+    EmbeddedServer,
+    EmbeddedUnavailable,
+    QuotaUnavailable,
+    running,
+)
+from pytest_ollama_cpu.embedded import cpu_quota as embedded_cpu_quota
 
 from .fake_ollama import Behaviour, FakeOllama
 
@@ -115,33 +122,11 @@ def neighbour() -> Iterator[Neighbour]:
         busy.stop()
 
 
-CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
-
-
-def _tree(pid: int) -> list[int]:
-    import psutil
-
-    process = psutil.Process(pid)
-    return [process.pid, *(child.pid for child in process.children(recursive=True))]
-
-
 @contextlib.contextmanager
 def cpu_quota(pid: int, cpus: float) -> Iterator[Path]:
-    """Run ``pid`` and its children (runners started later too) under a cgroup v1 CPU
-    quota of ``cpus``; everything goes back to the root cgroup afterwards."""
-    quota_file = CGROUP_CPU / "cpu.cfs_quota_us"
-    if not quota_file.exists() or not os.access(CGROUP_CPU, os.W_OK):
-        pytest.skip(f"needs a writable cgroup v1 cpu controller at {CGROUP_CPU} (run as root)")
-    group = CGROUP_CPU / f"pytest-ollama-cpu-{os.getpid()}-{pid}"
-    group.mkdir(exist_ok=True)
+    """``embedded.cpu_quota``, skipping the test where no cgroup quota can be set."""
     try:
-        period = int((group / "cpu.cfs_period_us").read_text())
-        (group / "cpu.cfs_quota_us").write_text(str(int(cpus * period)))
-        for member in _tree(pid):
-            (group / "cgroup.procs").write_text(str(member))
-        yield group
-    finally:
-        for member in (group / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                (CGROUP_CPU / "cgroup.procs").write_text(member)
-        group.rmdir()
+        with embedded_cpu_quota(pid, cpus) as group:
+            yield group
+    except QuotaUnavailable as exc:
+        pytest.skip(str(exc))
