@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .machine import cpus_text
+
 #: Cores that other processes may take beyond the spare before a sample counts as
 #: disturbed. Measured on the 2-core development machine: a quiet machine shows
 #: 0.00-0.03 cores of "other" per request (pytest itself, the kernel); taking a
@@ -71,5 +73,4 @@ class RetakeBudget:
 
 def describe_load(other_cores: float, cpus: int) -> str:
     """'other processes used 1.02 of the server's 2 CPUs'."""
-    plural = "" if cpus == 1 else "s"
-    return f"other processes used {other_cores:.2f} of the server's {cpus} CPU{plural}"
+    return f"other processes used {other_cores:.2f} of the server's {cpus_text(cpus)}"

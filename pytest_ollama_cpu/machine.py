@@ -150,6 +150,11 @@ def whole_cpus(usable: float) -> int:
     return max(1, math.floor(usable + 1e-9))
 
 
+def cpus_text(count: float) -> str:
+    """'1 CPU', '2 CPUs', '1.5 CPUs': a count of CPUs as a message says it."""
+    return f"{count:g} CPU{'' if count == 1 else 's'}"
+
+
 def auto_thread_counts(usable: int) -> list[int]:
     """1, 2, 4, ... below ``usable``, and ``usable`` itself."""
     counts = []
@@ -202,8 +207,7 @@ class MachineFacts:
         quota = (
             "none"
             if self.cgroup_quota_cpus is None
-            else f"{self.cgroup_quota_cpus:g} CPU{'' if self.cgroup_quota_cpus == 1 else 's'} "
-            f"(cgroup v{self.cgroup_version})"
+            else f"{cpus_text(self.cgroup_quota_cpus)} (cgroup v{self.cgroup_version})"
         )
         whose = (
             "the server's"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from .client import ModelFacts
 from .comparison import Comparison
 from .disturbance import MARGIN_CORES
-from .machine import MachineFacts
+from .machine import MachineFacts, cpus_text
 from .results import RecordedSweep, Sweep, ThreadResult, by_machine
 from .statistics import Summary, format_interval
 
@@ -168,8 +168,7 @@ def _spare(result: ThreadResult) -> str:
     spares = {s.spare_cpus for s in result.samples if s.spare_cpus is not None}
     if len(spares) != 1:
         return "CPUs"
-    spare = spares.pop()
-    return f"{spare:g} CPU{'' if spare == 1 else 's'}"
+    return cpus_text(spares.pop())
 
 
 def summary_lines(sweeps: Sequence[RecordedSweep]) -> list[str]:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .machine import cpus_text
 from .results import Sweep, ThreadResult
 from .statistics import Bounds, format_interval, mean_bounds, ratio_bounds, spent_alpha
 
@@ -398,13 +399,13 @@ def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str:
             "the server did not apply num_thread"
         )
     if threads > machine.usable_cpus:
-        limits = [f"its affinity allows {_cpus(len(machine.affinity))}"]
+        limits = [f"its affinity allows {cpus_text(len(machine.affinity))}"]
         if machine.cgroup_quota_cpus is not None:
             limits.append(
-                f"its cgroup v{machine.cgroup_version} quota {_cpus(machine.cgroup_quota_cpus)}"
+                f"its cgroup v{machine.cgroup_version} quota {cpus_text(machine.cgroup_quota_cpus)}"
             )
         return (
-            f"cause: the server may use only {_cpus(machine.usable_cpus)} for {threads} "
+            f"cause: the server may use only {cpus_text(machine.usable_cpus)} for {threads} "
             f"threads ({', '.join(limits)})"
         )
     util = None if result is None else result.thread_utilization
@@ -427,10 +428,6 @@ def _why_no_ratio(now: list[float], base: list[float]) -> str:
     if min(len(now), len(base)) < 2:
         return "fewer than two undisturbed samples"
     return "a sample's tokens/s is not a positive number, so no ratio can be formed"
-
-
-def _cpus(count: float) -> str:
-    return f"{count:g} CPU{'' if count == 1 else 's'}"
 
 
 def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
@@ -460,14 +457,15 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
                 baseline=base,
             )
         scale = 1.0 if plan.quantity == SPEEDUP else base / plan.threads
-        bounds = ratio_bounds(_tokens(result), _tokens(sweep.results[base]), alpha)
+        now, before = _tokens(result), _tokens(sweep.results[base])
+        bounds = ratio_bounds(now, before, alpha)
         if bounds is None:
             return _RatioCheck(
                 plan.quantity,
                 plan.threads,
                 plan.threshold,
                 "inconclusive",
-                cause=_why_no_ratio(_tokens(result), _tokens(sweep.results[base])),
+                cause=_why_no_ratio(now, before),
                 baseline=base,
             )
         # estimate and bounds are of the same statistic: the ratio of geometric means
@@ -622,14 +620,16 @@ def decide_adaptively(
     looks = planned_looks(thresholds, rounds, max_rounds)
     verdict = evaluate(sweep, thresholds, 1, looks)
     look = 1
-    while look < looks and verdict.undecided_threads(sweep):
+    undecided = verdict.undecided_threads(sweep)
+    while look < looks and undecided:
         look += 1
         wanted = {
             count: min(rounds, max_rounds - len(sweep[count].undisturbed))
-            for count in sorted(verdict.undecided_threads(sweep))
+            for count in sorted(undecided)
         }
         wanted = {count: n for count, n in wanted.items() if n > 0}
         if wanted:
             take_more(wanted)
         verdict = evaluate(sweep, thresholds, look, looks, previous=verdict)
+        undecided = verdict.undecided_threads(sweep)
     return verdict
