@@ -17,6 +17,7 @@ for a threshold. Prints, per spread and true drop:
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pytest_ollama_cpu.baseline import SavedRun  # noqa: E402
-from pytest_ollama_cpu.comparison import compare, parse_rule  # noqa: E402
+from pytest_ollama_cpu.comparison import Gate, compare, parse_rule  # noqa: E402
 from pytest_ollama_cpu.statistics import ratio_bounds  # noqa: E402
 
 
@@ -72,6 +73,63 @@ def gate(args: argparse.Namespace, rng: np.random.Generator) -> None:
                 )
 
 
+def planned(args: argparse.Namespace, rng: np.random.Generator) -> None:
+    """The gate as the plugin runs it: a first saved run takes ``--max-rounds`` samples;
+    the next run takes what ``Gate.samples_needed`` plans from that baseline's samples
+    (at least ``--rounds``) and is compared with it."""
+    rule = parse_rule("tokens_per_second:5%")
+    gate_ = Gate.planned([rule], args.alpha, args.rows)
+
+    def draw(n: int, cv: float, scale: float, block: list[float] | None) -> list[float]:
+        if block is not None:  # the real shape of this machine's noise
+            return list(scale * rng.choice(block, n))
+        return list(40.0 * scale * np.exp(rng.normal(0, cv, n)))
+
+    print()
+    print(
+        f"planned gate (the plugin's): rule {rule.text}, {args.rounds} rounds, a first run of "
+        f"{args.max_rounds}, alpha {args.alpha} over {args.rows} rows, {args.trials} trials"
+    )
+    print("| spread | true drop | flagged | mean samples now | median 'detects' |")
+    print("|---|---|---|---|---|")
+    spreads: list[tuple[str, float, list[list[float]] | None]] = [
+        ("CV 1%", 0.01, None),
+        ("CV 3%", 0.03, None),
+        ("CV 5%", 0.05, None),
+    ]
+    if args.pool:
+        pool = json.loads(Path(args.pool).read_text())
+        for threads, blocks in sorted(pool.items()):
+            spreads.append((f"pool t{threads} (a run = a block)", 0.0, blocks))
+    for label, cv, blocks in spreads:
+        for drop in (0.0, 0.05, 0.10):
+            flagged, sizes, detects = 0, [], []
+            for _ in range(args.trials):
+                pair = rng.choice(len(blocks), 2, replace=False) if blocks else (0, 0)
+                old = draw(args.max_rounds, cv, 1.0, blocks[pair[0]] if blocks else None)
+                need = gate_.samples_needed(
+                    [{"tokens_per_second": v} for v in old], args.max_rounds
+                )
+                new = draw(
+                    max(args.rounds, need), cv, 1 - drop, blocks[pair[1]] if blocks else None
+                )
+                comparison = compare(
+                    SavedRun(None, document(old)),
+                    SavedRun(None, document(new)),
+                    [rule],
+                    args.alpha / args.rows,
+                )
+                (row,) = comparison.rows
+                flagged += row.regression
+                sizes.append(len(new))
+                if row.detectable is not None:
+                    detects.append(row.detectable)
+            print(
+                f"| {label} | {drop:.0%} | {flagged / args.trials:.1%} | "
+                f"{statistics.mean(sizes):.1f} | {statistics.median(detects):.0%} |"
+            )
+
+
 def verdicts(args: argparse.Namespace, rng: np.random.Generator) -> None:
     print()
     print(
@@ -100,10 +158,19 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rows", type=int, default=12)
     parser.add_argument("--alpha", type=float, default=0.01)
+    parser.add_argument("--max-rounds", type=int, default=20)
+    parser.add_argument(
+        "--pool", help="JSON of real samples in blocks (benchmarks/noise_pool.py): resampled"
+    )
+    parser.add_argument("--only", choices=("fixed", "planned", "verdicts"))
     args = parser.parse_args()
     rng = np.random.default_rng(2026)
-    gate(args, rng)
-    verdicts(args, rng)
+    if args.only in (None, "fixed"):
+        gate(args, rng)
+    if args.only in (None, "planned"):
+        planned(args, rng)
+    if args.only in (None, "verdicts"):
+        verdicts(args, rng)
     return 0
 
 

@@ -102,6 +102,21 @@ def entry_name(
     return test + suffix, nodeid + suffix
 
 
+def entry_of(
+    run: SavedRun, nodeid: str, sweep: Sweep, threads: int, repeat: int = 1
+) -> dict[str, Any] | None:
+    """The entry of ``run`` that this sweep's ``threads`` will be compared with, if any:
+    ``repeat`` counts the sweeps of the same workload the test ran, this one included."""
+    entries = run.entries
+    for with_machine in (False, True):
+        fullname = entry_name(nodeid, sweep, threads, with_machine)[1]
+        if repeat > 1:
+            fullname += f"#{repeat}"
+        if fullname in entries:
+            return entries[fullname]
+    return None
+
+
 def _entries(
     recorded: RecordedSweep, taken: set[str], with_machine: bool
 ) -> Iterable[dict[str, Any]]:

@@ -9,6 +9,7 @@ alpha is shared over all rows and rules (Bonferroni).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from .statistics import (
     geometric_mean,
     mean,
     relative_shift,
+    spread_upper_factor,
+    stdev,
 )
 
 #: Quantities a rule can name, with the sample field each reads.
@@ -56,6 +59,11 @@ class Rule:
 
     def describe_size(self) -> str:
         return f"{self.size:.0%}" if self.relative else f"{self.size:g}"
+
+    @property
+    def no_change(self) -> float:
+        """The shift that means "unchanged": a ratio of 1, or a difference of 0."""
+        return 1.0 if self.relative else 0.0
 
 
 #: Shown when no rule is given: throughput is compared, and nothing can fail.
@@ -155,11 +163,7 @@ class Row:
         drop of the rule's size: the gate could not have caught one."""
         if self.shift is None or self.regression or self.rule.size == 0:
             return False
-        return self.shift.low < self._no_change - self.rule.size
-
-    @property
-    def _no_change(self) -> float:
-        return 1.0 if self.rule.relative else 0.0
+        return self.shift.low < self.rule.no_change - self.rule.size
 
     @property
     def verdict(self) -> str:
@@ -169,10 +173,10 @@ class Row:
             return "not compared"
         if self.regression:
             return f"REGRESSION (> {self.rule.describe_size()} worse)"
-        if self.shift.low > self._no_change:
+        if self.shift.low > self.rule.no_change:
             return "better"
         if self.rule.size == 0:  # no rule given: the table informs, nothing is judged
-            return "worse" if self.shift.high < self._no_change else "no change shown"
+            return "worse" if self.shift.high < self.rule.no_change else "no change shown"
         if self.undecided:
             return f"ok? a {self.rule.describe_size()} drop not ruled out"
         return "ok"
@@ -261,11 +265,21 @@ def _samples(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def _values(entry: Mapping[str, Any], field_name: str) -> list[float]:
     """The undisturbed samples' values: those taken under load are set aside (files
     saved before samples were flagged count as undisturbed)."""
-    return [
-        float(s[field_name])
-        for s in _samples(entry)
-        if s.get(field_name) is not None and not s.get("disturbed")
-    ]
+    return _field([s for s in _samples(entry) if not s.get("disturbed")], field_name)
+
+
+def _field(samples: Sequence[Mapping[str, Any]], field_name: str) -> list[float]:
+    return [float(s[field_name]) for s in samples if s.get(field_name) is not None]
+
+
+def rule_shift(
+    rule: Rule, now: Sequence[float], before: Sequence[float], alpha: float
+) -> Shift | None:
+    """The test of ``rule`` on two sides' values at one-sided ``alpha``: a ratio for a
+    relative rule, a difference for an absolute one; ``None`` where it cannot run."""
+    if rule.relative:
+        return relative_shift(now, before, rule.size, alpha)
+    return absolute_shift(now, before, rule.size, alpha)
 
 
 def busy_reason(entry: Mapping[str, Any], side: str) -> str | None:
@@ -336,12 +350,8 @@ def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -
             a, b = _values(after, rule.field), _values(before, rule.field)
             if busy is not None:
                 a = b = []  # never judged on samples taken under load
-            if rule.relative:
-                shift = relative_shift(a, b, rule.size, per_test)
-                regression = shift is not None and shift.high < 1 - rule.size
-            else:
-                shift = absolute_shift(a, b, rule.size, per_test)
-                regression = shift is not None and shift.high < -rule.size
+            shift = rule_shift(rule, a, b, per_test)
+            regression = shift is not None and shift.high < rule.no_change - rule.size
             rows.append(
                 Row(
                     name,
@@ -369,3 +379,68 @@ def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -
         tuple(machine_differences(old, new)),
         tuple(rules),
     )
+
+
+# -- the gate while a run measures ----------------------------------------------
+#
+# Each row of a run that is compared or saved gets the samples its comparison
+# needs to catch a drop of twice its rule's size 9 times in 10, planned from
+# the baseline's spread: samples measured before, in another run. A run saved
+# with no baseline entry to plan from takes the most rounds allowed. Never is a
+# row sized from its own samples: a run that stopped when its own samples
+# looked good enough would keep samples that flatter their precision, and runs
+# compared with it would be flagged too often (tests/test_gate.py measures it).
+
+#: The rule a saved run is made precise enough for when no rule is given.
+GATE_RULE = "tokens_per_second:5%"
+
+#: A row gets enough samples to catch a drop this many times its rule's size
+#: with probability ``POWER``.
+PRECISION_FACTOR = 2.0
+POWER = 0.9
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The rules a run is gated on, and the one-sided alpha each row will be tested at."""
+
+    rules: tuple[Rule, ...]
+    alpha: float
+
+    @classmethod
+    def planned(cls, rules: Sequence[Rule], alpha: float, rows: int) -> Gate:
+        """``rows``: the rows the run's alpha will be shared over (an estimate made
+        before the run: it sets how many samples are taken, never an error rate)."""
+        chosen = tuple(rules) or (parse_rule(GATE_RULE),)
+        return cls(chosen, alpha / max(1, rows * len(chosen)))
+
+    def samples_needed(self, baseline: Sequence[Mapping[str, Any]], most: int) -> int:
+        """Samples this run needs at a row so that its comparison with ``baseline``
+        (that row's samples) catches a drop of ``PRECISION_FACTOR`` times a rule's
+        size with probability ``POWER``, if this run is as noisy as the baseline (its
+        spread taken at the upper 90% confidence bound). ``most`` where even that many
+        would not; 0 where the baseline has fewer than two values."""
+        needed = 0
+        for rule in self.rules:
+            values = _field(baseline, rule.field)
+            sd = stdev(values, log=rule.relative)
+            if sd is None:
+                continue
+            sd *= spread_upper_factor(len(values))
+            other = len(values)
+            for n in range(2, most + 1):
+                shift = Shift(0.0, 0.0, 0.0, 1.0, sd * math.sqrt(1 / other + 1 / n), n + other - 2)
+                if detectable_drop(shift, rule.size, self.alpha, rule.relative, POWER) <= (
+                    PRECISION_FACTOR * rule.size
+                ):
+                    needed = max(needed, n)
+                    break
+            else:
+                needed = most
+        return needed
+
+    def baseline_samples(self, before: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """The samples of a baseline entry a comparison reads; none from a busy one."""
+        if busy_reason(before, "baseline") is not None:
+            return []
+        return [s for s in _samples(before) if not s.get("disturbed")]

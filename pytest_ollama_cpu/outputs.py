@@ -72,6 +72,18 @@ class Outputs:
         except (StorageError, BaselineError) as exc:
             raise pytest.UsageError(str(exc)) from None
 
+    def load_baseline_quietly(self) -> None:
+        """Load the baseline where ``prepare`` runs elsewhere (a pytest-xdist worker):
+        a worker that cannot read it samples without it, and the controller, which
+        can, says what is wrong."""
+        s = self.settings
+        if s.compare is None:
+            return
+        try:
+            self.baseline = load_file(find(s.storage, s.compare))
+        except (StorageError, BaselineError, OSError):
+            self.baseline = None
+
     def finish(self, sweeps: list[RecordedSweep], settings_dict: dict[str, object]) -> int | None:
         """Write, save and compare; the exit status this calls for, or None for no change."""
         s = self.settings

@@ -56,7 +56,9 @@ def pytest_configure(config: pytest.Config) -> None:
     outputs = Outputs(settings)
     if not _is_xdist_worker(config):
         outputs.prepare()
-    state = RunState(settings)
+    else:
+        outputs.load_baseline_quietly()  # the controller reports a bad baseline
+    state = RunState(settings, baseline=outputs.baseline)
     config.stash[STATE_KEY] = state
     config.stash[OUTPUTS_KEY] = outputs
     if config.pluginmanager.hasplugin("xdist"):
@@ -104,6 +106,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     state = config.stash[STATE_KEY]
     skip = pytest.mark.skip(reason=SKIP_REASON)
     xdist_active = config.pluginmanager.hasplugin("xdist")
+    if state.settings.enabled:
+        state.plan_gate(sum(1 for item in items if _uses_fixture(item)))
     for index, item in enumerate(items):
         item.stash[ORDER_KEY] = index
         marker = item.get_closest_marker(MARKER_NAME)

@@ -8,10 +8,12 @@ and reported to every test that needs it, with the same message.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from .baseline import SavedRun, entry_of
 from .client import OllamaClient, OllamaCpuError
+from .comparison import Gate
 from .machine import MachineFacts, read_machine_facts
 from .markers import format_cpu_list
 from .options import Settings
@@ -58,8 +60,46 @@ class RunState:
     settings: Settings
     sweeps: list[RecordedSweep] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: the saved run this one is compared with, where one is
+    baseline: SavedRun | None = None
+    #: what the comparison and the saved run need of each sweep while it runs; None
+    #: when the run is neither compared nor saved
+    gate: Gate | None = None
     _connection: Connection | None = None
     _error: OllamaCpuError | None = None
+
+    def plan_gate(self, tests: int) -> None:
+        """Plan the gate for ``tests`` measured tests (two rows each where no baseline
+        says how many there are)."""
+        s = self.settings
+        if self.baseline is None and not (s.save or s.autosave):
+            return
+        rows = len(self.baseline.entries) if self.baseline is not None else 2 * tests
+        self.gate = Gate.planned(s.compare_fail, s.thresholds.alpha, rows)
+
+    def sample_plan(
+        self, nodeid: str, repeat: int, most: int
+    ) -> Callable[[Sweep], set[int]] | None:
+        """What the gate asks of a sweep of test ``nodeid`` (its ``repeat``-th of the
+        same workload): a function naming the thread counts with fewer samples than
+        their comparison needs (``comparison.Gate.samples_needed``, from the baseline
+        entry's samples), or, in a run that is saved, ``most`` where there is no
+        baseline entry to plan from. ``None`` for a run neither compared nor saved."""
+        gate, baseline = self.gate, self.baseline
+        if gate is None:
+            return None
+        saving = bool(self.settings.save or self.settings.autosave)
+
+        def need(sweep: Sweep, threads: int) -> int:
+            before = entry_of(baseline, nodeid, sweep, threads, repeat) if baseline else None
+            if before is not None:
+                return gate.samples_needed(gate.baseline_samples(before), most)
+            return most if saving else 0
+
+        def wanted(sweep: Sweep) -> set[int]:
+            return {r.threads for r in sweep if len(r.undisturbed) < need(sweep, r.threads)}
+
+        return wanted
 
     def connect(self) -> Connection:
         """The connection, made on first call; raises the same error every time."""

@@ -212,6 +212,26 @@ def detectable_drop(
     return margin + reach
 
 
+def stdev(values: Sequence[float], log: bool = False) -> float | None:
+    """The sample standard deviation (of the logs, for ``log``); ``None`` below two
+    values, or for ``log`` with a value that is not positive."""
+    if len(values) < 2 or (log and min(values) <= 0):
+        return None
+    data = [math.log(v) for v in values] if log else list(values)
+    centre = math.fsum(data) / len(data)
+    return math.sqrt(math.fsum((v - centre) ** 2 for v in data) / (len(data) - 1))
+
+
+def spread_upper_factor(n: int, confidence: float = 0.9) -> float:
+    """s * this is the upper ``confidence`` bound of a standard deviation estimated as
+    s from ``n`` normal values: sqrt((n - 1) / chi2 quantile(1 - confidence, n - 1))."""
+    from scipy.special import chdtri
+
+    if n < 2:
+        return math.inf
+    return math.sqrt((n - 1) / float(chdtri(n - 1, confidence)))
+
+
 def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float] | None:
     """(mean a - mean b, standard error, degrees of freedom), or None below 2 a side."""
     na, nb = len(a), len(b)

@@ -597,9 +597,10 @@ def _with_look(check: Check, look: int) -> Check:
     return replace(check, decided_at_look=look)
 
 
-def planned_looks(thresholds: Thresholds, rounds: int, max_rounds: int) -> int:
-    """Looks at the data: the first after ``rounds``, then one per ``rounds`` more."""
-    if not thresholds.any or max_rounds <= rounds:
+def planned_looks(thresholds: Thresholds, rounds: int, max_rounds: int, gated: bool = False) -> int:
+    """Looks at the data: the first after ``rounds``, then one per ``rounds`` more;
+    one look when nothing can ask for more (no threshold and no ``gated`` baseline)."""
+    if not (thresholds.any or gated) or max_rounds <= rounds:
         return 1
     return 1 + math.ceil((max_rounds - rounds) / rounds)
 
@@ -610,26 +611,38 @@ def decide_adaptively(
     rounds: int,
     max_rounds: int,
     take_more: Callable[[dict[int, int]], None],
+    wanted: Callable[[Sweep], set[int]] | None = None,
 ) -> Verdict:
     """Look at ``sweep`` after ``rounds`` samples a thread count; while a check is
     undecided, ask ``take_more({threads: n, ...})`` for up to ``rounds`` more
     samples at the thread counts it reads, until everything is decided or each
     has ``max_rounds``. The looks are planned up front, so the error rate can be
     shared out over them; a check decided at one look stays decided.
+
+    ``wanted(sweep)`` names thread counts something else still needs samples at
+    (the baseline gate, ``comparison.Gate``); they join the loop, but spend none
+    of the verdicts' alpha.
     """
-    looks = planned_looks(thresholds, rounds, max_rounds)
+    looks = planned_looks(thresholds, rounds, max_rounds, gated=wanted is not None)
     verdict = evaluate(sweep, thresholds, 1, looks)
     look = 1
-    undecided = verdict.undecided_threads(sweep)
+
+    def undecided_now() -> set[int]:
+        found = verdict.undecided_threads(sweep)
+        if wanted is not None:
+            found |= {t for t in wanted(sweep) if t in sweep and not sweep[t].gave_up}
+        return found
+
+    undecided = undecided_now()
     while look < looks and undecided:
         look += 1
-        wanted = {
+        more = {
             count: min(rounds, max_rounds - len(sweep[count].undisturbed))
             for count in sorted(undecided)
         }
-        wanted = {count: n for count, n in wanted.items() if n > 0}
-        if wanted:
-            take_more(wanted)
+        more = {count: n for count, n in more.items() if n > 0}
+        if more:
+            take_more(more)
         verdict = evaluate(sweep, thresholds, look, looks, previous=verdict)
-        undecided = verdict.undecided_threads(sweep)
+        undecided = undecided_now()
     return verdict

@@ -414,7 +414,8 @@ def test_compare_absolute_utilization_and_machine_differences():
 def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP_TEST)
     folder = machine_dir(pytester.path)
-    result = run(pytester, Behaviour(jitter=0.02, seed=1), "--ollama-cpu-save=base")
+    # a run saved with no baseline to plan from takes the most rounds allowed (4 x 4)
+    result = run(pytester, Behaviour(jitter=0.005, seed=1), "--ollama-cpu-save=base")
     result.assert_outcomes(passed=1)
     (saved,) = folder.glob("*.json")
     assert saved.name == "0001_base.json"
@@ -428,8 +429,8 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
     ]
     one = data["benchmarks"][0]
     assert one["stats"]["ops"] == pytest.approx(20.0, rel=0.05)  # tokens/s
-    assert len(one["stats"]["data"]) == 4 and one["stats"]["rounds"] == 4
-    assert len(one["extra_info"]["ollama_cpu"]["samples"]) == 4
+    assert len(one["stats"]["data"]) == 16 and one["stats"]["rounds"] == 16
+    assert len(one["extra_info"]["ollama_cpu"]["samples"]) == 16
 
     # an unchanged run: compared, no regression, exit 0
     result = run(
@@ -462,12 +463,15 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
-            "  test_sweep*1*tokens_per_second:5%*20.0*15.*-2*REGRESSION (> 5% worse)",
+            "  test_sweep*1*tokens_per_second:5%*20.0*1[45].*-2*REGRESSION (> 5% worse)",
             "  test_sweep*2*tokens_per_second:5%*REGRESSION (> 5% worse)",
             "*2 regression(s) at alpha 0.01*",
         ]
     )
     assert sorted(p.name[:4] for p in folder.glob("*.json")) == ["0001", "0002"]
+    # planned from the steady baseline: the 4 rounds asked for were enough to gate on
+    (second,) = folder.glob("0002_*.json")
+    assert len(json.loads(second.read_text())["benchmarks"][0]["stats"]["data"]) == 4
     job_summary = (pytester.path / "job-summary.md").read_text()
     assert job_summary.startswith("### pytest-ollama-cpu: Regressions found")
     assert job_summary.count("**REGRESSION (> 5% worse)**") == 2
@@ -699,3 +703,24 @@ def test_each_row_says_what_it_could_have_caught():
         comparison_lines(compare(old, old, [rule, parse_rule("utilization:0.1")], 0.01))
     )
     assert "p adj.  detects" in text and "adjusted for the 2 row(s) compared" in text
+
+
+def test_a_noisy_baseline_plans_more_samples_for_the_next_run(pytester: pytest.Pytester) -> None:
+    """Each row of a compared run gets the samples its comparison needs to catch twice
+    the rule's drop 9 times in 10, planned from the baseline's spread; a quantity that
+    cannot be planned (no baseline row) stays at the rounds asked for."""
+    pytester.makepyfile(SWEEP_TEST)
+    folder = machine_dir(pytester.path)
+    run(pytester, Behaviour(jitter=0.03, seed=1), "--ollama-cpu-save=noisy")
+    result = run(
+        pytester,
+        Behaviour(jitter=0.03, seed=2),
+        "--ollama-cpu-compare=noisy",
+        "--ollama-cpu-compare-fail=tokens_per_second:5%",
+        "--ollama-cpu-autosave",
+    )
+    assert result.ret == pytest.ExitCode.OK
+    (second,) = folder.glob("0002_*.json")
+    counts = [len(b["stats"]["data"]) for b in json.loads(second.read_text())["benchmarks"]]
+    assert all(4 < n <= 16 for n in counts), counts
+    result.stdout.fnmatch_lines(["  test_sweep*1*tokens_per_second:5%*1?%*ok*"])

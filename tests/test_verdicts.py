@@ -141,6 +141,35 @@ def test_alpha_spending_adds_up_and_saves_most_for_the_last_look():
     assert planned_looks(Thresholds(min_efficiency=0.5), 5, 20) == 4
     assert planned_looks(Thresholds(min_efficiency=0.5), 5, 5) == 1
     assert planned_looks(Thresholds(), 5, 20) == 1
+    # the baseline gate asks for samples too: the looks are planned for it
+    assert planned_looks(Thresholds(), 5, 20, gated=True) == 4
+
+
+def test_the_gate_joins_the_adaptive_loop_without_spending_the_verdicts_alpha():
+    rng = np.random.default_rng(11)
+    population = Simulation(rng, {2: 0.9}, sigma=0.01)
+    sweep = sweep_of({t: population.draw(t, 5) for t in (1, 2)})
+    asked: list[dict[int, int]] = []
+
+    def take_more(wanted: dict[int, int]) -> None:
+        asked.append(dict(wanted))
+        for count, more in wanted.items():
+            old = sweep.results[count]
+            sweep.results[count] = ThreadResult(
+                count, old.samples + tuple(population.draw(count, more))
+            )
+
+    def wanted(s: Sweep) -> set[int]:  # the gate wants 12 samples at 2 threads
+        return {2} if len(s[2].undisturbed) < 12 else set()
+
+    thresholds = Thresholds(min_efficiency=0.5)
+    verdict = decide_adaptively(sweep, thresholds, 5, 20, take_more, wanted)
+    assert asked == [{2: 5}, {2: 5}]  # 5 more, then 5 more: 15 >= 12, done
+    assert len(sweep[2].samples) == 15 and len(sweep[1].samples) == 5
+    # the efficiency check was decided at the first look, on that look's share of alpha
+    (check,) = verdict.checks
+    assert check.outcome == "pass" and check.decided_at_look == 1
+    assert verdict.looks == planned_looks(thresholds, 5, 20)
 
 
 # -- error rates against known truth ------------------------------------------
