@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pytest_ollama_cpu.baseline import SavedRun  # noqa: E402
 from pytest_ollama_cpu.comparison import Gate, compare, parse_rule  # noqa: E402
-from pytest_ollama_cpu.statistics import ratio_bounds  # noqa: E402
+from pytest_ollama_cpu.statistics import difference, ratio_bounds, t_quantile  # noqa: E402
 
 
 def document(values: list[float]) -> dict[str, object]:
@@ -130,26 +131,46 @@ def planned(args: argparse.Namespace, rng: np.random.Generator) -> None:
             )
 
 
+def welch_bounds(numerator: list[float], denominator: list[float], alpha: float) -> float:
+    """The upper bound ratio_bounds gave with Welch-Satterthwaite degrees of freedom."""
+    d = difference([math.log(v) for v in numerator], [math.log(v) for v in denominator])
+    assert d is not None
+    va, vb = d.share * d.se**2, (1 - d.share) * d.se**2
+    df = d.se**4 / (va**2 / d.df_a + vb**2 / d.df_b)
+    return math.exp(d.estimate + t_quantile(1 - alpha, df) * d.se)
+
+
 def verdicts(args: argparse.Namespace, rng: np.random.Generator) -> None:
     print()
     print(
-        "verdict at its threshold exactly (efficiency 0.6, 1 vs 2 threads, one look): "
-        "false failures / alpha, Welch-Satterthwaite degrees of freedom"
+        "verdict at its threshold exactly (efficiency 0.6, 1 vs 2 threads, one look, "
+        f"{args.rounds} samples a side): false failures / alpha, and the median ratio of the "
+        "intervals' half widths, with the plugin's Behrens-Fisher bounds and with Welch's"
     )
-    print("| CV 1 thread | CV 2 threads | alpha | false failures | / alpha |")
-    print("|---|---|---|---|---|")
+    print(
+        "| CV 1 thread | CV 2 threads | alpha | Behrens-Fisher | Welch-Satterthwaite "
+        "| median width B-F / Welch |"
+    )
+    print("|---|---|---|---|---|---|")
     trials = args.trials * 10
-    for cv1, cv2 in ((0.01, 0.07), (0.04, 0.04)):
+    for cv1, cv2 in ((0.01, 0.07), (0.01, 0.04), (0.04, 0.04)):
         for alpha in (0.01, 0.001):
-            failures = 0
+            failures = welch_failures = 0
+            widths: list[float] = []
             for _ in range(trials):
-                one = 40.0 * np.exp(rng.normal(0, cv1, args.rounds))
-                two = 40.0 * 2 * 0.6 * np.exp(rng.normal(0, cv2, args.rounds))
-                bounds = ratio_bounds(list(two), list(one), alpha)
+                one = list(40.0 * np.exp(rng.normal(0, cv1, args.rounds)))
+                two = list(40.0 * 2 * 0.6 * np.exp(rng.normal(0, cv2, args.rounds)))
+                bounds = ratio_bounds(two, one, alpha)
                 assert bounds is not None
+                welch = welch_bounds(two, one, alpha)
                 failures += bounds.high / 2 < 0.6
-            rate = failures / trials
-            print(f"| {cv1:.0%} | {cv2:.0%} | {alpha:g} | {rate:.3%} | {rate / alpha:.2f} |")
+                welch_failures += welch / 2 < 0.6
+                centre = math.log(bounds.estimate)
+                widths.append((math.log(bounds.high) - centre) / (math.log(welch) - centre))
+            print(
+                f"| {cv1:.0%} | {cv2:.0%} | {alpha:g} | {failures / trials / alpha:.2f} x | "
+                f"{welch_failures / trials / alpha:.2f} x | {statistics.median(widths):.2f} |"
+            )
 
 
 def main() -> int:

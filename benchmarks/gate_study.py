@@ -13,6 +13,10 @@ row was flagged, and the median ``detects`` figure.
     .venv/bin/python benchmarks/gate_study.py [--rounds 5] [--aa 6] [--slow 4] \\
         [--quota 0.9 --quota 1.7] [--rule tokens_per_second:5%]
 
+The baseline is saved as the plugin saves a first run (the most rounds at each
+thread count); each rerun is compared with it by the plugin as CI would run it
+(``--ollama-cpu-compare``), so its samples are planned from the baseline's.
+
 The quotas need a writable cgroup v1 cpu controller (root); without one only the
 A/A part runs.
 """
@@ -63,8 +67,10 @@ def quota(server: EmbeddedServer, cpus: float | None) -> Iterator[None]:
         yield
 
 
-def measure(folder: Path, server: EmbeddedServer, rounds: int, name: str) -> Path:
-    subprocess.run(
+def measure(folder: Path, server: EmbeddedServer, rounds: int, name: str, *gate: str) -> Path:
+    """One run of the sweep, saved as ``name``; ``gate``: options that compare it with
+    the baseline as CI would (the rows' samples are planned from the baseline's)."""
+    done = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -77,11 +83,14 @@ def measure(folder: Path, server: EmbeddedServer, rounds: int, name: str) -> Pat
             f"--ollama-cpu-model={MODEL_NAME}",
             f"--ollama-cpu-rounds={rounds}",
             f"--ollama-cpu-save={name}",
+            *gate,
         ],
         cwd=folder,
         capture_output=True,
-        check=True,
+        text=True,
     )
+    if done.returncode not in (0, 1):  # 1: the gate found a regression
+        raise SystemExit(f"the run {name} failed:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
     return find(folder / ".benchmarks", name)
 
 
@@ -107,39 +116,54 @@ def main() -> int:
         baseline = load_file(measure(folder, server, args.rounds, "baseline"))
         plan = [("A/A (unchanged)", None)] * args.aa
         plan += [(f"quota {q:g} CPU", q) for q in quotas for _ in range(args.slow)]
+        gate = ("--ollama-cpu-compare=baseline", f"--ollama-cpu-compare-fail={rule.text}")
         for i, (label, cpus) in enumerate(plan):
             with quota(server, cpus):
-                run = load_file(measure(folder, server, args.rounds, f"run{i}"))
+                run = load_file(measure(folder, server, args.rounds, f"run{i}", *gate))
             comparison = compare(baseline, run, [rule], args.alpha)
+            counts = {
+                int(e["extra_info"]["ollama_cpu"]["threads"]): len(e["stats"]["data"])
+                for e in run.document["benchmarks"]
+            }
             for row in comparison.rows:
                 change = -1.0 if row.shift is None else row.shift.estimate - 1
                 rows.setdefault((label, row.threads), []).append(
-                    (change, row.regression, row.detectable)
+                    (change, row.regression, row.detectable, counts.get(row.threads, 0))
                 )
             print(
                 f"{label:18} "
                 + "  ".join(
-                    f"t{r.threads} {r.change:>7} {r.verdict}"
+                    f"t{r.threads} n {counts.get(r.threads, 0)} {r.change:>7} {r.verdict}"
                     + (f" (detects {r.detectable_text})" if r.detectable is not None else "")
                     for r in comparison.rows
                 ),
                 flush=True,
             )
     print()
+    base_counts = {
+        int(e["extra_info"]["ollama_cpu"]["threads"]): len(e["stats"]["data"])
+        for e in baseline.document["benchmarks"]
+    }
     print(
-        f"rule {rule.text}, {args.rounds} rounds a side, alpha {args.alpha} over the "
-        f"{len(comparison.rows)} rows of a run"
+        f"rule {rule.text}, {args.rounds} rounds, alpha {args.alpha} over the "
+        f"{len(comparison.rows)} rows of a run; baseline samples: "
+        + ", ".join(f"t{t} {n}" for t, n in sorted(base_counts.items()))
     )
-    print("| runs | threads | n | changes (median, min to max) | flagged | median detects |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| runs | threads | runs | samples now (mean) | changes (median, min to max) "
+        "| flagged | median detects |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for (label, threads), found in rows.items():
-        changes = [c for c, _, _ in found]
-        flagged = sum(1 for _, r, _ in found if r)
-        detects = [d for _, _, d in found if d is not None]
+        changes = [c for c, _, _, _ in found]
+        flagged = sum(1 for _, r, _, _ in found if r)
+        detects = [d for _, _, d, _ in found if d is not None]
         shown = f"{statistics.median(detects):.0%}" if detects else "-"
+        samples = statistics.mean(n for _, _, _, n in found)
         print(
-            f"| {label} | {threads} | {len(found)} | {statistics.median(changes):+.1%} "
-            f"({min(changes):+.1%} to {max(changes):+.1%}) | {flagged}/{len(found)} | {shown} |"
+            f"| {label} | {threads} | {len(found)} | {samples:.1f} | "
+            f"{statistics.median(changes):+.1%} ({min(changes):+.1%} to {max(changes):+.1%}) "
+            f"| {flagged}/{len(found)} | {shown} |"
         )
     return 0
 

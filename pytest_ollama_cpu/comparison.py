@@ -18,6 +18,7 @@ from typing import Any
 from .baseline import EXTRA_KEY, SavedRun
 from .disturbance import describe_load
 from .statistics import (
+    Difference,
     Shift,
     absolute_shift,
     detectable_drop,
@@ -429,7 +430,14 @@ class Gate:
             sd *= spread_upper_factor(len(values))
             other = len(values)
             for n in range(2, most + 1):
-                shift = Shift(0.0, 0.0, 0.0, 1.0, sd * math.sqrt(1 / other + 1 / n), n + other - 2)
+                error = Difference(
+                    0.0,
+                    sd * math.sqrt(1 / other + 1 / n),
+                    other / (n + other),
+                    float(n - 1),
+                    float(other - 1),
+                )
+                shift = Shift(0.0, 0.0, 0.0, 1.0, error)
                 if detectable_drop(shift, rule.size, self.alpha, rule.relative, POWER) <= (
                     PRECISION_FACTOR * rule.size
                 ):

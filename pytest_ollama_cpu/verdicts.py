@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .machine import cpus_text
@@ -178,10 +178,10 @@ class _RatioCheck(Check):
 
 @dataclass(frozen=True)
 class Recommendation:
-    """The smallest thread count shown to be as fast as the best, within 5%.
+    """The smallest thread count shown to be within 5% of every other count.
 
-    ``unsettled`` are smaller counts the samples could neither show to be as
-    fast nor to be slower: with more rounds one of them may be recommended.
+    ``unsettled`` are counts the samples could neither show to be as fast nor
+    to be slower: with more rounds one of them may be recommended.
     """
 
     threads: int
@@ -191,12 +191,27 @@ class Recommendation:
     unsettled: tuple[int, ...] = ()
     #: thread counts that got too few undisturbed samples to take part
     busy: tuple[int, ...] = ()
+    #: whether ``threads`` was shown within 5% of every other count; if not, it is
+    #: only the fastest by median, and the samples cannot tell it from ``unsettled``
+    shown: bool = True
 
     @property
     def modelfile_line(self) -> str:
         return f"PARAMETER num_thread {self.threads}"
 
     def describe(self) -> str:
+        if not self.shown:
+            counts = " or ".join(str(t) for t in (*self.unsettled, self.threads))
+            text = (
+                f"no num_thread shown best: {self.threads} threads measured fastest "
+                f"({self.tokens_per_second:.1f} tokens/s; Modelfile: {self.modelfile_line}), "
+                f"but the samples cannot tell {counts} threads apart within "
+                f"{1 - EQUIVALENT_SHARE:.0%} (more rounds would)"
+            )
+            if self.busy:
+                counts = ", ".join(str(t) for t in self.busy)
+                text += f"; not compared: {counts} threads (the machine was busy)"
+            return text
         text = (
             f"recommended num_thread {self.threads} ({self.tokens_per_second:.1f} tokens/s; "
             f"Modelfile: {self.modelfile_line})"
@@ -226,6 +241,7 @@ class Recommendation:
             "best_tokens_per_second": self.best_tokens_per_second,
             "unsettled": list(self.unsettled),
             "busy": list(self.busy),
+            "shown": self.shown,
             "modelfile": self.modelfile_line,
         }
 
@@ -238,6 +254,7 @@ class Recommendation:
             float(data["best_tokens_per_second"]),
             tuple(int(t) for t in data.get("unsettled", ())),
             tuple(int(t) for t in data.get("busy", ())),
+            bool(data.get("shown", True)),
         )
 
 
@@ -517,36 +534,45 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
 
 
 def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | None:
-    """The smallest thread count shown to be as fast as the best, within 5%.
+    """The smallest thread count shown to be within 5% of every other count measured.
 
     "Not significantly slower" would favour too few threads whenever samples are
-    noisy (nothing is significant then), so a smaller count must *show* that
-    it is within ``EQUIVALENT_SHARE`` of the best: the lower bound of its
-    tokens/s ratio to the best's is at least 0.95. Otherwise the best it is.
+    noisy (nothing is significant then), so a count must *show* that it is within
+    ``EQUIVALENT_SHARE`` of each other count, the faster ones and the larger ones
+    alike: the lower bound of its tokens/s ratio to each is at least 0.95 (alpha
+    shared over every ordered pair). Where no count shows it, none is shown best:
+    the fastest by median is named, with the counts the samples cannot tell apart.
     """
     measured = [r for r in sweep if r.undisturbed and not r.busy]
     busy = tuple(r.threads for r in sweep if r.busy)
     if not measured:
         return None
     best = max(measured, key=lambda r: r.tokens_per_second.median)
-    others = [r for r in measured if r.threads < best.threads]
-    per_test = alpha / max(1, len(others))
-    chosen = best
-    unsettled: list[int] = []
-    for result in others:
-        bounds = ratio_bounds(_tokens(result), _tokens(best), per_test)
-        if bounds is not None and bounds.low >= EQUIVALENT_SHARE:
+    per_pair = alpha / max(1, len(measured) * (len(measured) - 1))
+    chosen: ThreadResult | None = None
+    candidates: list[int] = []  # not shown to be more than 5% slower than another count
+    for result in measured:
+        bounds = [
+            ratio_bounds(_tokens(result), _tokens(other), per_pair)
+            for other in measured
+            if other is not result
+        ]
+        if chosen is None and all(b is not None and b.low >= EQUIVALENT_SHARE for b in bounds):
             chosen = result
-            break
-        if bounds is None or bounds.high >= EQUIVALENT_SHARE:
-            unsettled.append(result.threads)  # not shown to be slower either
+        if not any(b is not None and b.high < EQUIVALENT_SHARE for b in bounds):
+            candidates.append(result.threads)
+    pick = chosen or best
+    unsettled = tuple(
+        t for t in candidates if t != pick.threads and (chosen is None or t < chosen.threads)
+    )
     return Recommendation(
-        chosen.threads,
-        chosen.tokens_per_second.median,
+        pick.threads,
+        pick.tokens_per_second.median,
         best.threads,
         best.tokens_per_second.median,
-        tuple(unsettled),
+        unsettled,
         busy,
+        shown=chosen is not None,
     )
 
 
@@ -556,8 +582,11 @@ def evaluate(
     look: int = 1,
     looks: int = 1,
     previous: Verdict | None = None,
+    with_recommendation: bool = True,
 ) -> Verdict:
-    """Decide every check at this look; checks decided at an earlier look stay decided."""
+    """Decide every check at this look; checks decided at an earlier look stay decided.
+    ``with_recommendation=False`` leaves out the recommended num_thread, for a look
+    that only asks what is still undecided."""
     plans = plan_checks(sweep, thresholds)
     per_check = spent_alpha(thresholds.alpha, look, looks) / max(1, len(plans))
     decided = {
@@ -586,14 +615,12 @@ def evaluate(
         thresholds.alpha,
         look,
         looks,
-        recommend(sweep, thresholds.alpha),
+        recommend(sweep, thresholds.alpha) if with_recommendation else None,
         tuple(notes),
     )
 
 
 def _with_look(check: Check, look: int) -> Check:
-    from dataclasses import replace
-
     return replace(check, decided_at_look=look)
 
 
@@ -624,7 +651,7 @@ def decide_adaptively(
     of the verdicts' alpha.
     """
     looks = planned_looks(thresholds, rounds, max_rounds, gated=wanted is not None)
-    verdict = evaluate(sweep, thresholds, 1, looks)
+    verdict = evaluate(sweep, thresholds, 1, looks, with_recommendation=False)
     look = 1
 
     def undecided_now() -> set[int]:
@@ -643,6 +670,8 @@ def decide_adaptively(
         more = {count: n for count, n in more.items() if n > 0}
         if more:
             take_more(more)
-        verdict = evaluate(sweep, thresholds, look, looks, previous=verdict)
+        verdict = evaluate(
+            sweep, thresholds, look, looks, previous=verdict, with_recommendation=False
+        )
         undecided = undecided_now()
-    return verdict
+    return replace(verdict, recommendation=recommend(sweep, thresholds.alpha))

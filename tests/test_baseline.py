@@ -677,18 +677,21 @@ def test_a_pipelines_first_run_saves_instead_of_failing(pytester: pytest.Pyteste
 
 
 def test_each_row_says_what_it_could_have_caught():
-    from pytest_ollama_cpu.statistics import Shift, detectable_drop, t_quantile
+    from pytest_ollama_cpu.statistics import Difference, Shift, detectable_drop, t_quantile
 
-    shift = Shift(0.9, 0.8, 0.95, 0.5, se=0.01, df=8.0)
+    # all the variance on one side: the Behrens-Fisher distribution is that side's t
+    shift = Shift(0.9, 0.8, 0.95, 0.5, Difference(-0.1, 0.01, 1.0, 8.0, 4.0))
     reach = (t_quantile(0.99, 8.0) + t_quantile(0.9, 8.0)) * 0.01
     assert detectable_drop(shift, 0.05, 0.01, relative=True) == pytest.approx(
         1 - 0.95 * math.exp(-reach)
     )
     assert detectable_drop(shift, 2.0, 0.01, relative=False) == pytest.approx(2.0 + reach)
-    # a drop of exactly that size is caught about 9 times in 10 (Welch's df vary: 0.8-0.97)
+    # a drop of exactly that size is caught about 9 times in 10 (the spreads vary: 0.8-0.97)
     rng = np.random.default_rng(11)
     sigma, n, rule = 0.02, 5, parse_rule("tokens_per_second:5%")
-    expected = Shift(1.0, 1.0, 1.0, 0.5, se=sigma * math.sqrt(2 / n), df=2 * n - 2)
+    expected = Shift(
+        1.0, 1.0, 1.0, 0.5, Difference(0.0, sigma * math.sqrt(2 / n), 0.5, n - 1, n - 1)
+    )
     drop = detectable_drop(expected, 0.05, 0.01, relative=True)
     caught = 0
     for _ in range(400):

@@ -178,7 +178,9 @@ REPS = 2000
 
 
 def test_one_look_one_check_is_calibrated_not_just_conservative():
-    """At the threshold exactly, Welch on logs fails about alpha of the time."""
+    """At the threshold exactly, the test on logs fails at most alpha of the time, and
+    not far below: Behrens-Fisher is conservative when the spreads are equal and the
+    samples few (measured 0.029 at alpha 0.05 here), never liberal."""
     rng = np.random.default_rng(1)
     alpha, failures = 0.05, 0
     for _ in range(REPS * 2):
@@ -187,7 +189,7 @@ def test_one_look_one_check_is_calibrated_not_just_conservative():
         verdict = evaluate(sweep, Thresholds(min_efficiency=0.6, alpha=alpha))
         failures += bool(verdict.failed)
     rate = failures / (REPS * 2)
-    assert 0.03 < rate < 0.065, rate
+    assert 0.02 < rate < 0.05 + 3 * math.sqrt(0.05 * 0.95 / (REPS * 2)), rate
 
 
 def test_adaptive_sweep_with_several_checks_keeps_false_failures_within_alpha():
@@ -223,26 +225,38 @@ def test_repeated_looks_stay_within_alpha_only_because_alpha_is_spent(
 
     limit = 0.05 + 3 * math.sqrt(0.05 * 0.95 / 2000)
     assert false_failures() <= limit
-    # the same sweeps without the spending: each look at the whole alpha (measured: 16%)
+    # the same sweeps without the spending: each look at the whole alpha (measured: 12.8%)
     monkeypatch.setattr(module, "spent_alpha", lambda alpha, look, looks: alpha)
-    assert false_failures() > 2 * limit
+    assert false_failures() > 1.5 * limit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: Welch-Satterthwaite degrees of freedom are liberal at the tiny alphas "
-    "the plugin spends when the two sides' spreads differ (1% vs 7%: 2.1 x alpha at 0.001)",
-)
-def test_unequal_spreads_at_a_tiny_alpha_stay_within_alpha():
-    rng = np.random.default_rng(8)
-    alpha, reps, failures = 0.001, 20000, 0
-    for _ in range(reps):
-        one = 40.0 * np.exp(rng.normal(0.0, 0.01, 5))
-        two = 40.0 * 2 * 0.6 * np.exp(rng.normal(0.0, 0.07, 5))
-        bounds = ratio_bounds(list(two), list(one), alpha)
-        assert bounds is not None
-        failures += bounds.high / 2 < 0.6
-    assert failures / reps <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / reps)
+def test_unequal_spreads_at_a_tiny_alpha_stay_within_alpha(monkeypatch: pytest.MonkeyPatch):
+    """1% against 7% at 5 samples a side, alpha 0.001 (a check's share at a first look):
+    within alpha; Welch-Satterthwaite degrees of freedom, which estimate the shape from
+    the same noisy variances, are not (measured 1.7-2.1 x), so this test can fail."""
+    import pytest_ollama_cpu.statistics as module
+
+    def false_failures() -> float:
+        rng = np.random.default_rng(8)
+        alpha, reps, failures = 0.001, 20000, 0
+        for _ in range(reps):
+            one = 40.0 * np.exp(rng.normal(0.0, 0.01, 5))
+            two = 40.0 * 2 * 0.6 * np.exp(rng.normal(0.0, 0.07, 5))
+            bounds = ratio_bounds(list(two), list(one), alpha)
+            assert bounds is not None
+            failures += bounds.high / 2 < 0.6
+        return failures / reps
+
+    limit = 0.001 + 3 * math.sqrt(0.001 * 0.999 / 20000)
+    assert false_failures() <= limit
+
+    def welch_quantile(self: module.Difference, q: float) -> float:
+        va, vb = self.share * self.se**2, (1 - self.share) * self.se**2
+        df = self.se**4 / (va**2 / self.df_a + vb**2 / self.df_b)
+        return module.t_quantile(q, df)
+
+    monkeypatch.setattr(module.Difference, "quantile", welch_quantile)
+    assert false_failures() > 1.4 * 0.001
 
 
 def test_a_clear_shortfall_is_caught():
@@ -444,11 +458,34 @@ def test_recommendation_is_the_smallest_count_shown_as_fast_as_the_best():
         4: [sample(4, v) for v in (60.0, 75.0, 48.0, 66.0)],
     }
     rec = recommend(sweep_of(noisy))
-    assert rec is not None and rec.threads == 4
-    # ... and the report says that 1 thread may be as fast
+    assert rec is not None and rec.threads == 4 and not rec.shown
+    # ... and the report says that no count is shown best
     assert rec.unsettled == (1,)
-    assert "; 1 thread may be as fast, the samples cannot tell yet" in rec.describe()
+    assert rec.describe().startswith("no num_thread shown best: 4 threads measured fastest")
+    assert "cannot tell 1 or 4 threads apart within 5% (more rounds would)" in rec.describe()
     assert Recommendation.from_dict(rec.to_dict()) == rec
+
+
+def test_the_recommendation_must_hold_against_every_other_count():
+    """2 threads are shown within 5% of 4, but cannot be told from 8, which the
+    median puts 5% ahead: a larger count that may be faster blocks it, and 4, shown
+    within 5% of both, is recommended."""
+    spread = (-0.015, -0.01, -0.005, -0.002, 0.002, 0.005, 0.01, 0.015)
+    data = {
+        2: [sample(2, 60.0 * (1 + d / 3)) for d in spread],
+        4: [sample(4, 62.0 * (1 + d / 3)) for d in spread],
+        8: [sample(8, 63.0 * (1 + d)) for d in spread],
+    }
+    rec = recommend(sweep_of(data))
+    assert rec is not None and rec.shown
+    assert rec.threads == 4 and rec.unsettled == (2,)
+    # fewer threads that are faster win: 2 threads on a 2-core machine can be slower
+    slower = {
+        1: [sample(1, v) for v in (77.0, 77.5, 76.8, 77.2)],
+        2: [sample(2, v) for v in (69.0, 70.0, 68.5, 69.4)],
+    }
+    rec = recommend(sweep_of(slower))
+    assert rec is not None and rec.shown and rec.threads == 1 and rec.best_threads == 1
 
 
 def test_outcome_policy_for_undecided_verdicts():
