@@ -35,6 +35,11 @@ MIN_CPU_WINDOW = 0.25
 #: A measured reply whose load took this long carried a runner (re)start.
 RELOAD_SECONDS = 0.25
 
+#: Tokens a warm-up generates: it loads the runner with the new thread count and
+#: reads every weight once (each token does), which is all it is for; measured,
+#: the first sample after it is no slower than the rest.
+WARMUP_TOKENS = 16
+
 #: Defaults that make repeated requests do identical work.
 DETERMINISTIC_OPTIONS: Mapping[str, Any] = {"seed": 42, "temperature": 0.0}
 
@@ -211,7 +216,8 @@ class SweepRunner:
         last_disturbed = visit.earlier_disturbed_last
         if self._loaded != count:
             self._progress(f"{count} threads: warm-up")
-            visit.warmup = self._sample(workload, count, 0)
+            warmup = replace(workload, num_predict=min(workload.num_predict, WARMUP_TOKENS))
+            visit.warmup = self._sample(warmup, count, 0)
             last_disturbed = visit.warmup.disturbed
         reloads = 0
         while visit.good < visit.rounds:

@@ -247,7 +247,7 @@ def test_a_sweep_requests_and_reports(pytester: pytest.Pytester, fake_ollama: Fa
     assert len({o["seed"] for o in sent}) == 1
     result.stdout.fnmatch_lines(
         [
-            "ollama-cpu: host http://127.0.0.1:*, model tiny, rounds 5, num_predict 64*",
+            "ollama-cpu: host http://127.0.0.1:*, model tiny, rounds 5, num_predict 32*",
             "ollama-cpu: Ollama 0.0.0-fake; server pid *",
             "ollama-cpu: model tiny: fake, 1M, Q4, 0 MB, digest ffffffffffff",
             "ollama-cpu: *usable CPUs*",
