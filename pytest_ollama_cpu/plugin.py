@@ -106,8 +106,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     state = config.stash[STATE_KEY]
     skip = pytest.mark.skip(reason=SKIP_REASON)
     xdist_active = config.pluginmanager.hasplugin("xdist")
-    if state.settings.enabled:
-        state.plan_gate(sum(1 for item in items if _uses_fixture(item)))
     for index, item in enumerate(items):
         item.stash[ORDER_KEY] = index
         marker = item.get_closest_marker(MARKER_NAME)

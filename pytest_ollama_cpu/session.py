@@ -68,14 +68,13 @@ class RunState:
     _connection: Connection | None = None
     _error: OllamaCpuError | None = None
 
-    def plan_gate(self, tests: int) -> None:
-        """Plan the gate for ``tests`` measured tests (two rows each where no baseline
-        says how many there are)."""
+    def __post_init__(self) -> None:
         s = self.settings
-        if self.baseline is None and not (s.save or s.autosave):
-            return
-        rows = len(self.baseline.entries) if self.baseline is not None else 2 * tests
-        self.gate = Gate.planned(s.compare_fail, s.thresholds.alpha, rows)
+        if self.gate is None and (self.baseline is not None or s.save or s.autosave):
+            # alpha is shared over the baseline's rows: the comparison's rows, unless
+            # tests were added or dropped since (it sets sample counts, not error rates)
+            rows = len(self.baseline.entries) if self.baseline is not None else 1
+            self.gate = Gate.planned(s.compare_fail, s.thresholds.alpha, rows)
 
     def sample_plan(
         self, nodeid: str, repeat: int, most: int

@@ -135,7 +135,6 @@ def test_a_row_is_never_sized_from_its_own_samples() -> None:
 
     settings = Settings(True, "http://h:1", "m", 5, 64, (2,), 300.0, None, save="base")
     state = RunState(settings)
-    state.plan_gate(tests=1)
     plan = state.sample_plan("t.py::test_a", 1, 20)
     assert plan is not None
     steady_values, noisy_values = [40.0, 40.1, 39.9, 40.0, 40.05], [30.0, 50.0, 40.0, 35.0, 45.0]
@@ -149,9 +148,8 @@ def test_a_row_is_never_sized_from_its_own_samples() -> None:
     from pytest_ollama_cpu.results import RecordedSweep
 
     document = build_document([RecordedSweep("t.py::test_a", saved)], machine={}, commit={})
-    compared = RunState(Settings(True, "http://h:1", "m", 5, 64, (2,), 300.0, None))
-    compared.baseline = SavedRun(None, document)
-    compared.plan_gate(tests=1)
+    settings = Settings(True, "http://h:1", "m", 5, 64, (2,), 300.0, None)
+    compared = RunState(settings, baseline=SavedRun(None, document))
     plan = compared.sample_plan("t.py::test_a", 1, 20)
     assert plan is not None
     assert plan(sweep_of(noisy_values)) == plan(sweep_of(steady_values)) == set()
