@@ -256,10 +256,7 @@ _GRID_WEIGHT = (1.0 + _GRID_Y**2) * (_GRID_U[1] - _GRID_U[0])
 @functools.lru_cache(maxsize=256)
 def _t_density(df: float) -> np.ndarray:
     """Student's t density on the grid, times the grid's weights."""
-    from scipy.special import gammaln
-
-    log_norm = gammaln((df + 1) / 2) - gammaln(df / 2) - 0.5 * math.log(df * math.pi)
-    density = np.exp(log_norm - (df + 1) / 2 * np.log1p(_GRID_Y * _GRID_Y / df))
+    density = np.exp(_t_log_norm(df) - (df + 1) / 2 * np.log1p(_GRID_Y * _GRID_Y / df))
     result: np.ndarray = density * _GRID_WEIGHT
     return result
 
@@ -282,6 +279,7 @@ def _sf_and_density(x: float, share: float, df_a: float, df_b: float) -> tuple[f
 
 @functools.lru_cache(maxsize=256)
 def _t_log_norm(df: float) -> float:
+    """log of Student's t density's normalising constant."""
     from scipy.special import gammaln
 
     return float(gammaln((df + 1) / 2) - gammaln(df / 2) - 0.5 * math.log(df * math.pi))

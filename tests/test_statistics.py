@@ -72,3 +72,36 @@ def test_means_with_literal_numbers():
     assert geometric_mean([1.0, 4.0]) == pytest.approx(2.0)
     assert geometric_mean([0.0, 4.0]) == 2.0  # not positive: the arithmetic mean
     assert geometric_mean([]) is None
+
+
+def test_behrens_fisher_against_its_limits_and_a_simulation():
+    import numpy as np
+
+    from pytest_ollama_cpu.statistics import (
+        behrens_fisher_quantile,
+        behrens_fisher_sf,
+        difference,
+        t_quantile,
+    )
+
+    # all the variance on one side: that side's Student t
+    assert behrens_fisher_quantile(0.999, 1.0, 4.0, 9.0) == pytest.approx(t_quantile(0.999, 4))
+    assert behrens_fisher_quantile(0.999, 0.0, 4.0, 9.0) == pytest.approx(t_quantile(0.999, 9))
+    # equal shares at 4 and 4 degrees of freedom: between Welch's t(8) and Hsu's t(4)
+    q = behrens_fisher_quantile(0.999, 0.5, 4.0, 4.0)
+    assert t_quantile(0.999, 8) < q < t_quantile(0.999, 4)
+    assert q == pytest.approx(6.4467, abs=1e-3)  # a 4001-point integration, solved apart
+    assert behrens_fisher_sf(q, 0.5, 4.0, 4.0) == pytest.approx(0.001, rel=1e-4)
+    assert behrens_fisher_quantile(0.001, 0.5, 4.0, 4.0) == pytest.approx(-q)
+    # the tail it gives is the tail of the weighted sum of two t's, by simulation
+    rng = np.random.default_rng(1)
+    w = np.sqrt(0.3) * rng.standard_t(4, 2_000_000) + np.sqrt(0.7) * rng.standard_t(6, 2_000_000)
+    x = behrens_fisher_quantile(0.99, 0.3, 4.0, 6.0)
+    assert (w > x).mean() == pytest.approx(0.01, rel=0.05)
+    # a difference of two samples: each side's share of the variance, n - 1 degrees of freedom
+    d = difference([1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 2.0, 2.0])
+    assert d is not None
+    assert d.estimate == pytest.approx(2.0 - 1.4)
+    assert (d.df_a, d.df_b) == (2.0, 4.0)
+    assert d.share == pytest.approx((1.0 / 3) / (1.0 / 3 + 0.3 / 5))
+    assert difference([1.0], [1.0, 2.0]) is None
