@@ -648,7 +648,9 @@ def decide_adaptively(
 
     ``wanted(sweep)`` names thread counts something else still needs samples at
     (the baseline gate, ``comparison.Gate``); they join the loop, but spend none
-    of the verdicts' alpha.
+    of the verdicts' alpha. While the loop goes on anyway, the counts the
+    recommendation cannot yet tell apart get samples too: they cost one more
+    visit each, and may settle which num_thread to recommend.
     """
     looks = planned_looks(thresholds, rounds, max_rounds, gated=wanted is not None)
     verdict = evaluate(sweep, thresholds, 1, looks, with_recommendation=False)
@@ -663,9 +665,13 @@ def decide_adaptively(
     undecided = undecided_now()
     while look < looks and undecided:
         look += 1
+        unsettled = recommend(sweep, thresholds.alpha)
+        if unsettled is not None and not unsettled.shown:
+            undecided |= {t for t in (*unsettled.unsettled, unsettled.threads) if t in sweep}
         more = {
             count: min(rounds, max_rounds - len(sweep[count].undisturbed))
             for count in sorted(undecided)
+            if not sweep[count].gave_up
         }
         more = {count: n for count, n in more.items() if n > 0}
         if more:

@@ -558,3 +558,31 @@ def test_a_check_that_cannot_compute_says_why():
     data = {1: [sample(1, 40.0), sample(1, 40.5)], 2: [sample(2, 70.0)]}
     (check,) = evaluate(sweep_of(data), Thresholds(min_efficiency=0.5)).checks
     assert check.cause == "fewer than two undisturbed samples"
+
+
+def test_counts_the_recommendation_cannot_tell_apart_get_samples_while_the_loop_runs():
+    """The gate keeps the loop going at 4 threads; 1 and 2 threads are equally fast and
+    noisy, so the recommendation cannot tell them apart and asks for samples at both."""
+    rng = np.random.default_rng(12)
+    sim = Simulation(rng, {2: 0.5, 4: 0.2}, sigma=0.06)
+    sweep = sweep_of({t: sim.draw(t, 3) for t in (1, 2, 4)})
+    asked: list[dict[int, int]] = []
+
+    def take_more(wanted: dict[int, int]) -> None:
+        asked.append(dict(wanted))
+        for count, more in wanted.items():
+            old = sweep.results[count]
+            sweep.results[count] = ThreadResult(count, old.samples + tuple(sim.draw(count, more)))
+
+    def gate(s: Sweep) -> set[int]:
+        return {4} if len(s[4].samples) < 12 else set()
+
+    verdict = decide_adaptively(sweep, Thresholds(), 3, 12, take_more, gate)
+    assert asked[0] == {1: 3, 2: 3, 4: 3}
+    assert verdict.recommendation is not None
+    # without the gate nothing keeps the loop going, and nothing more is taken for it
+    asked.clear()
+    decide_adaptively(
+        sweep_of({t: sim.draw(t, 3) for t in (1, 2, 4)}), Thresholds(), 3, 12, take_more
+    )
+    assert asked == []
