@@ -110,6 +110,8 @@ class Row:
     #: shared the run's alpha (Bonferroni)
     alpha: float = 0.01
     tests: int = 1
+    #: undisturbed samples the test read: (baseline, now)
+    samples: tuple[int, int] = (0, 0)
 
     @property
     def p_adjusted(self) -> float | None:
@@ -199,6 +201,7 @@ class Row:
             "regression": self.regression,
             "undecided": self.undecided,
             "busy": self.busy,
+            "samples": {"baseline": self.samples[0], "now": self.samples[1]},
             "verdict": self.verdict,
         }
 
@@ -368,6 +371,7 @@ def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -
                     busy,
                     per_test,
                     max(1, len(common) * len(shown)),
+                    (len(b), len(a)),
                 )
             )
     return Comparison(

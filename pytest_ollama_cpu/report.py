@@ -233,6 +233,7 @@ COMPARISON_COLUMNS = (
     "rule",
     "baseline",
     "now",
+    "n",
     "change",
     "interval",
     "p adj.",
@@ -261,6 +262,7 @@ def _comparison_rows(comparison: Comparison) -> list[list[str]]:
                 row.rule.text,
                 _num(row.baseline, digits),
                 _num(row.now, digits),
+                "-" if row.shift is None else f"{row.samples[0]}/{row.samples[1]}",
                 row.change,
                 row.interval,
                 "-" if row.p_adjusted is None else f"{row.p_adjusted:.2g}",
@@ -328,7 +330,9 @@ def _comparison_legend(comparison: Comparison) -> list[str]:
     return [
         verdict,
         "baseline, now: what the change is computed from (geometric means for % rules, means "
-        f"otherwise); interval: {1 - 2 * comparison.alpha:.0%} simultaneous interval of the "
+        "otherwise); n: the undisturbed samples compared, baseline/now (a compared run takes "
+        "what its baseline's spread calls for); "
+        f"interval: {1 - 2 * comparison.alpha:.0%} simultaneous interval of the "
         f"change (each bound one-sided at {1 - comparison.alpha:.0%})",
     ]
 
