@@ -34,7 +34,8 @@ from pytest_benchmark.utils import get_current_time as _current_time
 from pytest_benchmark.utils import get_machine_id as _machine_id
 
 from . import __version__
-from .results import RecordedSweep, Sweep, by_machine
+from .records import RecordedSweep, by_machine
+from .results import Sweep
 
 #: Our part of each entry's ``extra_info``; its ``schema`` says which layout it has.
 EXTRA_KEY = "ollama_cpu"

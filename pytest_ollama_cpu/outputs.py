@@ -29,8 +29,8 @@ from .baseline import (
 from .baseline import build_document as build_benchmark_document
 from .comparison import Comparison, compare
 from .options import Settings
+from .records import RecordedSweep
 from .report import comparison_markdown
-from .results import RecordedSweep
 from .storage import StorageError, build_document, check_writable, write_json_atomic
 
 

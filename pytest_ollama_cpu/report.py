@@ -11,7 +11,8 @@ from .client import ModelFacts
 from .comparison import Comparison
 from .disturbance import MARGIN_CORES
 from .machine import MachineFacts, cpus_text
-from .results import RecordedSweep, Sweep, ThreadResult, by_machine
+from .records import RecordedSweep, by_machine
+from .results import Sweep, ThreadResult
 from .statistics import Summary, format_interval
 
 COLUMNS = (

@@ -17,7 +17,7 @@ from .machine import MachineFacts
 from .statistics import Summary, ratio
 
 if TYPE_CHECKING:
-    from .verdicts import Thresholds, Verdict
+    from .verdicts import Verdict
 
 
 @dataclass(frozen=True)
@@ -381,7 +381,9 @@ class Sweep:
         """Apply thresholds to the samples as they are (no more are taken).
 
         ``bool(verdict)`` is False when a threshold is shown to be missed;
-        ``verdict.message()`` says which, with the numbers.
+        ``verdict.message()`` says which, with the numbers. A convenience for test
+        bodies, and the one call from the measurements up to ``verdicts``: made at
+        call time, so that importing this module never imports that one.
         """
         from .markers import MarkerError, check_alpha, check_threshold
         from .verdicts import Thresholds, evaluate
@@ -438,47 +440,3 @@ class Sweep:
             error=data.get("error"),
             waited_seconds=float(data.get("waited_seconds", 0.0)),
         )
-
-
-@dataclass(frozen=True)
-class RecordedSweep:
-    """A sweep as the run keeps it: which test ran it, and its verdict."""
-
-    nodeid: str
-    sweep: Sweep
-    verdict: Verdict | None = None
-    thresholds: Thresholds | None = None
-    #: the test's place in collection order, so results gathered from pytest-xdist
-    #: workers are reported in the same order as a run without xdist
-    order: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data, e.g. for a pytest-xdist worker to send to the controller."""
-        return {
-            "nodeid": self.nodeid,
-            "sweep": self.sweep.to_dict(),
-            "verdict": None if self.verdict is None else self.verdict.to_dict(),
-            "thresholds": None if self.thresholds is None else self.thresholds.to_dict(),
-            "order": self.order,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RecordedSweep:
-        from .verdicts import Thresholds, Verdict
-
-        verdict, thresholds = data.get("verdict"), data.get("thresholds")
-        return cls(
-            data["nodeid"],
-            Sweep.from_dict(data["sweep"]),
-            None if verdict is None else Verdict.from_dict(verdict),
-            None if thresholds is None else Thresholds.from_dict(thresholds),
-            int(data.get("order", 0)),
-        )
-
-
-def by_machine(sweeps: Sequence[RecordedSweep]) -> dict[str, list[RecordedSweep]]:
-    """Sweeps grouped by the machine and server that measured them, in first-seen order."""
-    groups: dict[str, list[RecordedSweep]] = {}
-    for recorded in sweeps:
-        groups.setdefault(recorded.sweep.where, []).append(recorded)
-    return groups

@@ -18,7 +18,8 @@ from .machine import MachineFacts, read_machine_facts
 from .markers import format_cpu_list
 from .options import Settings
 from .processes import ServerProcess, locate_server
-from .results import RecordedSweep, ServerFacts, Sweep
+from .records import RecordedSweep
+from .results import ServerFacts, Sweep
 from .verdicts import Thresholds, Verdict
 
 

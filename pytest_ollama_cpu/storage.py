@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .results import RecordedSweep, by_machine
+from .records import RecordedSweep, by_machine
 
 FORMAT = "pytest-ollama-cpu"
 SCHEMA_VERSION = 1

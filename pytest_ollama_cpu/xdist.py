@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .results import RecordedSweep
+from .records import RecordedSweep
 from .session import RunState
 
 WORKER_OUTPUT_KEY = "pytest_ollama_cpu"

@@ -145,7 +145,7 @@ def test_a_row_is_never_sized_from_its_own_samples() -> None:
     assert base is not None
     saved = sweep_of(steady_values * 4)
     from pytest_ollama_cpu.baseline import build_document
-    from pytest_ollama_cpu.results import RecordedSweep
+    from pytest_ollama_cpu.records import RecordedSweep
 
     document = build_document([RecordedSweep("t.py::test_a", saved)], machine={}, commit={})
     settings = Settings(True, "http://h:1", "m", 5, 64, (2,), 300.0, None)

@@ -507,8 +507,8 @@ def test_marker_thresholds_override_the_run_defaults():
 def test_a_recorded_sweep_travels_as_plain_json_and_comes_back_the_same():
     import json
 
+    from pytest_ollama_cpu.records import RecordedSweep
     from pytest_ollama_cpu.report import sweep_lines
-    from pytest_ollama_cpu.results import RecordedSweep
 
     data = {
         1: [sample(1, v, util=0.98) for v in (40.0, 40.4, 39.6, 40.2)],
@@ -528,8 +528,8 @@ def test_a_recorded_sweep_travels_as_plain_json_and_comes_back_the_same():
 
 
 def test_the_report_of_a_sweep_the_load_left_unmeasured():
+    from pytest_ollama_cpu.records import RecordedSweep
     from pytest_ollama_cpu.report import sweep_lines
-    from pytest_ollama_cpu.results import RecordedSweep
 
     sweep = sweep_of({2: [disturbed(2, 20.0), disturbed(2, 21.0)]})
     verdict = evaluate(sweep, Thresholds(min_utilization=0.5))
