@@ -201,9 +201,10 @@ class Recommendation:
 
     def describe(self) -> str:
         if not self.shown:
-            counts = " or ".join(str(t) for t in (*self.unsettled, self.threads))
+            counts = " or ".join(str(t) for t in sorted({*self.unsettled, self.threads}))
+            threads = f"{self.threads} thread{'' if self.threads == 1 else 's'}"
             text = (
-                f"no num_thread shown best: {self.threads} threads measured fastest "
+                f"no num_thread shown best: {threads} measured fastest "
                 f"({self.tokens_per_second:.1f} tokens/s; Modelfile: {self.modelfile_line}), "
                 f"but the samples cannot tell {counts} threads apart within "
                 f"{1 - EQUIVALENT_SHARE:.0%} (more rounds would)"

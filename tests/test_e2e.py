@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -195,12 +196,17 @@ def test_meets(ollama_cpu):
     )
     result = run(pytester, embedded_ollama)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*recommended num_thread * tokens/s; Modelfile: PARAMETER num_thread *",
-            "*ok  num_thread=1: thread utilization * not below 0.5",
-        ]
-    )
+    result.stdout.fnmatch_lines(["*ok  num_thread=1: thread utilization * not below 0.5"])
+    # a num_thread is recommended, or the report says the samples cannot tell which (one
+    # noisy sample at 2 threads, as on this 2-core machine, is enough for that)
+    assert any(
+        re.search(
+            r"(recommended num_thread|no num_thread shown best:) .*tokens/s; Modelfile: "
+            r"PARAMETER num_thread \d",
+            line,
+        )
+        for line in result.stdout.lines
+    ), result.stdout.str()
     marks = ("ok", "BUSY", "FAILED", "UNDECIDED", "NOT")
     for check in ("efficiency", "thread utilization"):
         (line,) = [

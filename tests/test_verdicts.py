@@ -463,6 +463,9 @@ def test_recommendation_is_the_smallest_count_shown_as_fast_as_the_best():
     assert rec.unsettled == (1,)
     assert rec.describe().startswith("no num_thread shown best: 4 threads measured fastest")
     assert "cannot tell 1 or 4 threads apart within 5% (more rounds would)" in rec.describe()
+    one = Recommendation(1, 78.6, 1, 78.6, (2,), shown=False)
+    assert one.describe().startswith("no num_thread shown best: 1 thread measured fastest")
+    assert "cannot tell 1 or 2 threads apart" in one.describe()
     assert Recommendation.from_dict(rec.to_dict()) == rec
 
 
