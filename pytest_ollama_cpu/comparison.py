@@ -269,7 +269,13 @@ def _samples(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def _values(entry: Mapping[str, Any], field_name: str) -> list[float]:
     """The undisturbed samples' values: those taken under load are set aside (files
     saved before samples were flagged count as undisturbed)."""
-    return _field([s for s in _samples(entry) if not s.get("disturbed")], field_name)
+    return _field(undisturbed(entry), field_name)
+
+
+def undisturbed(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The samples of a saved entry that no other process disturbed (files saved
+    before samples were flagged count as undisturbed)."""
+    return [s for s in _samples(entry) if not s.get("disturbed")]
 
 
 def _field(samples: Sequence[Mapping[str, Any]], field_name: str) -> list[float]:
@@ -455,4 +461,4 @@ class Gate:
         """The samples of a baseline entry a comparison reads; none from a busy one."""
         if busy_reason(before, "baseline") is not None:
             return []
-        return [s for s in _samples(before) if not s.get("disturbed")]
+        return undisturbed(before)

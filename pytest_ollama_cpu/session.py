@@ -89,12 +89,16 @@ class RunState:
         if gate is None:
             return None
         saving = bool(self.settings.save or self.settings.autosave)
+        needed: dict[int, int] = {}  # fixed by the baseline: planned once a count
 
         def need(sweep: Sweep, threads: int) -> int:
-            before = entry_of(baseline, nodeid, sweep, threads, repeat) if baseline else None
-            if before is not None:
-                return gate.samples_needed(gate.baseline_samples(before), most)
-            return most if saving else 0
+            if threads not in needed:
+                before = entry_of(baseline, nodeid, sweep, threads, repeat) if baseline else None
+                if before is not None:
+                    needed[threads] = gate.samples_needed(gate.baseline_samples(before), most)
+                else:
+                    needed[threads] = most if saving else 0
+            return needed[threads]
 
         def wanted(sweep: Sweep) -> set[int]:
             return {r.threads for r in sweep if len(r.undisturbed) < need(sweep, r.threads)}

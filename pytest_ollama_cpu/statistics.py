@@ -256,9 +256,21 @@ _GRID_WEIGHT = (1.0 + _GRID_Y**2) * (_GRID_U[1] - _GRID_U[0])
 @functools.lru_cache(maxsize=256)
 def _t_density(df: float) -> np.ndarray:
     """Student's t density on the grid, times the grid's weights."""
-    density = np.exp(_t_log_norm(df) - (df + 1) / 2 * np.log1p(_GRID_Y * _GRID_Y / df))
-    result: np.ndarray = density * _GRID_WEIGHT
+    result: np.ndarray = np.exp(_t_log_density(_GRID_Y, df)) * _GRID_WEIGHT
     return result
+
+
+def _t_log_density(y: np.ndarray, df: float) -> np.ndarray:
+    with np.errstate(over="ignore"):  # far out, y * y is inf: the density is 0
+        result: np.ndarray = _t_log_norm(df) - (df + 1) / 2 * np.log1p(y * y / df)
+    return result
+
+
+def _grid_z(x: float, share: float) -> tuple[float, np.ndarray]:
+    """W = a * T_a + b * T_b exceeds x where T_a > z, z over the grid of T_b values."""
+    a, b = math.sqrt(share), math.sqrt(1.0 - share)
+    with np.errstate(over="ignore"):  # a tiny a sends z to inf, where T_a's tail is 0
+        return a, (x - b * _GRID_Y) / a
 
 
 def _sf_and_density(x: float, share: float, df_a: float, df_b: float) -> tuple[float, float]:
@@ -267,13 +279,10 @@ def _sf_and_density(x: float, share: float, df_a: float, df_b: float) -> tuple[f
     far tail)."""
     from scipy.special import stdtr
 
-    a, b = math.sqrt(share), math.sqrt(1.0 - share)
+    a, z = _grid_z(x, share)
     weights = _t_density(df_b)
-    with np.errstate(over="ignore"):  # far out on the grid z * z is inf: density 0
-        z = (x - b * _GRID_Y) / a
-        sf = float(np.sum(weights * stdtr(df_a, -z)))
-        log_density = _t_log_norm(df_a) - (df_a + 1) / 2 * np.log1p(z * z / df_a)
-        density = float(np.sum(weights * np.exp(log_density)))
+    sf = float(np.sum(weights * stdtr(df_a, -z)))
+    density = float(np.sum(weights * np.exp(_t_log_density(z, df_a))))
     return sf, density / a
 
 
@@ -294,8 +303,8 @@ def behrens_fisher_sf(x: float, share: float, df_a: float, df_b: float) -> float
         return float(stdtr(df_a, -x))
     if share <= 1e-9:
         return float(stdtr(df_b, -x))
-    a, b = math.sqrt(share), math.sqrt(1.0 - share)
-    return float(np.sum(_t_density(df_b) * stdtr(df_a, -(x - b * _GRID_Y) / a)))
+    _, z = _grid_z(x, share)
+    return float(np.sum(_t_density(df_b) * stdtr(df_a, -z)))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -200,19 +200,23 @@ class Recommendation:
         return f"PARAMETER num_thread {self.threads}"
 
     def describe(self) -> str:
-        if not self.shown:
-            counts = " or ".join(str(t) for t in sorted({*self.unsettled, self.threads}))
-            threads = f"{self.threads} thread{'' if self.threads == 1 else 's'}"
-            text = (
-                f"no num_thread shown best: {threads} measured fastest "
-                f"({self.tokens_per_second:.1f} tokens/s; Modelfile: {self.modelfile_line}), "
-                f"but the samples cannot tell {counts} threads apart within "
-                f"{1 - EQUIVALENT_SHARE:.0%} (more rounds would)"
-            )
-            if self.busy:
-                counts = ", ".join(str(t) for t in self.busy)
-                text += f"; not compared: {counts} threads (the machine was busy)"
-            return text
+        text = self._describe_shown() if self.shown else self._describe_not_shown()
+        if self.busy:
+            counts = ", ".join(str(t) for t in self.busy)
+            text += f"; not compared: {counts} threads (the machine was busy)"
+        return text
+
+    def _describe_not_shown(self) -> str:
+        counts = " or ".join(str(t) for t in sorted({*self.unsettled, self.threads}))
+        threads = f"{self.threads} thread{'' if self.threads == 1 else 's'}"
+        return (
+            f"no num_thread shown best: {threads} measured fastest "
+            f"({self.tokens_per_second:.1f} tokens/s; Modelfile: {self.modelfile_line}), "
+            f"but the samples cannot tell {counts} threads apart within "
+            f"{1 - EQUIVALENT_SHARE:.0%} (more rounds would)"
+        )
+
+    def _describe_shown(self) -> str:
         text = (
             f"recommended num_thread {self.threads} ({self.tokens_per_second:.1f} tokens/s; "
             f"Modelfile: {self.modelfile_line})"
@@ -229,9 +233,6 @@ class Recommendation:
                 f"; {counts} thread{plural} may be as fast, the samples cannot tell yet "
                 "(more rounds would)"
             )
-        if self.busy:
-            counts = ", ".join(str(t) for t in self.busy)
-            text += f"; not compared: {counts} threads (the machine was busy)"
         return text
 
     def to_dict(self) -> dict[str, Any]:
@@ -666,9 +667,9 @@ def decide_adaptively(
     undecided = undecided_now()
     while look < looks and undecided:
         look += 1
-        unsettled = recommend(sweep, thresholds.alpha)
-        if unsettled is not None and not unsettled.shown:
-            undecided |= {t for t in (*unsettled.unsettled, unsettled.threads) if t in sweep}
+        recommendation = recommend(sweep, thresholds.alpha)
+        if recommendation is not None and not recommendation.shown:
+            undecided |= {*recommendation.unsettled, recommendation.threads}
         more = {
             count: min(rounds, max_rounds - len(sweep[count].undisturbed))
             for count in sorted(undecided)
