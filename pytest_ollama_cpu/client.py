@@ -45,6 +45,9 @@ class Timings:
     prompt_eval_duration: float
     eval_count: int
     eval_duration: float
+    #: why generation ended: "length" (num_predict reached), "stop" (the model
+    #: ended its answer, or a stop sequence matched); None when not reported
+    done_reason: str | None = None
 
     @classmethod
     def from_reply(cls, reply: Mapping[str, Any]) -> Timings:
@@ -58,6 +61,7 @@ class Timings:
             prompt_eval_duration=seconds("prompt_eval_duration"),
             eval_count=int(reply.get("eval_count") or 0),
             eval_duration=seconds("eval_duration"),
+            done_reason=_text_or_none(reply.get("done_reason")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,7 +69,12 @@ class Timings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Timings:
-        return cls(**{f: data[f] for f in cls.__dataclass_fields__})
+        # files saved before done_reason was recorded lack it
+        return cls(**{f: data[f] for f in cls.__dataclass_fields__ if f in data})
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from .client import ModelFacts, OllamaCpuError
 from .locking import LockTimeout, taking_turns
 from .markers import AUTO, ThreadSpec, expand_threads
 from .options import Settings
-from .results import MachineBusy, Sweep
+from .results import MIN_RATE_TOKENS, MachineBusy, Sweep
 from .sampler import RESERVED_OPTIONS, SweepInterrupted, SweepRunner, Workload
 from .session import Connection, CpuSetRefused, RunState
 from .verdicts import Thresholds, Verdict, decide_adaptively
@@ -122,9 +122,14 @@ class OllamaCpu:
                 "for num_thread and the num_predict argument for num_predict"
             )
         if num_predict is not None and (
-            isinstance(num_predict, bool) or not isinstance(num_predict, int) or num_predict < 1
+            isinstance(num_predict, bool)
+            or not isinstance(num_predict, int)
+            or num_predict < MIN_RATE_TOKENS
         ):
-            raise ValueError(f"num_predict={num_predict!r} must be a whole number of 1 or more")
+            raise ValueError(
+                f"num_predict={num_predict!r} must be a whole number of {MIN_RATE_TOKENS} or "
+                "more: a rate from fewer tokens is mostly timer resolution"
+            )
         model_name = model or self.settings.model
         if not model_name:
             pytest.fail(

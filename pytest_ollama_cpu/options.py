@@ -31,6 +31,7 @@ from .markers import (
     parse_cpu_list,
     parse_thread_list,
 )
+from .results import MIN_RATE_TOKENS
 from .verdicts import DEFAULT_ALPHA, Thresholds
 
 DEFAULT_STORAGE = Path(".benchmarks")
@@ -395,6 +396,18 @@ def _positive_int(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
     )
 
 
+def _rate_tokens(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
+    return _number(
+        raw,
+        spec,
+        default,
+        int,
+        lambda v: v >= MIN_RATE_TOKENS,
+        f"expected a whole number of {MIN_RATE_TOKENS} or more: a rate from fewer tokens is "
+        "mostly timer resolution",
+    )
+
+
 def _whole_number(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
     """A count that may be 0."""
     return _number(
@@ -544,7 +557,7 @@ def resolve_settings(
         host=host,
         model=model,
         rounds=_positive_int(lookup(ROUNDS), ROUNDS, DEFAULT_ROUNDS),
-        num_predict=_positive_int(lookup(NUM_PREDICT), NUM_PREDICT, DEFAULT_NUM_PREDICT),
+        num_predict=_rate_tokens(lookup(NUM_PREDICT), NUM_PREDICT, DEFAULT_NUM_PREDICT),
         threads=threads,
         timeout=_positive_float(lookup(TIMEOUT), TIMEOUT, DEFAULT_TIMEOUT),
         json_path=json_path,

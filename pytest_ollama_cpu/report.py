@@ -12,7 +12,7 @@ from .comparison import Comparison
 from .disturbance import MARGIN_CORES
 from .machine import MachineFacts, cpus_text
 from .records import RecordedSweep, by_machine
-from .results import Sweep, ThreadResult
+from .results import Sweep, ThreadResult, stopped_because
 from .statistics import Summary, format_interval
 
 COLUMNS = (
@@ -96,6 +96,7 @@ def sweep_lines(recorded: RecordedSweep) -> list[str]:
         lines.append(
             f"  note: asked for {r.threads} threads, the runner was started with {r.runner_threads}"
         )
+    lines += _short_reply_lines(sweep)
     lines += _disturbance_lines(sweep)
     if sweep.waited_seconds >= 0.1:
         lines.append(
@@ -163,6 +164,22 @@ def _disturbance_lines(sweep: Sweep) -> list[str]:
             "the README)"
         )
     return lines
+
+
+def _short_reply_lines(sweep: Sweep) -> list[str]:
+    short = sweep.short_replies()
+    if not short:
+        return []
+    counts = sorted({s.timings.eval_count for s in short})
+    got = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    reasons = sorted({stopped_because(s.timings.done_reason) for s in short})
+    total = sum(len(r.samples) for r in sweep)
+    return [
+        f"  short replies: {len(short)} of {total} samples stopped after {got} of the "
+        f"{sweep.num_predict} tokens asked ({'; '.join(reasons)}); their rates are over the "
+        "tokens generated. For rates over the whole request, use a prompt that makes the "
+        "model write at length."
+    ]
 
 
 def _spare(result: ThreadResult) -> str:

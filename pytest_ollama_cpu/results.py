@@ -20,6 +20,39 @@ if TYPE_CHECKING:
     from .verdicts import Verdict
 
 
+#: The fewest generated tokens a rate is taken from: a reply that stops sooner
+#: (the model ended its answer, a stop sequence matched) times a token or two,
+#: milliseconds, and its "rate" says nothing about generation speed.
+MIN_RATE_TOKENS = 8
+
+
+def short_reply(timings: Timings, asked: int) -> str | None:
+    """Why a reply is too short for a rate (None when it is not), in words.
+
+    A reply must generate the tokens asked for, or at least ``MIN_RATE_TOKENS``
+    of them; fewer is a rate of a token or two, mostly timer resolution.
+    """
+    if timings.eval_duration > 0 and timings.eval_count >= min(asked, MIN_RATE_TOKENS):
+        return None
+    if timings.eval_count <= 0 or timings.eval_duration <= 0:
+        return (
+            f"reported no generation (eval_count {timings.eval_count}, eval_duration "
+            f"{timings.eval_duration:g} s): the model stopped at once"
+        )
+    return (
+        f"stopped after {timings.eval_count} of the {asked} tokens asked "
+        f"({stopped_because(timings.done_reason)})"
+    )
+
+
+def stopped_because(done_reason: str | None) -> str:
+    if done_reason == "stop":
+        return "done_reason 'stop': the model ended its answer, or a stop sequence matched"
+    if done_reason is None:
+        return "Ollama did not say why"
+    return f"done_reason {done_reason!r}"
+
+
 @dataclass(frozen=True)
 class Sample:
     """One request at one thread count.
@@ -358,6 +391,10 @@ class Sweep:
         if speedup is None:
             return None
         return speedup / (threads / self.baseline.threads)
+
+    def short_replies(self) -> list[Sample]:
+        """Samples whose reply stopped before the tokens asked for (yet gave a rate)."""
+        return [s for r in self for s in r.samples if s.timings.eval_count < self.num_predict]
 
     def disturbed_samples(self) -> tuple[int, int]:
         """(samples set aside as disturbed, all samples): how much the machine's load cost."""

@@ -23,7 +23,7 @@ from .client import ModelFacts, OllamaClient, OllamaCpuError, Timings
 from .disturbance import QUIET_WINDOW, RetakeBudget, is_disturbed, spare_cpus
 from .machine import MachineFacts
 from .processes import ServerProcess
-from .results import Sample, ServerFacts, Sweep, ThreadResult
+from .results import MIN_RATE_TOKENS, Sample, ServerFacts, Sweep, ThreadResult, short_reply
 
 #: Options the plugin owns; a test may not set them through ``options``.
 RESERVED_OPTIONS = ("num_thread", "num_predict")
@@ -44,8 +44,8 @@ WARMUP_TOKENS = 16
 DETERMINISTIC_OPTIONS: Mapping[str, Any] = {"seed": 42, "temperature": 0.0}
 
 
-class NoTokens(OllamaCpuError):
-    pass
+class ShortReply(OllamaCpuError):
+    """A reply generated too few tokens for a generation rate."""
 
 
 class SweepInterrupted(OllamaCpuError):
@@ -116,11 +116,15 @@ class SweepRunner:
         started = time.perf_counter()
         timings = self._request(workload, threads)
         wall = time.perf_counter() - started
-        if timings.eval_count <= 0 or timings.eval_duration <= 0:
-            raise NoTokens(
-                f"Ollama reported no generated tokens for {workload.model} at {threads} threads "
-                f"(eval_count {timings.eval_count}, eval_duration {timings.eval_duration:g}s): "
-                "the model stopped at once. Use a prompt it answers, or check the model."
+        short = short_reply(timings, workload.num_predict)
+        if short is not None:
+            raise ShortReply(
+                f"{workload.model} at {threads} threads{' (warm-up)' if round_ == 0 else ''} "
+                f"{short}: a rate from so few tokens is "
+                f"not a generation rate (the plugin takes rates from {MIN_RATE_TOKENS} tokens "
+                "or more), so nothing was measured. Use a prompt that makes the model write at "
+                "length (for example 'Write a long story about a lighthouse keeper.'), and no "
+                "stop sequence in options that ends the reply early."
             )
         cpu = other = None
         runner_threads = runner_pid = None

@@ -27,7 +27,7 @@ class Behaviour:
     die_after: int | None = None  # close the socket on request number N+1
     hang_seconds: float = 0.0
     error_status: int | None = None
-    no_tokens: bool = False  # replies report eval_count 0
+    stop_after: int | None = None  # replies end (done_reason "stop") after N tokens
     reload_on: tuple[int, ...] = ()  # request numbers (1-based) whose reply carries a load
     jitter: float = 0.0  # sd of log throughput between requests
     seed: int = 0
@@ -97,7 +97,8 @@ class _Handler(BaseHTTPRequestHandler):
             threading.Event().wait(b.hang_seconds)
         options = body.get("options", {})
         threads = int(options.get("num_thread", 1))
-        count = int(options.get("num_predict", 16))
+        asked = int(options.get("num_predict", 16))
+        count = asked if b.stop_after is None else min(asked, b.stop_after)
         rate = b.base_rate * threads**b.exponent
         if b.jitter:
             rate *= math.exp(self.server.rng.gauss(0.0, b.jitter))
@@ -108,8 +109,9 @@ class _Handler(BaseHTTPRequestHandler):
             "load_duration": 800_000_000 if len(b.requests) in b.reload_on else 500_000,
             "prompt_eval_count": 8,
             "prompt_eval_duration": 4_000_000,
-            "eval_count": 0 if b.no_tokens else count,
+            "eval_count": count,
             "eval_duration": int(count / rate * 1e9),
+            "done_reason": "length" if count == asked else "stop",
         }
         if self.path == "/api/chat":
             reply["message"] = {"role": "assistant", "content": "ok"}

@@ -319,3 +319,56 @@ def test_generation(ollama_cpu):
         (cpus[1],),
     ]
     assert sorted(s["server"]["host"] for s in data["sweeps"]) == hosts
+
+
+def test_a_real_reply_that_stops_at_once_is_named_not_measured(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    # Gemma's reply starts with a new line: a stop sequence "\n" ends it after 1 token,
+    # 2 ms, which would read as "500 tokens/s"; the warm-up already shows it
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads(1, 2)
+def test_stops(ollama_cpu):
+    ollama_cpu.generate("Explain what a CPU cache is.", options={"stop": ["\\n"]})
+"""
+    )
+    out = pytester.path / "run.json"
+    result = run(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*gemma3-270m at 1 threads (warm-up) stopped after 1 of the 16 tokens asked "
+            "(done_reason 'stop': the model ended its answer, or a stop sequence matched): "
+            "a rate from so few tokens is not a generation rate*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*recommended num_thread*")
+    (sweep,) = json.loads(out.read_text())["sweeps"]
+    assert all(not r["samples"] for r in sweep["results"])
+
+
+def test_a_real_reply_that_stops_short_is_named_in_the_summary(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    # "?" ends Gemma's reply to this prompt after 10 of the 32 tokens asked
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads(1, rounds=3)
+def test_stops(ollama_cpu):
+    sweep = ollama_cpu.generate("Explain what a CPU cache is.", options={"stop": ["?"]})
+    assert all(8 <= s.timings.eval_count < 32 for s in sweep[1].samples)
+"""
+    )
+    result = run(pytester, embedded_ollama)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*short replies: 3 of 3 samples stopped after * of the 32 tokens asked (done_reason "
+            "'stop': *); their rates are over the tokens generated*",
+        ]
+    )

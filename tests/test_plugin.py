@@ -217,11 +217,11 @@ def test_precedence_marker_cli_env_ini(
 import pytest
 
 def test_settings(ollama_cpu):
-    ollama_cpu.generate("x", num_predict=4)
+    ollama_cpu.generate("x", num_predict=8)
 
 @pytest.mark.threads(1, rounds=1)
 def test_marker_rounds(ollama_cpu):
-    ollama_cpu.generate("x", num_predict=4)
+    ollama_cpu.generate("x", num_predict=8)
 """
     )
     requests = fake_ollama.behaviour.requests
@@ -266,7 +266,7 @@ def test_without_a_marker_the_default_threads_are_swept(
     pytester.makepyfile(
         """
 def test_default(ollama_cpu):
-    sweep = ollama_cpu.chat([{"role": "user", "content": "hi"}], num_predict=4)
+    sweep = ollama_cpu.chat([{"role": "user", "content": "hi"}], num_predict=8)
     assert [r.threads for r in sweep] == ollama_cpu.threads
 """
     )
@@ -436,12 +436,90 @@ def test_a_measured_reply_that_carried_a_model_load_is_taken_again(
     assert all(s["timings"]["load_duration"] < 0.1 for s in one["samples"])
 
 
-def test_a_reply_with_no_generated_tokens_is_an_error(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize(
+    ("stop_after", "said"),
+    [
+        (
+            0,
+            "*tiny at 1 threads (warm-up) reported no generation (eval_count 0*"
+            "the model stopped at once*",
+        ),
+        (
+            1,
+            "*tiny at 1 threads (warm-up) stopped after 1 of the 8 tokens asked "
+            "(done_reason 'stop': the model ended its answer, or a stop sequence matched): "
+            "a rate from so few tokens is not a generation rate*",
+        ),
+    ],
+)
+def test_a_reply_too_short_for_a_rate_is_an_error_that_says_why(
+    pytester: pytest.Pytester, stop_after: int, said: str
+) -> None:
     pytester.makepyfile(SWEEP_TEST)
-    with FakeOllama(Behaviour(no_tokens=True)) as fake:
+    with FakeOllama(Behaviour(stop_after=stop_after)) as fake:
         result = run(pytester, fake)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*Ollama reported no generated tokens for tiny at 1 threads*"])
+    result.stdout.fnmatch_lines([said, "*Use a prompt that makes the model write at length*"])
+    result.stdout.no_fnmatch_line("*recommended num_thread*")
+
+
+def test_replies_that_stop_short_but_give_a_rate_are_named_in_the_summary(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads(1, 2, rounds=2)
+def test_sweep(ollama_cpu):
+    ollama_cpu.generate("hello", num_predict=32)
+"""
+    )
+    out = pytester.path / "r.json"
+    with FakeOllama(Behaviour(stop_after=12)) as fake:
+        result = run(pytester, fake, f"--ollama-cpu-json={out}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*short replies: 4 of 4 samples stopped after 12 of the 32 tokens asked "
+            "(done_reason 'stop': the model ended its answer, or a stop sequence matched); "
+            "their rates are over the tokens generated*"
+        ]
+    )
+    sample = json.loads(out.read_text())["sweeps"][0]["results"][0]["samples"][0]
+    assert sample["timings"]["eval_count"] == 12
+    assert sample["timings"]["done_reason"] == "stop"
+
+
+TOO_FEW_TOKENS = """
+import pytest
+
+@pytest.mark.threads(1)
+def test_sweep(ollama_cpu):
+    ollama_cpu.generate("hello"{asked})
+"""
+
+
+def test_too_few_tokens_asked_for_a_rate_is_refused(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama
+) -> None:
+    pytester.makepyfile(TOO_FEW_TOKENS.format(asked=", num_predict=7"))
+    result = run(pytester, fake_ollama)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*num_predict=7 must be a whole number of 8 or more: a rate from fewer tokens*"]
+    )
+    assert fake_ollama.behaviour.requests == []
+
+
+def test_too_few_tokens_in_the_option_is_a_usage_error(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama
+) -> None:
+    pytester.makepyfile(TOO_FEW_TOKENS.format(asked=""))
+    result = run(pytester, fake_ollama, "--ollama-cpu-num-predict=7")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--ollama-cpu-num-predict*expected a whole number of 8 or more*"])
+    assert fake_ollama.behaviour.requests == []
 
 
 def test_a_remote_server_measures_throughput_but_not_auto_or_utilization(
