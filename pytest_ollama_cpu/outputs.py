@@ -96,7 +96,10 @@ class Outputs:
             try:
                 write_json_atomic(s.json_path, build_document(sweeps, __version__, settings_dict))
                 self.json_written = s.json_path
-            except (StorageError, OSError) as exc:
+            except StorageError as exc:
+                self.errors.append(str(exc))  # it names the file and what to do
+                status = pytest.ExitCode.INTERNAL_ERROR
+            except OSError as exc:
                 self.errors.append(f"could not write {s.json_path}: {exc}")
                 status = pytest.ExitCode.INTERNAL_ERROR
         if not (s.save or s.autosave or self.baseline is not None):
