@@ -36,6 +36,7 @@ from pytest_benchmark.utils import get_machine_id as _machine_id
 from . import __version__
 from .records import RecordedSweep, by_machine
 from .results import Sweep
+from .storage import reason
 
 #: Our part of each entry's ``extra_info``; its ``schema`` says which layout it has.
 EXTRA_KEY = "ollama_cpu"
@@ -44,6 +45,8 @@ SCHEMA = 1
 DEFAULT_STORAGE = Path(".benchmarks")
 
 _NUMBERED = re.compile(r"^(\d{4})_.*\.json$")
+
+_DAMAGED = "the file is damaged or was edited by hand"
 
 
 class BaselineError(Exception):
@@ -298,7 +301,11 @@ class SavedRun:
 
 
 def validate(raw: Any, where: str) -> dict[str, Any]:
-    """Check the layout and upgrade an older schema of ours; raise ``BaselineError``."""
+    """Check the layout and upgrade an older schema of ours; raise ``BaselineError``.
+
+    Whatever a comparison or the gate reads from the file is checked here, so a file
+    damaged or edited by hand stops with its place named, never a traceback or a row
+    judged on a NaN."""
     if not isinstance(raw, dict):
         raise BaselineError(f"{where} is not a saved run: expected a JSON object")
     document: dict[str, Any] = raw
@@ -313,25 +320,108 @@ def validate(raw: Any, where: str) -> dict[str, Any]:
             f"{where} was not saved by pytest-ollama-cpu (no '{EXTRA_KEY}' section): save a "
             "baseline with --ollama-cpu-save or --ollama-cpu-autosave"
         )
-    schema = ours["schema"]
-    if not isinstance(schema, int) or schema > SCHEMA:
+    schema = _expect(ours["schema"], _is_whole, "a whole number", where, f"{EXTRA_KEY}.schema")
+    if schema > SCHEMA:
         raise BaselineError(
             f"{where} has schema {schema!r}, newer than this pytest-ollama-cpu understands "
             f"({SCHEMA}): upgrade pytest-ollama-cpu"
         )
     while schema < SCHEMA:
         if schema not in UPGRADES:
-            raise BaselineError(f"{where} has schema {schema}, which cannot be upgraded")
+            raise BaselineError(
+                f"{where} has schema {schema}, which this pytest-ollama-cpu cannot upgrade: "
+                "save a new baseline with --ollama-cpu-save NAME"
+            )
         document = UPGRADES[schema](document)
         schema = int(document[EXTRA_KEY]["schema"])
-    for i, bench in enumerate(document["benchmarks"]):
-        extra = bench.get("extra_info", {}).get(EXTRA_KEY) if isinstance(bench, dict) else None
-        if not isinstance(extra, dict) or "samples" not in extra or "fullname" not in bench:
+    info = _expect(document["machine_info"], _is_object, "a JSON object", where, "machine_info")
+    name = f"machine_info.{EXTRA_KEY}"
+    facts = _expect(info.get(EXTRA_KEY, {}), _is_object, "a JSON object", where, name)
+    for key in ("machine", "server"):
+        name = f"machine_info.{EXTRA_KEY}.{key}"
+        _expect(facts.get(key, {}), _is_object_or_null, "a JSON object", where, name)
+    benchmarks = _expect(document["benchmarks"], _is_list, "a list", where, "benchmarks")
+    for i, bench in enumerate(benchmarks, 1):
+        extra = bench.get("extra_info") if isinstance(bench, dict) else None
+        extra = extra.get(EXTRA_KEY) if isinstance(extra, dict) else None
+        if not isinstance(extra, dict) or "samples" not in extra:
             raise BaselineError(
-                f"{where}: benchmark #{i + 1} has no samples of ours; the file is damaged"
+                f"{where}: benchmark #{i} has no samples of ours; the file is damaged"
             )
-        _check_samples(extra["samples"], f"{where}: {bench['fullname']}")
+        fullname = bench.get("fullname", _MISSING)
+        _expect(fullname, _is_text, "a string", f"{where}: benchmark #{i}", "fullname")
+        _check_entry(bench, extra, f"{where}: {fullname}")
     return document
+
+
+_MISSING = object()
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_object_or_null(value: Any) -> bool:
+    return value is None or isinstance(value, dict)
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_text_or_null(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return _is_whole(value) and value >= 1
+
+
+def _shown(value: Any) -> str:
+    """A JSON value as a message names it: its kind, and short values themselves."""
+    if value is _MISSING:
+        return "missing"
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    return f"the number {value!r}"
+
+
+def _expect(value: Any, ok: Callable[[Any], bool], allowed: str, where: str, name: str) -> Any:
+    if not ok(value):
+        raise BaselineError(
+            f"{where}: '{name}' is {_shown(value)}, which should be {allowed}; {_DAMAGED}"
+        )
+    return value
+
+
+def _check_entry(bench: dict[str, Any], extra: dict[str, Any], where: str) -> None:
+    """The parts of one entry a comparison reads."""
+    _expect(bench.get("stats", _MISSING), _is_object, "a JSON object", where, "stats")
+    _expect(extra.get("test", _MISSING), _is_text, "a string", where, "test")
+    threads = extra.get("threads", _MISSING)
+    _expect(threads, _is_count, "a whole number of 1 or more", where, "threads")
+    model = _expect(extra.get("model", _MISSING), _is_object, "a JSON object", where, "model")
+    for key in ("name", "digest"):
+        _expect(model.get(key), _is_text_or_null, "a string", where, f"model.{key}")
+    samples = extra["samples"]
+    _expect(samples, lambda v: _is_list(v) and bool(v), "a list of samples", where, "samples")
+    _check_samples(samples, where)
 
 
 #: The figures a comparison reads from each saved sample, and what each may be.
@@ -339,6 +429,9 @@ SAMPLE_FIGURES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "tokens_per_second": ("a positive number", lambda v: v > 0),
     "thread_utilization": ("a number of 0 or more", lambda v: v >= 0),
     "machine_utilization": ("a number of 0 or more", lambda v: v >= 0),
+    # read where samples were set aside, to say how busy the machine was
+    "other_cores_busy": ("a number of 0 or more", lambda v: v >= 0),
+    "server_cpus": ("a whole number of 1 or more", lambda v: v >= 1 and v == int(v)),
 }
 
 
@@ -348,11 +441,9 @@ def _number_in_range(value: Any, ok: Callable[[float], bool]) -> bool:
     return math.isfinite(value) and ok(value)
 
 
-def _check_samples(samples: Any, where: str) -> None:
+def _check_samples(samples: list[Any], where: str) -> None:
     """Every figure a comparison would read is a finite number in its range: a NaN or a
     zero must stop the run with its place named, never read as 'ok'."""
-    if not isinstance(samples, list):
-        raise BaselineError(f"{where}: 'samples' is not a list; the file is damaged")
     for k, sample in enumerate(samples, 1):
         if not isinstance(sample, dict):
             raise BaselineError(f"{where}: sample {k} is not a JSON object; the file is damaged")
@@ -363,29 +454,44 @@ def _check_samples(samples: Any, where: str) -> None:
             if not _number_in_range(value, ok):
                 raise BaselineError(
                     f"{where}: sample {k} has {name} {value!r}, which should be {allowed}; "
-                    "the file is damaged or was edited by hand"
+                    f"{_DAMAGED}"
                 )
         if not isinstance(sample.get("disturbed", False), bool):
             raise BaselineError(
                 f"{where}: sample {k} has disturbed {sample['disturbed']!r}, which should be "
-                "true or false; the file is damaged or was edited by hand"
+                f"true or false; {_DAMAGED}"
             )
 
 
-def load_file(path: Path) -> SavedRun:
+def load_file(path: Path, role: str = "baseline") -> SavedRun:
+    """Read and check a saved run; ``role`` names it in messages ("baseline", "new run")."""
+    where = f"{role} {path}"
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise BaselineError(f"baseline {path} does not exist") from None
+        raise BaselineError(f"{where} does not exist") from None
     except OSError as exc:
-        raise BaselineError(f"cannot read baseline {path}: {exc.strerror}") from None
+        raise BaselineError(f"cannot read {where}: {reason(exc)}") from None
+    if not data.strip():
+        raise BaselineError(
+            f"{where} is empty: it was cut short or is not a saved run; give another saved "
+            "run, or save a new one with --ollama-cpu-save NAME"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BaselineError(
+            f"{where} is not UTF-8 text, so not a saved run; give a file saved with "
+            "--ollama-cpu-save or --ollama-cpu-autosave"
+        ) from None
     try:
         document = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise BaselineError(
-            f"baseline {path} is not valid JSON ({exc}); it may be truncated"
+            f"{where} is not valid JSON ({exc}); it may be truncated: give another saved "
+            "run, or save a new one with --ollama-cpu-save NAME"
         ) from None
-    return SavedRun(path, validate(document, f"baseline {path}"))
+    return SavedRun(path, validate(document, where))
 
 
 def _other_machines(storage: Path, folder: Path) -> str:
