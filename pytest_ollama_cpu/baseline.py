@@ -10,11 +10,13 @@ raw samples, utilization and machine facts ride along in
 
 Files are never overwritten: a new number is taken, the file is written under a
 temporary name and linked into place, which fails rather than replace a file
-that appeared meanwhile.
+that appeared meanwhile. Nothing is written or read through a link that leads
+out of the storage folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -36,7 +38,7 @@ from pytest_benchmark.utils import get_machine_id as _machine_id
 from . import __version__
 from .records import RecordedSweep, by_machine
 from .results import Sweep
-from .storage import reason
+from .storage import advice, reason
 
 #: Our part of each entry's ``extra_info``; its ``schema`` says which layout it has.
 EXTRA_KEY = "ollama_cpu"
@@ -45,6 +47,9 @@ SCHEMA = 1
 DEFAULT_STORAGE = Path(".benchmarks")
 
 _NUMBERED = re.compile(r"^(\d{4})_.*\.json$")
+
+#: Longest name a run is saved under: the file name must stay within 255 bytes.
+MAX_NAME = 200
 
 _DAMAGED = "the file is damaged or was edited by hand"
 
@@ -220,17 +225,85 @@ def autosave_name(commit: dict[str, Any]) -> str:
     return name
 
 
-def _safe_name(name: str) -> str:
+def check_name(name: str) -> str:
+    """The name as a saved run's file name has it: runs of other characters become '-',
+    so no name leads out of the storage folder. Refuses a name that would be lost in
+    cleaning, too long for a file, or read as something else by --ollama-cpu-compare."""
+    if len(name) > MAX_NAME:
+        raise BaselineError(
+            f"--ollama-cpu-save {name[:20] + '...'!r}: {len(name)} characters is too long "
+            f"for a file name; give at most {MAX_NAME}"
+        )
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
     if not cleaned:
         raise BaselineError(
             f"--ollama-cpu-save {name!r}: give a name of letters, digits, '.', '_' or '-'"
+        )
+    if cleaned.isdigit():
+        raise BaselineError(
+            f"--ollama-cpu-save {name!r}: a name of digits alone would be read as a run "
+            f"number by --ollama-cpu-compare; add a letter, e.g. 'v{cleaned}'"
+        )
+    if cleaned == "latest":
+        raise BaselineError(
+            f"--ollama-cpu-save {name!r}: --ollama-cpu-compare reads 'latest' as the newest "
+            "run, whatever its name; choose another name"
         )
     return cleaned
 
 
 def machine_folder(storage: Path) -> Path:
     return storage / get_machine_id()
+
+
+def _outside(path: Path, storage: Path) -> Path | None:
+    """Where ``path`` really leads, if that is outside ``storage``."""
+    target = Path(os.path.realpath(path))
+    root = Path(os.path.realpath(storage))
+    return None if target == root or root in target.parents else target
+
+
+def _folder_of_this_machine(storage: Path) -> Path:
+    """This machine's folder of saved runs, once it is known to be usable: refuses a
+    storage path that is a file and a folder reached through a link out of it."""
+    if storage.exists() and not storage.is_dir():
+        raise BaselineError(
+            f"the storage folder {storage} is a file, not a folder: move it away or choose "
+            "another storage folder"
+        )
+    folder = machine_folder(storage)
+    target = _outside(folder, storage) if folder.is_symlink() else None
+    if target is not None:
+        raise BaselineError(
+            f"{folder} is a link to {target}, outside the storage folder {storage}: runs are "
+            "neither saved nor read through a link out of the storage folder. Remove the "
+            "link, or choose another storage folder"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise BaselineError(f"{folder} is a file, not a folder of saved runs: move it away")
+    return folder
+
+
+def check_storage(storage: Path) -> None:
+    """Refuse, before anything is measured, a storage folder a run could not be saved in."""
+    folder = _folder_of_this_machine(storage)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BaselineError(
+            f"cannot save runs in {folder}: {existing} is a file, not a folder; move it away "
+            "or choose another storage folder with --ollama-cpu-storage"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".saving-", suffix=".tmp", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BaselineError(
+            f"cannot save runs in {existing}: {reason(exc)}; {advice(exc)}, or choose another "
+            "storage folder with --ollama-cpu-storage"
+        ) from None
 
 
 def saved_runs(folder: Path) -> list[Path]:
@@ -257,11 +330,26 @@ def saved_under(storage: Path, name: str) -> list[Path]:
     return [p for p in saved_runs(machine_folder(storage)) if run_name(p) == wanted]
 
 
+def _not_saved(folder: Path, error: OSError) -> BaselineError:
+    return BaselineError(
+        f"{folder}: {reason(error)}; nothing was written there and the runs saved there are "
+        f"untouched. {advice(error).capitalize()}, or choose another storage folder with "
+        "--ollama-cpu-storage"
+    )
+
+
 def save(document: dict[str, Any], storage: Path, name: str) -> Path:
-    """Write ``document`` as the next numbered file; never replaces an existing file."""
-    folder = machine_folder(storage)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".saving-", suffix=".tmp", dir=folder)
+    """Write ``document`` as the next numbered file; never replaces an existing file.
+
+    A full disk, a refusal or Ctrl-C leaves no file and no temporary file behind.
+    """
+    cleaned = check_name(name)
+    folder = _folder_of_this_machine(storage)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".saving-", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise _not_saved(folder, exc) from None
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(document, handle, indent=4)
@@ -269,15 +357,18 @@ def save(document: dict[str, Any], storage: Path, name: str) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         for _ in range(100):
-            target = folder / f"{_next_number(folder):04d}_{_safe_name(name)}.json"
+            target = folder / f"{_next_number(folder):04d}_{cleaned}.json"
             try:
-                os.link(temp, target)  # fails if target exists: nothing is overwritten
+                os.link(temp, target)  # fails if target exists, a link included
             except FileExistsError:
                 continue
             return target
         raise BaselineError(f"could not find a free file name in {folder}")
+    except OSError as exc:
+        raise _not_saved(folder, exc) from None
     finally:
-        os.unlink(temp)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
 
 
 # -- loading --------------------------------------------------------------------
@@ -511,21 +602,22 @@ def find(storage: Path, which: str) -> Path:
     """Resolve ``latest``, a number (``3``, ``0003``), a name or a path to a saved file.
 
     Saved runs come first: a file in the current folder that happens to be
-    called ``main`` does not hide the run saved as ``main``.
+    called ``main`` does not hide the run saved as ``main``. A path is read as
+    given; a saved run that is a link out of the storage folder is refused.
     """
-    folder = machine_folder(storage)
+    folder = _folder_of_this_machine(storage)
     files = saved_runs(folder)
     if files:
         if which == "latest":
-            return files[-1]
+            return _not_led_out(files[-1], storage)
         if which.isdigit():
             numbered = [p for p in files if run_number(p) == int(which)]
             if numbered:
-                return numbered[-1]
+                return _not_led_out(numbered[-1], storage)
         names = {which, _cleaned(which)}
         exact = [p for p in files if run_name(p) in names]
         if exact:
-            return exact[-1]  # a name saved again means its newest run
+            return _not_led_out(exact[-1], storage)  # a name saved again: its newest run
     candidate = Path(which)
     if candidate.is_file():
         return candidate
@@ -537,7 +629,7 @@ def find(storage: Path, which: str) -> Path:
         raise NoSavedRuns(folder, _other_machines(storage, folder))
     matches = [] if which.isdigit() else [p for p in files if which in p.name]
     if len(matches) == 1:
-        return matches[0]
+        return _not_led_out(matches[0], storage)
     listed = ", ".join(p.name for p in reversed(files[-5:]))
     if not matches:
         raise BaselineError(
@@ -550,9 +642,23 @@ def find(storage: Path, which: str) -> Path:
     )
 
 
+def _not_led_out(path: Path, storage: Path) -> Path:
+    """A saved run found in the storage folder, unless it is a link out of it: this
+    plugin never saves a link, so such a link was put there by hand or by a checkout,
+    and comparing with its target unasked would compare with a file nobody chose."""
+    target = _outside(path, storage) if path.is_symlink() else None
+    if target is not None:
+        raise BaselineError(
+            f"saved run {path} is a link to {target}, outside the storage folder {storage}; "
+            f"it was not read. To compare with that file, give its path ({target}); or "
+            "remove the link"
+        )
+    return path
+
+
 def _cleaned(name: str) -> str:
     """The name as ``save`` writes it into the file name, or the name itself."""
     try:
-        return _safe_name(name)
+        return check_name(name)
     except BaselineError:
         return name

@@ -11,6 +11,10 @@ import errno
 import json
 import math
 import os
+import re
+import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from pytest_ollama_cpu import cli, storage
-from pytest_ollama_cpu.baseline import BaselineError, load_file, save
+from pytest_ollama_cpu import baseline, cli, storage
+from pytest_ollama_cpu.baseline import BaselineError, find, load_file, save
 from pytest_ollama_cpu.storage import StorageError, write_json_atomic
 
-from .fake_ollama import Behaviour
-from .test_baseline import SWEEP_TEST, _document, run
+from .fake_ollama import Behaviour, FakeOllama
+from .test_baseline import SWEEP_TEST, _document, machine_dir, run
 
 ROOT = Path(__file__).resolve().parent.parent
 FULLNAME = "t.py::test_a[m-generate-t1]"
@@ -251,6 +255,377 @@ def test_a_newer_pytest_benchmark_version_alone_is_no_reason_to_refuse(tmp_path:
     path = tmp_path / "0001_x.json"
     path.write_text(_edited(lambda d: d.update(version="99.0")))
     assert load_file(path).entries
+
+
+# -- the storage folder ---------------------------------------------------------------
+
+
+def test_a_storage_path_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "store"
+    path.write_text("my notes")
+    message = f"the storage folder {path} is a file, not a folder: move it away or choose"
+    with pytest.raises(BaselineError, match=re.escape(message)):
+        find(path, "latest")
+    with pytest.raises(BaselineError, match=re.escape(message)):
+        save(_document([40.0]), path, "x")
+    with pytest.raises(BaselineError, match=re.escape(message)):
+        baseline.check_storage(path)
+    status, err = _compare_cli(capsys, "1", "2", "--storage", str(path))
+    assert status == 2 and message in err
+    # this machine's folder inside it is a file
+    store = tmp_path / "other"
+    store.mkdir()
+    folder = baseline.machine_folder(store)
+    folder.write_text("mine")
+    with pytest.raises(
+        BaselineError, match=re.escape(f"{folder} is a file, not a folder of saved runs")
+    ):
+        save(_document([40.0]), store, "x")
+    with pytest.raises(
+        BaselineError, match=re.escape(f"{folder} is a file, not a folder of saved runs")
+    ):
+        find(store, "latest")
+    assert path.read_text() == "my notes" and folder.read_text() == "mine"
+
+
+def test_the_default_storage_being_a_file_stops_the_run_before_measuring(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    (pytester.path / ".benchmarks").write_text("my notes")
+    for flag in ("--ollama-cpu-save=base", "--ollama-cpu-compare"):
+        result = run(pytester, Behaviour(), flag)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, flag
+        result.stderr.fnmatch_lines(["ERROR: the storage folder .benchmarks is a file, not a *"])
+        assert result.requests == []  # type: ignore[attr-defined]
+    assert (pytester.path / ".benchmarks").read_text() == "my notes"
+
+
+# -- links in the storage folder ---------------------------------------------------------
+
+
+def test_a_link_out_of_the_storage_folder_is_never_written_through(tmp_path: Path) -> None:
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    store.mkdir()
+    outside.mkdir()
+    folder = baseline.machine_folder(store)
+    folder.symlink_to(outside)
+    message = f"{folder} is a link to {outside.resolve()}, outside the storage folder {store}"
+    with pytest.raises(BaselineError, match=re.escape(message)):
+        save(_document([40.0]), store, "x")
+    with pytest.raises(BaselineError, match=re.escape(message)):
+        baseline.check_storage(store)
+    with pytest.raises(BaselineError, match=re.escape(message)):
+        find(store, "latest")
+    assert list(outside.iterdir()) == []
+
+
+def test_a_saved_run_linked_out_of_the_storage_folder_is_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A saved run is a file this plugin wrote, and it never writes links: a link whose
+    target lies outside the storage folder was put there by hand (or by a hostile
+    checkout), and following it unasked would compare with a file nobody chose."""
+    store = tmp_path / "store"
+    first = _saved(store, _document([40.0, 40.4]), "first")
+    secret = tmp_path / "elsewhere.json"
+    secret.write_text(GOOD)
+    link = first.parent / "0002_linked.json"
+    link.symlink_to(secret)
+    message = (
+        f"saved run {link} is a link to {secret.resolve()}, outside the storage folder {store}; "
+        f"it was not read. To compare with that file, give its path"
+    )
+    for which in ("latest", "2", "linked"):
+        with pytest.raises(BaselineError, match=re.escape(message)):
+            find(store, which)
+    status, err = _compare_cli(capsys, "1", "latest", "--storage", str(store))
+    assert status == 2 and message in err
+    # the file named by its own path is the user's choice, and is read
+    assert find(store, str(secret)) == secret
+    # a link that stays inside the storage folder (e.g. one machine's runs shared with
+    # a new Python's folder) is followed
+    other = store / "Linux-CPython-3.99-64bit"
+    other.symlink_to(first.parent)
+    shared = first.parent / "0003_shared.json"
+    shared.symlink_to(first)
+    assert find(store, "shared") == shared and load_file(shared).entries
+    # saving never writes through any link: the next number is taken
+    dangling = first.parent / "0004_dangling.json"
+    dangling.symlink_to(tmp_path / "nowhere.json")
+    assert save(_document([40.0]), store, "next").name == "0005_next.json"
+    assert not (tmp_path / "nowhere.json").exists()
+    assert secret.read_text() == GOOD
+
+
+# -- a storage folder that cannot be written --------------------------------------------
+
+
+def _read_only_runner(folder: Path) -> list[str] | None:
+    """A command prefix under which ``folder`` cannot be written, made by a real fault:
+    ``chmod`` where it binds (not root), else a read-only bind mount in a private mount
+    namespace (root); None where neither can be had."""
+    folder.chmod(0o555)
+    try:
+        probe = folder / "probe"
+        probe.write_text("")
+    except PermissionError:
+        return []  # chmod binds: restored by the caller
+    probe.unlink()
+    folder.chmod(0o755)
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    script = f'mount -o bind,ro "{folder}" "{folder}" && exec "$@"'
+    prefix = [unshare, "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        return None
+    return prefix
+
+
+def test_a_read_only_storage_folder_stops_the_run_before_measuring(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    store = pytester.path / "store"
+    earlier = _saved(store, _document([40.0, 40.4]), "earlier")
+    folder = earlier.parent
+    before = _files(store)
+    prefix = _read_only_runner(folder)
+    if prefix is None:
+        pytest.skip("neither chmod nor a read-only bind mount can make a folder read-only here")
+    try:
+        with FakeOllama(Behaviour()) as fake:
+            result = subprocess.run(
+                [
+                    *prefix,
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-p",
+                    "no:cacheprovider",
+                    "--ollama-cpu",
+                    f"--ollama-cpu-host={fake.host}",
+                    "--ollama-cpu-model=tiny",
+                    f"--ollama-cpu-storage={store}",
+                    "--ollama-cpu-save=new",
+                ],
+                cwd=pytester.path,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                timeout=120,
+            )
+        requests = fake.behaviour.requests
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
+    assert f"ERROR: cannot save runs in {folder}: " in result.stderr
+    assert "make the folder writable, or choose another storage folder with" in (result.stderr)
+    assert requests == []
+    assert _files(store) == before
+
+
+def test_a_read_only_storage_folder_in_a_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fault faked where the test runs as root (chmod does not bind) and no mount
+    can be made: what the user gets is the same."""
+    store = tmp_path / "store"
+    earlier = _saved(store, _document([40.0, 40.4]), "earlier")
+    before = _files(store)
+    monkeypatch.setattr(tempfile, "mkstemp", _os_error(errno.EROFS))
+    with pytest.raises(BaselineError) as caught:
+        baseline.check_storage(store)
+    assert str(caught.value) == (
+        f"cannot save runs in {earlier.parent}: Read-only file system; make the folder "
+        "writable, or choose another storage folder with --ollama-cpu-storage"
+    )
+    with pytest.raises(BaselineError) as caught:
+        save(_document([40.0]), store, "new")
+    assert str(caught.value) == (
+        f"{earlier.parent}: Read-only file system; nothing was written there and the runs "
+        "saved there are untouched. Make the folder writable, or choose another storage folder "
+        "with --ollama-cpu-storage"
+    )
+    monkeypatch.undo()
+    assert _files(store) == before
+
+
+# -- a full disk, and Ctrl-C, during a save ----------------------------------------------------
+
+
+def _no_leftovers(store: Path, before: dict[str, bytes]) -> None:
+    """Nothing new under ``store``, and every file there as it was."""
+    leftovers = [p.name for p in store.rglob(".saving*")]
+    assert not leftovers, leftovers
+    assert _files(store) == before
+
+
+def _half_then(exc: BaseException) -> Callable[..., None]:
+    """json.dump that writes part of the document, then fails as ``exc``."""
+
+    def dump(document: Any, handle: Any, **kwargs: Any) -> None:
+        handle.write(json.dumps(document)[:50])
+        handle.flush()
+        raise exc
+
+    return dump
+
+
+def test_a_full_disk_during_a_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    earlier = _saved(store, _document([40.0, 40.4]), "earlier")
+    before = _files(store)
+    monkeypatch.setattr(json, "dump", _half_then(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(BaselineError) as caught:
+        save(_document([40.0]), store, "new")
+    monkeypatch.undo()
+    assert str(caught.value) == (
+        f"{earlier.parent}: No space left on device; nothing was written there and the runs "
+        "saved there are untouched. Free some space, or choose another storage folder with "
+        "--ollama-cpu-storage"
+    )
+    _no_leftovers(store, before)
+    # ENOSPC where the data reaches the disk (fsync), too
+    monkeypatch.setattr(os, "fsync", _os_error(errno.ENOSPC))
+    with pytest.raises(BaselineError, match="No space left on device; nothing was written"):
+        save(_document([40.0]), store, "new")
+    monkeypatch.undo()
+    _no_leftovers(store, before)
+    assert save(_document([40.0]), store, "new").name == "0002_new.json"
+
+
+FULL_DISK_CONFTEST = """
+import errno, os
+import pytest
+
+real_fsync = os.fsync
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    os.fsync = fsync
+
+def pytest_unconfigure(config):
+    os.fsync = real_fsync
+"""
+
+
+def test_a_full_disk_at_the_end_of_a_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    earlier = _saved(pytester.path / ".benchmarks", _document([40.0, 40.4]), "earlier")
+    before = _files(pytester.path / ".benchmarks")
+    pytester.makeconftest(FULL_DISK_CONFTEST)
+    result = run(pytester, Behaviour(), "--ollama-cpu-save=new", "--ollama-cpu-json=out.json")
+    shown = earlier.parent.relative_to(pytester.path)  # the storage folder as given: relative
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    result.stdout.fnmatch_lines(
+        [
+            "ollama-cpu: ERROR: could not write out.json: No space left on device; out.json is "
+            "left as it was. Free some space, or give another path with --ollama-cpu-json",
+            f"ollama-cpu: ERROR: could not save this run: {shown}: No space left on "
+            "device; nothing was written there and the runs saved there are untouched. Free "
+            "some space, or choose another storage folder with --ollama-cpu-storage",
+        ]
+    )
+    _no_leftovers(pytester.path / ".benchmarks", before)
+    assert not (pytester.path / "out.json").exists()
+    assert not list(pytester.path.glob(".out.json.*"))
+
+
+@pytest.mark.parametrize("where", ["json.dump", "os.link", "after os.link"])
+def test_ctrl_c_during_a_save_leaves_no_half_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    store = tmp_path / "store"
+    _saved(store, _document([40.0, 40.4]), "earlier")
+    before = _files(store)
+    if where == "json.dump":
+        monkeypatch.setattr(json, "dump", _half_then(KeyboardInterrupt()))
+    else:
+        real_link = os.link
+
+        def link(source: Any, target: Any, **kwargs: Any) -> None:
+            if where == "after os.link":
+                real_link(source, target, **kwargs)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(os, "link", link)
+    with pytest.raises(KeyboardInterrupt):
+        save(_document([40.0]), store, "new")
+    monkeypatch.undo()
+    if where == "after os.link":
+        # the run is saved whole: the interrupt came after it was in place
+        (new,) = [p for p in store.rglob("0002_*.json")]
+        assert load_file(new).entries
+        new.unlink()
+    _no_leftovers(store, before)
+
+
+# -- run names -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "saved_as"),
+    [
+        ("../../escape", "escape"),
+        ("/etc/passwd", "etc-passwd"),
+        ("a/../../b", "a-..-..-b"),
+        ("feat/x\x00\n\x1b[31mred", "feat-x-31mred"),
+        ("..\\..\\win", "win"),
+    ],
+)
+def test_a_run_name_never_leaves_the_storage_folder(
+    tmp_path: Path, name: str, saved_as: str
+) -> None:
+    store = tmp_path / "deep" / "store"
+    path = save(_document([40.0]), store, name)
+    assert path.parent == baseline.machine_folder(store)
+    assert path.name == f"0001_{saved_as}.json"
+    assert baseline.check_name(name) == saved_as
+    assert find(store, name) == path  # found as typed
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [path]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "--ollama-cpu-save '': give a name of letters, digits, '.', '_' or '-'"),
+        ("///", "--ollama-cpu-save '///': give a name of letters, digits, '.', '_' or '-'"),
+        ("\n\t", "--ollama-cpu-save '\\n\\t': give a name of letters"),
+        ("3", "--ollama-cpu-save '3': a name of digits alone would be read as a run number"),
+        ("latest", "--ollama-cpu-save 'latest': --ollama-cpu-compare reads 'latest' as the"),
+        ("x" * 300, "--ollama-cpu-save 'xxxxxxxxxxxxxxxxxxxx...': 300 characters is too long"),
+    ],
+)
+def test_a_bad_run_name_is_refused(tmp_path: Path, name: str, message: str) -> None:
+    with pytest.raises(BaselineError, match=re.escape(message)):
+        baseline.check_name(name)
+    with pytest.raises(BaselineError, match=re.escape(message)):
+        save(_document([40.0]), tmp_path, name)
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_run_names_in_a_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SWEEP_TEST)
+    # refused before anything is measured, not after
+    result = run(pytester, Behaviour(), "--ollama-cpu-save=///")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --ollama-cpu-save '///': give a name of letters*"])
+    assert result.requests == []  # type: ignore[attr-defined]
+    # cleaned, and the summary says into what
+    result = run(pytester, Behaviour(), "--ollama-cpu-save=../feat/x")
+    assert result.ret == pytest.ExitCode.OK
+    (saved,) = machine_dir(pytester.path).glob("*.json")
+    assert saved.name == "0001_feat-x.json"
+    result.stdout.fnmatch_lines(
+        [
+            "ollama-cpu: the name '../feat/x' was saved as 'feat-x': file names keep letters, "
+            "digits, '.', '_' and '-'; --ollama-cpu-compare finds the run by either"
+        ]
+    )
 
 
 # -- the --ollama-cpu-json file ----------------------------------------------------------
