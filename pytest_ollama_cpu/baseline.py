@@ -10,7 +10,8 @@ raw samples, utilization and machine facts ride along in
 
 Files are never overwritten: a new number is taken, the file is written under a
 temporary name and linked into place, which fails rather than replace a file
-that appeared meanwhile. Nothing is written or read through a link that leads
+that appeared meanwhile. Runs saving at once take turns at choosing numbers, so
+no two get the same one. Nothing is written or read through a link that leads
 out of the storage folder.
 """
 
@@ -23,7 +24,8 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,11 @@ _NUMBERED = re.compile(r"^(\d{4})_.*\.json$")
 
 #: Longest name a run is saved under: the file name must stay within 255 bytes.
 MAX_NAME = 200
+
+#: Runs saving into one folder at once take turns at numbering, for at most this long;
+#: a turn is milliseconds long, so one held longer was left by a run that was killed.
+NUMBERING_TIMEOUT = 60.0
+STALE_TURN = 20.0
 
 _DAMAGED = "the file is damaged or was edited by hand"
 
@@ -338,6 +345,40 @@ def _not_saved(folder: Path, error: OSError) -> BaselineError:
     )
 
 
+@contextlib.contextmanager
+def _numbering(folder: Path) -> Iterator[None]:
+    """One run at a time chooses a number and takes it: two runs saving at once would
+    otherwise both take the next number, under different names.
+
+    The turn is a folder made and removed: atomic on every file system, never
+    followed if something else has that name, and nothing is left behind.
+    """
+    turn = folder / ".saving.lock"
+    deadline = time.monotonic() + NUMBERING_TIMEOUT
+    while True:
+        try:
+            os.mkdir(turn)
+            break
+        except FileExistsError:
+            pass
+        with contextlib.suppress(OSError):
+            if time.time() - turn.lstat().st_mtime > STALE_TURN:
+                os.rmdir(turn)  # left by a run killed while numbering
+                continue
+        if time.monotonic() > deadline:
+            raise BaselineError(
+                f"{folder}: another run has been numbering its file there for "
+                f"{NUMBERING_TIMEOUT:g}s ({turn} exists); if no other pytest is saving there, "
+                "remove it and save again"
+            )
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(turn)
+
+
 def save(document: dict[str, Any], storage: Path, name: str) -> Path:
     """Write ``document`` as the next numbered file; never replaces an existing file.
 
@@ -356,13 +397,14 @@ def save(document: dict[str, Any], storage: Path, name: str) -> Path:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
-        for _ in range(100):
-            target = folder / f"{_next_number(folder):04d}_{cleaned}.json"
-            try:
-                os.link(temp, target)  # fails if target exists, a link included
-            except FileExistsError:
-                continue
-            return target
+        with _numbering(folder):
+            for _ in range(100):
+                target = folder / f"{_next_number(folder):04d}_{cleaned}.json"
+                try:
+                    os.link(temp, target)  # fails if target exists, a link included
+                except FileExistsError:
+                    continue
+                return target
         raise BaselineError(f"could not find a free file name in {folder}")
     except OSError as exc:
         raise _not_saved(folder, exc) from None

@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -626,6 +628,121 @@ def test_run_names_in_a_run(pytester: pytest.Pytester) -> None:
             "digits, '.', '_' and '-'; --ollama-cpu-compare finds the run by either"
         ]
     )
+
+
+# -- two runs saving at once ---------------------------------------------------------------------
+
+
+def _slow_numbering(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Widen the race between choosing a number and taking it."""
+    real = baseline._next_number
+
+    def slow(folder: Path) -> int:
+        number = real(folder)
+        time.sleep(0.02)
+        return number
+
+    monkeypatch.setattr(baseline, "_next_number", slow)
+
+
+def test_runs_saved_at_once_by_threads_get_numbers_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    earlier = _saved(store, _document([40.0]), "earlier")
+    _slow_numbering(monkeypatch)
+    saved: list[Path] = []
+    errors: list[BaseException] = []
+
+    def saving(i: int) -> None:
+        try:
+            saved.append(save(_document([40.0 + i]), store, f"run{i}"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=saving, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    numbers = sorted(baseline.run_number(p) for p in saved)
+    assert numbers == list(range(2, 10))
+    assert len(baseline.saved_runs(earlier.parent)) == 9
+    for path in saved:  # each file holds its own run
+        i = int(baseline.run_name(path)[3:])
+        entry = next(iter(load_file(path).entries.values()))
+        assert entry["extra_info"]["ollama_cpu"]["samples"][0]["tokens_per_second"] == 40.0 + i
+
+
+SAVING_PROCESS = """
+import sys, time
+from pathlib import Path
+from pytest_ollama_cpu import baseline
+real = baseline._next_number
+def slow(folder):
+    number = real(folder)
+    time.sleep(0.05)
+    return number
+baseline._next_number = slow
+while time.time() < {start}:
+    time.sleep(0.005)
+print(baseline.save({{"benchmarks": []}}, Path({store!r}), sys.argv[1]).name)
+"""
+
+
+def test_runs_saved_at_once_by_processes_get_numbers_of_their_own(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    script = tmp_path / "saving.py"
+    start = time.time() + 4.0  # all start together, once imported
+    script.write_text(SAVING_PROCESS.format(start=start, store=str(store)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), f"p{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(4)
+    ]
+    names = []
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        names.append(out.strip())
+    assert sorted(n[:4] for n in names) == ["0001", "0002", "0003", "0004"]
+    assert sorted(p.name for p in baseline.saved_runs(baseline.machine_folder(store))) == sorted(
+        names
+    )
+
+
+def test_a_turn_left_by_a_killed_run_is_taken_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    earlier = _saved(store, _document([40.0]), "earlier")
+    turn = earlier.parent / ".saving.lock"
+    turn.mkdir()  # a run killed while numbering
+    old = time.time() - baseline.STALE_TURN - 5
+    os.utime(turn, (old, old))
+    assert save(_document([40.0]), store, "next").name == "0002_next.json"
+    assert not turn.exists()
+    # one held now: waited for, then a message that says what to do
+    turn.mkdir()
+    monkeypatch.setattr(baseline, "NUMBERING_TIMEOUT", 0.2)
+    with pytest.raises(BaselineError) as caught:
+        save(_document([40.0]), store, "third")
+    assert str(caught.value) == (
+        f"{earlier.parent}: another run has been numbering its file there for 0.2s ({turn} "
+        "exists); if no other pytest is saving there, remove it and save again"
+    )
+    assert [p.name for p in baseline.saved_runs(earlier.parent)] == [
+        "0001_earlier.json",
+        "0002_next.json",
+    ]
+    assert not list(earlier.parent.glob(".saving-*"))
 
 
 # -- the --ollama-cpu-json file ----------------------------------------------------------
