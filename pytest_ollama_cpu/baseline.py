@@ -10,18 +10,22 @@ raw samples, utilization and machine facts ride along in
 
 Files are never overwritten: a new number is taken, the file is written under a
 temporary name and linked into place, which fails rather than replace a file
-that appeared meanwhile.
+that appeared meanwhile. Runs saving at once take turns at choosing numbers, so
+no two get the same one. Nothing is written or read through a link that leads
+out of the storage folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ from pytest_benchmark.utils import get_machine_id as _machine_id
 from . import __version__
 from .records import RecordedSweep, by_machine
 from .results import Sweep
+from .storage import advice, reason
 
 #: Our part of each entry's ``extra_info``; its ``schema`` says which layout it has.
 EXTRA_KEY = "ollama_cpu"
@@ -44,6 +49,16 @@ SCHEMA = 1
 DEFAULT_STORAGE = Path(".benchmarks")
 
 _NUMBERED = re.compile(r"^(\d{4})_.*\.json$")
+
+#: Longest name a run is saved under: the file name must stay within 255 bytes.
+MAX_NAME = 200
+
+#: Runs saving into one folder at once take turns at numbering, for at most this long;
+#: a turn is milliseconds long, so one held longer was left by a run that was killed.
+NUMBERING_TIMEOUT = 60.0
+STALE_TURN = 20.0
+
+_DAMAGED = "the file is damaged or was edited by hand"
 
 
 class BaselineError(Exception):
@@ -217,17 +232,85 @@ def autosave_name(commit: dict[str, Any]) -> str:
     return name
 
 
-def _safe_name(name: str) -> str:
+def check_name(name: str) -> str:
+    """The name as a saved run's file name has it: runs of other characters become '-',
+    so no name leads out of the storage folder. Refuses a name that would be lost in
+    cleaning, too long for a file, or read as something else by --ollama-cpu-compare."""
+    if len(name) > MAX_NAME:
+        raise BaselineError(
+            f"--ollama-cpu-save {name[:20] + '...'!r}: {len(name)} characters is too long "
+            f"for a file name; give at most {MAX_NAME}"
+        )
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
     if not cleaned:
         raise BaselineError(
             f"--ollama-cpu-save {name!r}: give a name of letters, digits, '.', '_' or '-'"
+        )
+    if cleaned.isdigit():
+        raise BaselineError(
+            f"--ollama-cpu-save {name!r}: a name of digits alone would be read as a run "
+            f"number by --ollama-cpu-compare; add a letter, e.g. 'v{cleaned}'"
+        )
+    if cleaned == "latest":
+        raise BaselineError(
+            f"--ollama-cpu-save {name!r}: --ollama-cpu-compare reads 'latest' as the newest "
+            "run, whatever its name; choose another name"
         )
     return cleaned
 
 
 def machine_folder(storage: Path) -> Path:
     return storage / get_machine_id()
+
+
+def _outside(path: Path, storage: Path) -> Path | None:
+    """Where ``path`` really leads, if that is outside ``storage``."""
+    target = Path(os.path.realpath(path))
+    root = Path(os.path.realpath(storage))
+    return None if target == root or root in target.parents else target
+
+
+def _folder_of_this_machine(storage: Path) -> Path:
+    """This machine's folder of saved runs, once it is known to be usable: refuses a
+    storage path that is a file and a folder reached through a link out of it."""
+    if storage.exists() and not storage.is_dir():
+        raise BaselineError(
+            f"the storage folder {storage} is a file, not a folder: move it away or choose "
+            "another storage folder"
+        )
+    folder = machine_folder(storage)
+    target = _outside(folder, storage) if folder.is_symlink() else None
+    if target is not None:
+        raise BaselineError(
+            f"{folder} is a link to {target}, outside the storage folder {storage}: runs are "
+            "neither saved nor read through a link out of the storage folder. Remove the "
+            "link, or choose another storage folder"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise BaselineError(f"{folder} is a file, not a folder of saved runs: move it away")
+    return folder
+
+
+def check_storage(storage: Path) -> None:
+    """Refuse, before anything is measured, a storage folder a run could not be saved in."""
+    folder = _folder_of_this_machine(storage)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BaselineError(
+            f"cannot save runs in {folder}: {existing} is a file, not a folder; move it away "
+            "or choose another storage folder with --ollama-cpu-storage"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".saving-", suffix=".tmp", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BaselineError(
+            f"cannot save runs in {existing}: {reason(exc)}; {advice(exc)}, or choose another "
+            "storage folder with --ollama-cpu-storage"
+        ) from None
 
 
 def saved_runs(folder: Path) -> list[Path]:
@@ -254,27 +337,80 @@ def saved_under(storage: Path, name: str) -> list[Path]:
     return [p for p in saved_runs(machine_folder(storage)) if run_name(p) == wanted]
 
 
+def _not_saved(folder: Path, error: OSError) -> BaselineError:
+    return BaselineError(
+        f"{folder}: {reason(error)}; nothing was written there and the runs saved there are "
+        f"untouched. {advice(error).capitalize()}, or choose another storage folder with "
+        "--ollama-cpu-storage"
+    )
+
+
+@contextlib.contextmanager
+def _numbering(folder: Path) -> Iterator[None]:
+    """One run at a time chooses a number and takes it: two runs saving at once would
+    otherwise both take the next number, under different names.
+
+    The turn is a folder made and removed: atomic on every file system, never
+    followed if something else has that name, and nothing is left behind.
+    """
+    turn = folder / ".saving.lock"
+    deadline = time.monotonic() + NUMBERING_TIMEOUT
+    while True:
+        try:
+            os.mkdir(turn)
+            break
+        except FileExistsError:
+            pass
+        with contextlib.suppress(OSError):
+            if time.time() - turn.lstat().st_mtime > STALE_TURN:
+                os.rmdir(turn)  # left by a run killed while numbering
+                continue
+        if time.monotonic() > deadline:
+            raise BaselineError(
+                f"{folder}: another run has been numbering its file there for "
+                f"{NUMBERING_TIMEOUT:g}s ({turn} exists); if no other pytest is saving there, "
+                "remove it and save again"
+            )
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(turn)
+
+
 def save(document: dict[str, Any], storage: Path, name: str) -> Path:
-    """Write ``document`` as the next numbered file; never replaces an existing file."""
-    folder = machine_folder(storage)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".saving-", suffix=".tmp", dir=folder)
+    """Write ``document`` as the next numbered file; never replaces an existing file.
+
+    A full disk, a refusal or Ctrl-C leaves no file and no temporary file behind.
+    """
+    cleaned = check_name(name)
+    folder = _folder_of_this_machine(storage)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".saving-", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise _not_saved(folder, exc) from None
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(document, handle, indent=4)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
-        for _ in range(100):
-            target = folder / f"{_next_number(folder):04d}_{_safe_name(name)}.json"
-            try:
-                os.link(temp, target)  # fails if target exists: nothing is overwritten
-            except FileExistsError:
-                continue
-            return target
+        with _numbering(folder):
+            for _ in range(100):
+                target = folder / f"{_next_number(folder):04d}_{cleaned}.json"
+                try:
+                    os.link(temp, target)  # fails if target exists, a link included
+                except FileExistsError:
+                    continue
+                return target
         raise BaselineError(f"could not find a free file name in {folder}")
+    except OSError as exc:
+        raise _not_saved(folder, exc) from None
     finally:
-        os.unlink(temp)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
 
 
 # -- loading --------------------------------------------------------------------
@@ -298,7 +434,11 @@ class SavedRun:
 
 
 def validate(raw: Any, where: str) -> dict[str, Any]:
-    """Check the layout and upgrade an older schema of ours; raise ``BaselineError``."""
+    """Check the layout and upgrade an older schema of ours; raise ``BaselineError``.
+
+    Whatever a comparison or the gate reads from the file is checked here, so a file
+    damaged or edited by hand stops with its place named, never a traceback or a row
+    judged on a NaN."""
     if not isinstance(raw, dict):
         raise BaselineError(f"{where} is not a saved run: expected a JSON object")
     document: dict[str, Any] = raw
@@ -313,25 +453,108 @@ def validate(raw: Any, where: str) -> dict[str, Any]:
             f"{where} was not saved by pytest-ollama-cpu (no '{EXTRA_KEY}' section): save a "
             "baseline with --ollama-cpu-save or --ollama-cpu-autosave"
         )
-    schema = ours["schema"]
-    if not isinstance(schema, int) or schema > SCHEMA:
+    schema = _expect(ours["schema"], _is_whole, "a whole number", where, f"{EXTRA_KEY}.schema")
+    if schema > SCHEMA:
         raise BaselineError(
             f"{where} has schema {schema!r}, newer than this pytest-ollama-cpu understands "
             f"({SCHEMA}): upgrade pytest-ollama-cpu"
         )
     while schema < SCHEMA:
         if schema not in UPGRADES:
-            raise BaselineError(f"{where} has schema {schema}, which cannot be upgraded")
+            raise BaselineError(
+                f"{where} has schema {schema}, which this pytest-ollama-cpu cannot upgrade: "
+                "save a new baseline with --ollama-cpu-save NAME"
+            )
         document = UPGRADES[schema](document)
         schema = int(document[EXTRA_KEY]["schema"])
-    for i, bench in enumerate(document["benchmarks"]):
-        extra = bench.get("extra_info", {}).get(EXTRA_KEY) if isinstance(bench, dict) else None
-        if not isinstance(extra, dict) or "samples" not in extra or "fullname" not in bench:
+    info = _expect(document["machine_info"], _is_object, "a JSON object", where, "machine_info")
+    name = f"machine_info.{EXTRA_KEY}"
+    facts = _expect(info.get(EXTRA_KEY, {}), _is_object, "a JSON object", where, name)
+    for key in ("machine", "server"):
+        name = f"machine_info.{EXTRA_KEY}.{key}"
+        _expect(facts.get(key, {}), _is_object_or_null, "a JSON object", where, name)
+    benchmarks = _expect(document["benchmarks"], _is_list, "a list", where, "benchmarks")
+    for i, bench in enumerate(benchmarks, 1):
+        extra = bench.get("extra_info") if isinstance(bench, dict) else None
+        extra = extra.get(EXTRA_KEY) if isinstance(extra, dict) else None
+        if not isinstance(extra, dict) or "samples" not in extra:
             raise BaselineError(
-                f"{where}: benchmark #{i + 1} has no samples of ours; the file is damaged"
+                f"{where}: benchmark #{i} has no samples of ours; the file is damaged"
             )
-        _check_samples(extra["samples"], f"{where}: {bench['fullname']}")
+        fullname = bench.get("fullname", _MISSING)
+        _expect(fullname, _is_text, "a string", f"{where}: benchmark #{i}", "fullname")
+        _check_entry(bench, extra, f"{where}: {fullname}")
     return document
+
+
+_MISSING = object()
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_object_or_null(value: Any) -> bool:
+    return value is None or isinstance(value, dict)
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_text_or_null(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return _is_whole(value) and value >= 1
+
+
+def _shown(value: Any) -> str:
+    """A JSON value as a message names it: its kind, and short values themselves."""
+    if value is _MISSING:
+        return "missing"
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, list):
+        return "a list" if value else "an empty list"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    return f"the number {value!r}"
+
+
+def _expect(value: Any, ok: Callable[[Any], bool], allowed: str, where: str, name: str) -> Any:
+    if not ok(value):
+        raise BaselineError(
+            f"{where}: '{name}' is {_shown(value)}, which should be {allowed}; {_DAMAGED}"
+        )
+    return value
+
+
+def _check_entry(bench: dict[str, Any], extra: dict[str, Any], where: str) -> None:
+    """The parts of one entry a comparison reads."""
+    _expect(bench.get("stats", _MISSING), _is_object, "a JSON object", where, "stats")
+    _expect(extra.get("test", _MISSING), _is_text, "a string", where, "test")
+    threads = extra.get("threads", _MISSING)
+    _expect(threads, _is_count, "a whole number of 1 or more", where, "threads")
+    model = _expect(extra.get("model", _MISSING), _is_object, "a JSON object", where, "model")
+    for key in ("name", "digest"):
+        _expect(model.get(key), _is_text_or_null, "a string", where, f"model.{key}")
+    samples = extra["samples"]
+    _expect(samples, lambda v: _is_list(v) and bool(v), "a list of samples", where, "samples")
+    _check_samples(samples, where)
 
 
 #: The figures a comparison reads from each saved sample, and what each may be.
@@ -339,6 +562,9 @@ SAMPLE_FIGURES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "tokens_per_second": ("a positive number", lambda v: v > 0),
     "thread_utilization": ("a number of 0 or more", lambda v: v >= 0),
     "machine_utilization": ("a number of 0 or more", lambda v: v >= 0),
+    # read where samples were set aside, to say how busy the machine was
+    "other_cores_busy": ("a number of 0 or more", lambda v: v >= 0),
+    "server_cpus": ("a whole number of 1 or more", lambda v: v >= 1 and v == int(v)),
 }
 
 
@@ -348,11 +574,9 @@ def _number_in_range(value: Any, ok: Callable[[float], bool]) -> bool:
     return math.isfinite(value) and ok(value)
 
 
-def _check_samples(samples: Any, where: str) -> None:
+def _check_samples(samples: list[Any], where: str) -> None:
     """Every figure a comparison would read is a finite number in its range: a NaN or a
     zero must stop the run with its place named, never read as 'ok'."""
-    if not isinstance(samples, list):
-        raise BaselineError(f"{where}: 'samples' is not a list; the file is damaged")
     for k, sample in enumerate(samples, 1):
         if not isinstance(sample, dict):
             raise BaselineError(f"{where}: sample {k} is not a JSON object; the file is damaged")
@@ -363,29 +587,44 @@ def _check_samples(samples: Any, where: str) -> None:
             if not _number_in_range(value, ok):
                 raise BaselineError(
                     f"{where}: sample {k} has {name} {value!r}, which should be {allowed}; "
-                    "the file is damaged or was edited by hand"
+                    f"{_DAMAGED}"
                 )
         if not isinstance(sample.get("disturbed", False), bool):
             raise BaselineError(
                 f"{where}: sample {k} has disturbed {sample['disturbed']!r}, which should be "
-                "true or false; the file is damaged or was edited by hand"
+                f"true or false; {_DAMAGED}"
             )
 
 
-def load_file(path: Path) -> SavedRun:
+def load_file(path: Path, role: str = "baseline") -> SavedRun:
+    """Read and check a saved run; ``role`` names it in messages ("baseline", "new run")."""
+    where = f"{role} {path}"
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise BaselineError(f"baseline {path} does not exist") from None
+        raise BaselineError(f"{where} does not exist") from None
     except OSError as exc:
-        raise BaselineError(f"cannot read baseline {path}: {exc.strerror}") from None
+        raise BaselineError(f"cannot read {where}: {reason(exc)}") from None
+    if not data.strip():
+        raise BaselineError(
+            f"{where} is empty: it was cut short or is not a saved run; give another saved "
+            "run, or save a new one with --ollama-cpu-save NAME"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BaselineError(
+            f"{where} is not UTF-8 text, so not a saved run; give a file saved with "
+            "--ollama-cpu-save or --ollama-cpu-autosave"
+        ) from None
     try:
         document = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise BaselineError(
-            f"baseline {path} is not valid JSON ({exc}); it may be truncated"
+            f"{where} is not valid JSON ({exc}); it may be truncated: give another saved "
+            "run, or save a new one with --ollama-cpu-save NAME"
         ) from None
-    return SavedRun(path, validate(document, f"baseline {path}"))
+    return SavedRun(path, validate(document, where))
 
 
 def _other_machines(storage: Path, folder: Path) -> str:
@@ -405,21 +644,22 @@ def find(storage: Path, which: str) -> Path:
     """Resolve ``latest``, a number (``3``, ``0003``), a name or a path to a saved file.
 
     Saved runs come first: a file in the current folder that happens to be
-    called ``main`` does not hide the run saved as ``main``.
+    called ``main`` does not hide the run saved as ``main``. A path is read as
+    given; a saved run that is a link out of the storage folder is refused.
     """
-    folder = machine_folder(storage)
+    folder = _folder_of_this_machine(storage)
     files = saved_runs(folder)
     if files:
         if which == "latest":
-            return files[-1]
+            return _not_led_out(files[-1], storage)
         if which.isdigit():
             numbered = [p for p in files if run_number(p) == int(which)]
             if numbered:
-                return numbered[-1]
+                return _not_led_out(numbered[-1], storage)
         names = {which, _cleaned(which)}
         exact = [p for p in files if run_name(p) in names]
         if exact:
-            return exact[-1]  # a name saved again means its newest run
+            return _not_led_out(exact[-1], storage)  # a name saved again: its newest run
     candidate = Path(which)
     if candidate.is_file():
         return candidate
@@ -431,7 +671,7 @@ def find(storage: Path, which: str) -> Path:
         raise NoSavedRuns(folder, _other_machines(storage, folder))
     matches = [] if which.isdigit() else [p for p in files if which in p.name]
     if len(matches) == 1:
-        return matches[0]
+        return _not_led_out(matches[0], storage)
     listed = ", ".join(p.name for p in reversed(files[-5:]))
     if not matches:
         raise BaselineError(
@@ -444,9 +684,23 @@ def find(storage: Path, which: str) -> Path:
     )
 
 
+def _not_led_out(path: Path, storage: Path) -> Path:
+    """A saved run found in the storage folder, unless it is a link out of it: this
+    plugin never saves a link, so such a link was put there by hand or by a checkout,
+    and comparing with its target unasked would compare with a file nobody chose."""
+    target = _outside(path, storage) if path.is_symlink() else None
+    if target is not None:
+        raise BaselineError(
+            f"saved run {path} is a link to {target}, outside the storage folder {storage}; "
+            f"it was not read. To compare with that file, give its path ({target}); or "
+            "remove the link"
+        )
+    return path
+
+
 def _cleaned(name: str) -> str:
     """The name as ``save`` writes it into the file name, or the name itself."""
     try:
-        return _safe_name(name)
+        return check_name(name)
     except BaselineError:
         return name

@@ -91,7 +91,7 @@ def _compare(args: argparse.Namespace) -> int:
         return 2
     try:
         old = load_file(find(storage, args.baseline))
-        new = load_file(find(storage, args.new))
+        new = load_file(find(storage, args.new), role="new run")
     except BaselineError as exc:
         print(f"pytest-ollama-cpu compare: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,8 @@ from .baseline import (
     NoSavedRuns,
     SavedRun,
     autosave_name,
+    check_name,
+    check_storage,
     find,
     load_file,
     run_name,
@@ -51,6 +53,10 @@ class Outputs:
         """Check paths and load the baseline; raise ``pytest.UsageError`` on a problem."""
         s = self.settings
         try:
+            if s.save is not None:
+                check_name(s.save)
+            if s.enabled and (s.save or s.autosave):
+                check_storage(s.storage)
             if s.json_path is not None:
                 check_writable(s.json_path)
             if s.compare is not None:
@@ -96,7 +102,10 @@ class Outputs:
             try:
                 write_json_atomic(s.json_path, build_document(sweeps, __version__, settings_dict))
                 self.json_written = s.json_path
-            except (StorageError, OSError) as exc:
+            except StorageError as exc:
+                self.errors.append(str(exc))  # it names the file and what to do
+                status = pytest.ExitCode.INTERNAL_ERROR
+            except OSError as exc:
                 self.errors.append(f"could not write {s.json_path}: {exc}")
                 status = pytest.ExitCode.INTERNAL_ERROR
         if not (s.save or s.autosave or self.baseline is not None):
@@ -111,11 +120,17 @@ class Outputs:
                 self.errors.append(f"could not save this run: {exc}")
                 status = pytest.ExitCode.INTERNAL_ERROR
             else:
-                if earlier:
-                    saved_as = run_name(self.saved)
+                cleaned = run_name(self.saved)
+                if s.save and cleaned != s.save:
                     self.notices.append(
-                        f"the name {saved_as!r} was saved before ({earlier[-1].name}, kept): "
-                        f"--ollama-cpu-compare={saved_as} now means this run, "
+                        f"the name {s.save!r} was saved as {cleaned!r}: file names keep "
+                        "letters, digits, '.', '_' and '-'; --ollama-cpu-compare finds the run "
+                        "by either"
+                    )
+                if earlier:
+                    self.notices.append(
+                        f"the name {cleaned!r} was saved before ({earlier[-1].name}, kept): "
+                        f"--ollama-cpu-compare={cleaned} now means this run, "
                         f"={run_number(earlier[-1])} the earlier one"
                     )
         if self.first_run is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import os
 import tempfile
@@ -27,26 +28,57 @@ class StorageError(Exception):
     pass
 
 
+def advice(error: OSError) -> str:
+    """What to do about a file system's refusal to write, in a few words."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make the folder writable"
+    return "correct that"
+
+
+def reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def _not_written(path: Path, error: OSError) -> StorageError:
+    return StorageError(
+        f"could not write {path}: {reason(error)}; {path} is left as it was. "
+        f"{advice(error).capitalize()}, or give another path with --ollama-cpu-json"
+    )
+
+
 def check_writable(path: Path) -> None:
-    """Refuse a path that holds something that is not a results file of ours."""
+    """Refuse a path that holds something that is not a results file of ours, or
+    whose folder cannot be written: before the run, not after it."""
+    folder = path.parent if str(path.parent) else Path(".")
     if not path.exists():
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.exists():
+        if not folder.exists():
             raise StorageError(
-                f"cannot write {path}: folder {parent} does not exist; create it first"
+                f"cannot write {path}: folder {folder} does not exist; create it first"
             )
-        return
-    if path.is_dir():
+    elif path.is_dir():
         raise StorageError(f"cannot write {path}: it is a folder; give a file name")
+    else:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):
+            data = None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise StorageError(
+                f"{path} already exists and is not a pytest-ollama-cpu results file; it was "
+                "left untouched. Choose another path for --ollama-cpu-json or move that file "
+                "away."
+            )
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
         raise StorageError(
-            f"{path} already exists and is not a pytest-ollama-cpu results file; it was left "
-            "untouched. Choose another path for --ollama-cpu-json or move that file away."
-        )
+            f"cannot write {path}: {reason(exc)} in {folder}; {advice(exc)}, or give another "
+            "path with --ollama-cpu-json"
+        ) from None
 
 
 def build_document(
@@ -82,9 +114,14 @@ def build_document(
 
 
 def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    """Write ``document`` whole or not at all: a full disk, a refusal or Ctrl-C leaves
+    the file at ``path`` as it was and no temporary file behind."""
     check_writable(path)
     folder = path.parent if str(path.parent) else Path(".")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise _not_written(path, exc) from None
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(document, handle, indent=2, sort_keys=False)
@@ -92,7 +129,9 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
+        if isinstance(exc, OSError):
+            raise _not_written(path, exc) from None
         raise
