@@ -125,10 +125,9 @@ class _OverLimit(Exception):
 class _Limits:
     """An httpx response hook that bounds the body of the request under way.
 
-    ``start`` sets the deadline before each request. The body is then read
-    through ``_bounded``, which stops at the deadline or MAX_REPLY_BYTES; a read
-    that blocks is cut by a timer that shuts the connection's socket at the
-    deadline, since httpx would wait ``timeout`` again for every read.
+    ``start`` sets the deadline before each request. Once the headers are in,
+    the body is read through ``_BoundedBody``, which stops at the deadline or at
+    MAX_REPLY_BYTES; a reply that announces more is refused unread.
     """
 
     def __init__(self) -> None:
@@ -158,6 +157,10 @@ def _socket_of(response: httpx.Response) -> socket.socket | None:
 
 
 class _BoundedBody(httpx.SyncByteStream):
+    """A reply's body, read until the deadline and MAX_REPLY_BYTES. A read that
+    blocks is cut by a timer that shuts the connection's socket at the deadline:
+    httpx would wait ``timeout`` again for every read."""
+
     def __init__(
         self, body: httpx.SyncByteStream, deadline: float, sock: socket.socket | None
     ) -> None:
@@ -165,6 +168,7 @@ class _BoundedBody(httpx.SyncByteStream):
         self._deadline = deadline
         self._socket = sock
         self._cut = threading.Event()
+        self._timer: threading.Timer | None = None
 
     def _cut_off(self) -> None:
         self._cut.set()
@@ -176,6 +180,7 @@ class _BoundedBody(httpx.SyncByteStream):
         timer = threading.Timer(max(0.0, self._deadline - time.monotonic()), self._cut_off)
         timer.daemon = True
         timer.start()
+        self._timer = timer
         received = 0
         try:
             for chunk in self._body:
@@ -193,6 +198,8 @@ class _BoundedBody(httpx.SyncByteStream):
             timer.cancel()
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self._body.close()
 
 

@@ -11,10 +11,18 @@ from __future__ import annotations
 import json
 import time
 import tracemalloc
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
-from pytest_ollama_cpu.client import OllamaClient, ReplyTooLarge, RequestTimedOut, ServerFailed
+from pytest_ollama_cpu.client import (
+    OllamaClient,
+    ReplyTooLarge,
+    RequestTimedOut,
+    ServerFailed,
+    Timings,
+)
 
 from .fake_ollama import Behaviour, FakeOllama
 
@@ -212,3 +220,27 @@ def test_a_healthy_reply_after_a_fault_is_read_whole() -> None:
         behaviour.fault = None
         assert client.generate("tiny", "x", {"num_predict": 8}).eval_count == 8
         client.close()
+
+
+def test_a_fault_while_taking_more_keeps_the_earlier_samples_and_the_new() -> None:
+    """The adaptive loop's extra rounds go through the same path: a fault there keeps
+    the first look's samples and those of the extra rounds taken before it."""
+    from pytest_ollama_cpu.sampler import SweepInterrupted, SweepRunner
+
+    from .test_sampler import MODEL, SERVER, TWO_CPUS, WORKLOAD, StubClient
+
+    class FailingClient(StubClient):
+        def generate(self, model: str, prompt: str, options: Mapping[str, Any]) -> Timings:
+            if len(self.requests) == 7:  # round 2 of the extra rounds at 2 threads
+                raise ServerFailed("the server failed")
+            return super().generate(model, prompt, options)
+
+    client = FailingClient()
+    runner = SweepRunner(client, None, SERVER, TWO_CPUS)  # type: ignore[arg-type]
+    sweep = runner.run(WORKLOAD, MODEL, [1, 2], 2)
+    with pytest.raises(SweepInterrupted) as failure:
+        runner.extend(sweep, WORKLOAD, {1: 2, 2: 2})  # 2 threads first: still loaded
+    assert "samples kept: 2 at 1 thread, 3 at 2 threads." in str(failure.value)
+    assert failure.value.sweep is sweep and not sweep.complete
+    assert [s.round for s in sweep[2].samples] == [1, 2, 3]
+    assert len(sweep[1].samples) == 2
