@@ -76,7 +76,14 @@ def sweep_into(pytester: pytest.Pytester, victim: EmbeddedServer) -> tuple[Any, 
     pytester.makepyfile(SWEEP)
     out = pytester.path / "partial.json"
     result = run_embedded(
-        pytester, victim, "--ollama-cpu-num-predict=96", f"--ollama-cpu-json={out}"
+        pytester,
+        victim,
+        "--ollama-cpu-num-predict=96",
+        # on a busy machine, retake a disturbed sample at once rather than wait for quiet
+        # and perhaps give 2 threads up before round 2, where the fault is
+        "--ollama-cpu-quiet-wait=0",
+        "--ollama-cpu-retakes=20",
+        f"--ollama-cpu-json={out}",
     )
     result.assert_outcomes(failed=1)
     (sweep,) = json.loads(out.read_text())["sweeps"]
