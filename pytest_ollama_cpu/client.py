@@ -3,16 +3,30 @@
 The official ``ollama`` client does the requests; ``/api/version`` has no client
 method, so it goes through httpx. Every failure becomes an ``OllamaCpuError``
 subclass whose message says what happened and what to do about it.
+
+httpx's timeouts are per network operation: a server that sends a byte now and
+then is never timed out by them, and nothing bounds the size of a reply. So each
+request gets a deadline (``timeout`` from its start, the body included) and a
+size limit, checked as the body arrives (``_Limits``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
 import ollama
+
+#: The most a reply may hold. A sweep's replies are a few kilobytes (the text of
+#: num_predict tokens, and for generate the context's token ids: about 7 bytes a
+#: token); more than this is not Ollama answering, and is not read into memory.
+MAX_REPLY_BYTES = 16 * 2**20
 
 
 class OllamaCpuError(Exception):
@@ -32,6 +46,14 @@ class RequestTimedOut(OllamaCpuError):
 
 
 class ServerFailed(OllamaCpuError):
+    pass
+
+
+class BadReply(OllamaCpuError):
+    """The server answered with something that is not a finished Ollama reply."""
+
+
+class ReplyTooLarge(OllamaCpuError):
     pass
 
 
@@ -101,24 +123,123 @@ def _same_model(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
+class _OverLimit(Exception):
+    """A reply's body passed MAX_REPLY_BYTES (``declared``: as its headers said)."""
+
+    def __init__(self, declared: bool) -> None:
+        super().__init__()
+        self.declared = declared
+
+
+class _Limits:
+    """An httpx response hook that bounds the body of the request under way.
+
+    ``start`` sets the deadline before each request. Once the headers are in,
+    the body is read through ``_BoundedBody``, which stops at the deadline or at
+    MAX_REPLY_BYTES; a reply that announces more is refused unread.
+    """
+
+    def __init__(self) -> None:
+        self.deadline = float("inf")
+
+    def start(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def __call__(self, response: httpx.Response) -> None:
+        if time.monotonic() >= self.deadline:
+            raise httpx.ReadTimeout("no reply before the deadline", request=response.request)
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
+            raise _OverLimit(declared=True)
+        body = response.stream
+        assert isinstance(body, httpx.SyncByteStream)
+        response.stream = _BoundedBody(body, self.deadline, _socket_of(response))
+
+
+def _socket_of(response: httpx.Response) -> socket.socket | None:
+    stream = response.extensions.get("network_stream")
+    try:
+        sock = stream.get_extra_info("socket") if stream is not None else None
+    except Exception:  # another transport's stream: the deadline is checked per chunk
+        return None
+    return sock if isinstance(sock, socket.socket) else None
+
+
+class _BoundedBody(httpx.SyncByteStream):
+    """A reply's body, read until the deadline and MAX_REPLY_BYTES. A read that
+    blocks is cut by a timer that shuts the connection's socket at the deadline:
+    httpx would wait ``timeout`` again for every read."""
+
+    def __init__(
+        self, body: httpx.SyncByteStream, deadline: float, sock: socket.socket | None
+    ) -> None:
+        self._body = body
+        self._deadline = deadline
+        self._socket = sock
+        self._cut = threading.Event()
+        self._timer: threading.Timer | None = None
+
+    def _cut_off(self) -> None:
+        self._cut.set()
+        if self._socket is not None:
+            with contextlib.suppress(OSError):  # already closed: the read has ended
+                self._socket.shutdown(socket.SHUT_RDWR)
+
+    def __iter__(self) -> Iterator[bytes]:
+        timer = threading.Timer(max(0.0, self._deadline - time.monotonic()), self._cut_off)
+        timer.daemon = True
+        timer.start()
+        self._timer = timer
+        received = 0
+        try:
+            for chunk in self._body:
+                received += len(chunk)
+                if received > MAX_REPLY_BYTES:
+                    raise _OverLimit(declared=False)
+                if time.monotonic() >= self._deadline:
+                    raise httpx.ReadTimeout("the reply did not end before the deadline")
+                yield chunk
+        except httpx.TransportError:
+            if self._cut.is_set():
+                raise httpx.ReadTimeout("the reply did not end before the deadline") from None
+            raise
+        finally:
+            timer.cancel()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._body.close()
+
+
 class OllamaClient:
     def __init__(self, host: str, timeout: float) -> None:
         self.host = host
         self.timeout = timeout
-        self._client = ollama.Client(host=host, timeout=timeout)
+        self._limits = _Limits()
+        hooks: dict[str, list[Callable[..., Any]]] = {"response": [self._limits]}
+        self._client = ollama.Client(host=host, timeout=timeout, event_hooks=hooks)
+        self._http = httpx.Client(timeout=min(timeout, 10.0), event_hooks=hooks)
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
+        self._http.close()
 
     # -- server facts -------------------------------------------------------
 
     def version(self) -> str:
         try:
-            reply = httpx.get(f"{self.host}/api/version", timeout=min(self.timeout, 10.0))
+            self._limits.start(min(self.timeout, 10.0))
+            reply = self._http.get(f"{self.host}/api/version")
             reply.raise_for_status()
             return str(reply.json()["version"])
         except httpx.TimeoutException:
             raise ServerUnreachable(self._unreachable("it did not answer in time")) from None
+        except _OverLimit:
+            raise ServerUnreachable(
+                f"{self.host} answered /api/version with more than {_mib(MAX_REPLY_BYTES)}, "
+                "which is not Ollama's reply; check --ollama-cpu-host points at an Ollama server"
+            ) from None
         except httpx.HTTPError as exc:
             raise ServerUnreachable(self._unreachable(str(exc) or type(exc).__name__)) from None
         except (ValueError, KeyError):
@@ -158,7 +279,7 @@ class OllamaClient:
             what=f"generating with {model}",
             model=model,
         )
-        return Timings.from_reply(reply.model_dump())
+        return Timings.from_reply(self._finished(reply.model_dump(), f"generating with {model}"))
 
     def chat(
         self,
@@ -177,7 +298,26 @@ class OllamaClient:
             what=f"chatting with {model}",
             model=model,
         )
-        return Timings.from_reply(reply.model_dump())
+        return Timings.from_reply(self._finished(reply.model_dump(), f"chatting with {model}"))
+
+    def _finished(self, reply: dict[str, Any], what: str) -> dict[str, Any]:
+        """``reply``, if it is a finished Ollama reply whose timings can be read.
+
+        Ollama leaves out a count or duration that is 0, so a reply without
+        eval_count is one that generated nothing (the sampler says so); tokens
+        generated in no time, or a reply not done, are not Ollama's.
+        """
+        missing = [key for key in ("done", "total_duration") if not reply.get(key)]
+        if reply.get("eval_count") and not reply.get("eval_duration"):
+            missing.append("eval_duration")
+        if missing:
+            raise BadReply(
+                f"the Ollama server at {self.host} replied to {what} without "
+                f"{', '.join(missing)}, which every finished Ollama reply carries: it is not "
+                "an Ollama server, or one that answers differently. Check --ollama-cpu-host "
+                "points at an Ollama server, and its log."
+            )
+        return reply
 
     # -- errors -------------------------------------------------------------
 
@@ -198,6 +338,7 @@ class OllamaClient:
 
     def _call(self, request: Any, *, what: str, model: str | None = None) -> Any:
         try:
+            self._limits.start(self.timeout)
             return request()
         except ollama.ResponseError as exc:
             if exc.status_code == 404 and model is not None and "not found" in exc.error:
@@ -208,7 +349,7 @@ class OllamaClient:
                 raise self._model_not_found(model, available) from None
             raise ServerFailed(
                 f"the Ollama server at {self.host} failed while {what}: "
-                f"{exc.error} (HTTP {exc.status_code}). Its log says more."
+                f"{_shorten(str(exc.error))} (HTTP {exc.status_code}). Its log says more."
             ) from None
         except httpx.TimeoutException:
             raise RequestTimedOut(
@@ -216,8 +357,39 @@ class OllamaClient:
                 f"{what}. Raise --ollama-cpu-timeout, lower --ollama-cpu-num-predict, or "
                 "check the server is not stuck."
             ) from None
-        except (ConnectionError, httpx.TransportError) as exc:
-            raise ServerUnreachable(
-                f"lost the Ollama server at {self.host} while {what} ({exc}): it stopped or "
-                "crashed. Check its log, restart it and run again."
+        except _OverLimit as exc:
+            how = "announced a reply larger than that" if exc.declared else "was still sending"
+            raise ReplyTooLarge(
+                f"the Ollama server at {self.host} sent more than {_mib(MAX_REPLY_BYTES)} while "
+                f"{what} ({how}); no Ollama reply to these requests is near that size, so the "
+                "plugin stopped reading. Check --ollama-cpu-host points at an Ollama server, "
+                "and its log."
             ) from None
+        except ConnectionError:  # the ollama client's word for a refused connection
+            raise ServerUnreachable(
+                f"lost the Ollama server at {self.host} while {what}: the connection was "
+                "refused, nothing listens there any more (the server stopped or crashed). "
+                "Check its log, restart it and run again."
+            ) from None
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(
+                f"lost the Ollama server at {self.host} while {what}: the connection broke "
+                f"mid-request ({exc or type(exc).__name__}), the server stopped or crashed. "
+                "Check its log, restart it and run again."
+            ) from None
+        except (ValueError, TypeError) as exc:  # the body is not the JSON object expected
+            raise BadReply(
+                f"the Ollama server at {self.host} sent a reply that is not Ollama's while "
+                f"{what} ({_shorten(str(exc))}). Check --ollama-cpu-host points at an "
+                "Ollama server, and its log."
+            ) from None
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:g} MiB"
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    """One line of at most ``limit`` characters: an error text may be a whole page."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -202,13 +202,13 @@ class SweepRunner:
             try:
                 self._visit(workload, visit)
             except OllamaCpuError as exc:
+                # every sample taken so far is kept, this thread count's included
                 self._store(sweep, visit)
                 sweep.complete = False
                 sweep.error = str(exc)
-                measured = ", ".join(str(t) for t in sorted(sweep.results)) or "none"
                 raise SweepInterrupted(
                     f"{exc}\nThe sweep stopped at {count} threads after {visit.good} of "
-                    f"{visit.rounds} rounds; thread counts measured before: {measured}.",
+                    f"{visit.rounds} rounds; {_kept(sweep)}.",
                     sweep,
                 ) from None
             self._store(sweep, visit)
@@ -263,6 +263,12 @@ class SweepRunner:
             visit.waited,
             visit.gave_up,
         )
+
+
+def _kept(sweep: Sweep) -> str:
+    """What an interrupted sweep keeps: ``samples kept: 2 at 1 thread, 1 at 2 threads``."""
+    kept = [f"{len(r.samples)} at {r.threads} thread{'s' * (r.threads != 1)}" for r in sweep]
+    return "samples kept: " + ", ".join(kept) if kept else "no sample was taken before"
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 It answers /api/version, /api/tags, /api/generate and /api/chat with made-up
 but well-formed timings; ``behaviour`` switches on failures: a missing model,
-a server that dies after N measured requests, a request that hangs.
+a server that dies after N measured requests, a request that hangs, and
+``fault`` (from request ``fault_after`` + 1 on) a reply that goes wrong in one
+of the ``FAULTS`` ways.
 """
 
 from __future__ import annotations
@@ -13,9 +15,21 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+#: How a reply can go wrong (``Behaviour.fault``):
+#: ``error``: HTTP 500 with Ollama's error body; ``missing_fields``: a reply without
+#: the fields in ``missing``; ``malformed``: a cut-off JSON body; ``stall``: the
+#: headers and part of the body, then nothing; ``trickle``: the headers, then one
+#: byte at a time forever; ``huge``: a reply of ``huge_bytes`` (its length in the
+#: headers if ``huge_declared``, else ended by closing the connection).
+FAULTS = ("error", "missing_fields", "malformed", "stall", "trickle", "huge")
+
+#: The longest a faulty reply keeps a handler thread busy, whatever the client does.
+FAULT_SECONDS = 120.0
 
 
 @dataclass
@@ -30,6 +44,14 @@ class Behaviour:
     stop_after: int | None = None  # replies end (done_reason "stop") after N tokens
     reload_on: tuple[int, ...] = ()  # request numbers (1-based) whose reply carries a load
     jitter: float = 0.0  # sd of log throughput between requests
+    fault: str | None = None  # one of FAULTS
+    fault_after: int = 0  # requests answered well before the fault
+    missing: tuple[str, ...] = ("eval_count", "eval_duration")  # left out by missing_fields
+    huge_bytes: int = 100 * 2**20
+    huge_declared: bool = False
+    #: bytes of the faulty reply the fake managed to send (a client that stops
+    #: reading early leaves this far below what it meant to send)
+    fault_bytes_sent: int = 0
     seed: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
 
@@ -117,7 +139,66 @@ class _Handler(BaseHTTPRequestHandler):
             reply["message"] = {"role": "assistant", "content": "ok"}
         else:
             reply["response"] = "ok"
+        if b.fault is not None and len(b.requests) > b.fault_after:
+            self._faulty_reply(b, reply)
+            return
         self._reply(200, reply)
+
+    def _faulty_reply(self, b: Behaviour, reply: dict[str, Any]) -> None:
+        if b.fault == "error":
+            self._reply(500, {"error": "llama runner process has terminated: signal: killed"})
+        elif b.fault == "missing_fields":
+            self._reply(200, {k: v for k, v in reply.items() if k not in b.missing})
+        elif b.fault == "malformed":
+            data = json.dumps(reply).encode()[:40]
+            self._send_headers(len(data))
+            self._send(b, data)
+        elif b.fault == "stall":
+            data = json.dumps(reply).encode()
+            self._send_headers(len(data))
+            self._send(b, data[:20])
+            threading.Event().wait(FAULT_SECONDS)
+        elif b.fault == "trickle":
+            data = json.dumps(reply).encode()
+            self._send_headers(len(data) + 10**6)
+            ends = time.monotonic() + FAULT_SECONDS
+            while time.monotonic() < ends and self._send(b, b" "):
+                time.sleep(0.05)
+        elif b.fault == "huge":
+            # a well-formed reply whose text is huge: what a runaway server might send
+            head = json.dumps(reply)[:-1].encode() + b', "text": "'
+            tail = b'"}'
+            self._send_headers(len(head) + b.huge_bytes + len(tail) if b.huge_declared else None)
+            if not self._send(b, head):
+                return
+            chunk, left = b"a" * 2**20, b.huge_bytes
+            while left > 0:
+                if not self._send(b, chunk[: min(left, len(chunk))]):
+                    return
+                left -= len(chunk)
+            self._send(b, tail)
+        else:
+            raise ValueError(f"unknown fault {b.fault!r}: one of {', '.join(FAULTS)}")
+
+    def _send_headers(self, length: int | None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        else:
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.flush()
+
+    def _send(self, b: Behaviour, data: bytes) -> bool:
+        """Send ``data`` at once; False when the client has gone."""
+        try:
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:
+            return False
+        b.fault_bytes_sent += len(data)
+        return True
 
 
 class _Server(ThreadingHTTPServer):
@@ -184,6 +265,7 @@ if __name__ == "__main__":
     config = json.loads(sys.argv[1])
     config["models"] = tuple(config["models"])
     config["reload_on"] = tuple(config["reload_on"])
+    config["missing"] = tuple(config["missing"])
     fake = FakeOllama(Behaviour(**config))
     fake._thread.start()
     print(fake.host, flush=True)

@@ -159,8 +159,7 @@ def test_dies(ollama_cpu):
     result.stdout.fnmatch_lines(
         [
             f"*{victim.host}*while generating with gemma3-270m*",
-            "*The sweep stopped at 2 threads after 0 of 2 rounds; thread counts measured "
-            "before: 1.",
+            "*The sweep stopped at 2 threads after 0 of 2 rounds; samples kept: 2 at 1 thread.",
             "*INCOMPLETE*",
         ]
     )

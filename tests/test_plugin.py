@@ -370,8 +370,7 @@ def test_a_server_that_dies_mid_sweep_keeps_what_was_measured(pytester: pytest.P
     result.stdout.fnmatch_lines(
         [
             "*lost the Ollama server at * while generating with tiny*",
-            "*The sweep stopped at 2 threads after 0 of 2 rounds; thread counts measured "
-            "before: 1.",
+            "*The sweep stopped at 2 threads after 0 of 2 rounds; samples kept: 2 at 1 thread.",
             "*= ollama-cpu: thread sweeps =*",
             "*1*20.0*1.00*",
             "*INCOMPLETE: lost the Ollama server*",
