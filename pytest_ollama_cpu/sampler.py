@@ -119,7 +119,8 @@ class SweepRunner:
         short = short_reply(timings, workload.num_predict)
         if short is not None:
             raise ShortReply(
-                f"{workload.model} at {threads} threads{' (warm-up)' if round_ == 0 else ''} "
+                f"{workload.model} at {threads} thread{'s' * (threads != 1)}"
+                f"{' (warm-up)' if round_ == 0 else ''} "
                 f"{short}: a rate from so few tokens is "
                 f"not a generation rate (the plugin takes rates from {MIN_RATE_TOKENS} tokens "
                 "or more), so nothing was measured. Use a prompt that makes the model write at "
@@ -207,8 +208,8 @@ class SweepRunner:
                 sweep.complete = False
                 sweep.error = str(exc)
                 raise SweepInterrupted(
-                    f"{exc}\nThe sweep stopped at {count} threads after {visit.good} of "
-                    f"{visit.rounds} rounds; {_kept(sweep)}.",
+                    f"{exc}\nThe sweep stopped at {count} thread{'s' * (count != 1)} after "
+                    f"{visit.good} of {visit.rounds} rounds; {_kept(sweep)}.",
                     sweep,
                 ) from None
             self._store(sweep, visit)

@@ -339,7 +339,7 @@ def test_stops(ollama_cpu):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*gemma3-270m at 1 threads (warm-up) stopped after 1 of the 16 tokens asked "
+            "*gemma3-270m at 1 thread (warm-up) stopped after 1 of the 16 tokens asked "
             "(done_reason 'stop': the model ended its answer, or a stop sequence matched): "
             "a rate from so few tokens is not a generation rate*",
         ]

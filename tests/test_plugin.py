@@ -440,12 +440,12 @@ def test_a_measured_reply_that_carried_a_model_load_is_taken_again(
     [
         (
             0,
-            "*tiny at 1 threads (warm-up) reported no generation (eval_count 0*"
+            "*tiny at 1 thread (warm-up) reported no generation (eval_count 0*"
             "the model stopped at once*",
         ),
         (
             1,
-            "*tiny at 1 threads (warm-up) stopped after 1 of the 8 tokens asked "
+            "*tiny at 1 thread (warm-up) stopped after 1 of the 8 tokens asked "
             "(done_reason 'stop': the model ended its answer, or a stop sequence matched): "
             "a rate from so few tokens is not a generation rate*",
         ),
