@@ -507,6 +507,11 @@ def resolve_settings(
         )
     raw_save = lookup(SAVE)
     raw_markdown = lookup(COMPARE_MARKDOWN)
+    markdown = None
+    if raw_markdown is not None:
+        markdown = _path(raw_markdown, rootpath)
+        if markdown.is_dir():
+            raise _usage_error(raw_markdown, COMPARE_MARKDOWN, "it is a folder; give a file name")
     raw_cpus = lookup(CPUS)
     cpus = None
     if raw_cpus is not None:
@@ -534,7 +539,7 @@ def resolve_settings(
         compare=compare,
         compare_fail=tuple(rules),
         compare_strict=bool(getoption(COMPARE_STRICT.dest)) or bool(getini(COMPARE_STRICT.ini)),
-        compare_markdown=None if raw_markdown is None else Path(raw_markdown.value).expanduser(),
+        compare_markdown=markdown,
         cpus=cpus,
         retake_budget=RetakeBudget(
             retakes=_whole_number(lookup(RETAKES), RETAKES, DEFAULT_RETAKES),
