@@ -151,7 +151,8 @@ INCONCLUSIVE = OptionSpec(
 RETAKES = OptionSpec(
     "--ollama-cpu-retakes",
     "Samples a thread count may set aside and take again, per sweep, when other processes took "
-    f"CPU the server needed; then it is given up as busy. Default: {DEFAULT_RETAKES}.",
+    "CPU the server needed; then it is given up as busy (0: at its first disturbed sample). "
+    f"Default: {DEFAULT_RETAKES}.",
     metavar="N",
 )
 QUIET_WAIT = OptionSpec(
@@ -242,6 +243,13 @@ THRESHOLD_OPTIONS = {
     "min_efficiency": MIN_EFFICIENCY,
     "min_utilization": MIN_UTILIZATION,
     "min_machine_utilization": MIN_MACHINE_UTILIZATION,
+}
+#: what a bad value's message suggests instead
+THRESHOLD_EXAMPLES = {
+    "min_speedup": "1.5",
+    "min_efficiency": "0.7",
+    "min_utilization": "0.8",
+    "min_machine_utilization": "0.5",
 }
 INCONCLUSIVE_CHOICES = ("pass", "fail", "skip")
 
@@ -395,27 +403,32 @@ def _positive_int(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
     )
 
 
-def _whole_number(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
-    """A count that may be 0."""
+def _whole_number(raw: _Raw | None, spec: OptionSpec, default: int, zero: str) -> int:
+    """A count that may be 0, which means ``zero``."""
     return _number(
-        raw, spec, default, int, lambda v: v >= 0, "expected a whole number of 0 or more"
+        raw, spec, default, int, lambda v: v >= 0, f"expected a whole number of 0 or more ({zero})"
     )
 
 
-def _seconds_or_zero(raw: _Raw | None, spec: OptionSpec, default: float) -> float:
+def _seconds_or_zero(raw: _Raw | None, spec: OptionSpec, default: float, zero: str) -> float:
     return _number(
         raw,
         spec,
         default,
         float,
         lambda v: 0 <= v < math.inf,
-        "expected a number of seconds, 0 or more",
+        f"expected a finite number of seconds, 0 or more ({zero})",
     )
 
 
-def _positive_float(raw: _Raw | None, spec: OptionSpec, default: float) -> float:
+def _positive_float(raw: _Raw | None, spec: OptionSpec, default: float, example: str) -> float:
     return _number(
-        raw, spec, default, float, lambda v: v > 0, "expected a number of seconds above 0"
+        raw,
+        spec,
+        default,
+        float,
+        lambda v: 0 < v < math.inf,
+        f"expected a finite number of seconds above 0, e.g. {example}",
     )
 
 
@@ -462,7 +475,9 @@ def resolve_settings(
         try:
             value = check_threshold(key, float(raw.value))
         except (ValueError, MarkerError):
-            raise _usage_error(raw, spec, "expected a number above 0") from None
+            raise _usage_error(
+                raw, spec, f"expected a finite number above 0, e.g. {THRESHOLD_EXAMPLES[key]}"
+            ) from None
         assert isinstance(value, float)
         thresholds[key] = value
     raw_alpha = lookup(ALPHA)
@@ -491,7 +506,9 @@ def resolve_settings(
         if storage.exists() and not storage.is_dir():
             raise _usage_error(raw_storage, STORAGE, "it is a file; give a folder")
     raw_fail = getoption(COMPARE_FAIL.dest) or getini(COMPARE_FAIL.ini) or []
-    source = "the command line" if getoption(COMPARE_FAIL.dest) else "the ini file"
+    source = (
+        "the command line" if getoption(COMPARE_FAIL.dest) else f"ini option {COMPARE_FAIL.ini}"
+    )
     rules = []
     for text in raw_fail:
         try:
@@ -542,8 +559,18 @@ def resolve_settings(
         compare_markdown=markdown,
         cpus=cpus,
         retake_budget=RetakeBudget(
-            retakes=_whole_number(lookup(RETAKES), RETAKES, DEFAULT_RETAKES),
-            quiet_wait=_seconds_or_zero(lookup(QUIET_WAIT), QUIET_WAIT, DEFAULT_QUIET_WAIT),
+            retakes=_whole_number(
+                lookup(RETAKES),
+                RETAKES,
+                DEFAULT_RETAKES,
+                "0: a thread count is given up as busy at its first disturbed sample",
+            ),
+            quiet_wait=_seconds_or_zero(
+                lookup(QUIET_WAIT),
+                QUIET_WAIT,
+                DEFAULT_QUIET_WAIT,
+                "0: a disturbed sample is taken again at once, without waiting",
+            ),
         ),
         enabled=enabled,
         host=host,
@@ -551,7 +578,7 @@ def resolve_settings(
         rounds=_positive_int(lookup(ROUNDS), ROUNDS, DEFAULT_ROUNDS),
         num_predict=_positive_int(lookup(NUM_PREDICT), NUM_PREDICT, DEFAULT_NUM_PREDICT),
         threads=threads,
-        timeout=_positive_float(lookup(TIMEOUT), TIMEOUT, DEFAULT_TIMEOUT),
+        timeout=_positive_float(lookup(TIMEOUT), TIMEOUT, DEFAULT_TIMEOUT, "300"),
         json_path=json_path,
     )
 

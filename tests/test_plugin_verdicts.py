@@ -215,7 +215,7 @@ def test_bad(ollama_cpu):
 @pytest.mark.parametrize(
     ("arg", "message"),
     [
-        ("--ollama-cpu-min-efficiency=abc", "*expected a number above 0"),
+        ("--ollama-cpu-min-efficiency=abc", "*expected a finite number above 0, e.g. 0.7"),
         ("--ollama-cpu-alpha=1", "*expected a number between 0 and 0.5*"),
         ("--ollama-cpu-inconclusive=maybe", "*expected one of pass, fail, skip"),
         ("--ollama-cpu-max-rounds=-3", "*expected a whole number of 1 or more"),
