@@ -93,10 +93,11 @@ def _same_model(a: str, b: str) -> bool:
 
 
 class OllamaClient:
-    def __init__(self, host: str, timeout: float) -> None:
-        self.host = host
+    def __init__(self, host: str, timeout: float, auth: tuple[str, str] | None = None) -> None:
+        self.host = host  # never with a password: it is in messages
         self.timeout = timeout
-        self._client = ollama.Client(host=host, timeout=timeout)
+        self._auth = auth  # HTTP basic auth, for a server behind a proxy that asks for it
+        self._client = ollama.Client(host=host, timeout=timeout, auth=auth)
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
@@ -105,11 +106,22 @@ class OllamaClient:
 
     def version(self) -> str:
         try:
-            reply = httpx.get(f"{self.host}/api/version", timeout=min(self.timeout, 10.0))
+            reply = httpx.get(
+                f"{self.host}/api/version", timeout=min(self.timeout, 10.0), auth=self._auth
+            )
             reply.raise_for_status()
             return str(reply.json()["version"])
         except httpx.TimeoutException:
             raise ServerUnreachable(self._unreachable("it did not answer in time")) from None
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            if status not in (401, 403):
+                raise ServerUnreachable(self._unreachable(str(exc))) from None
+            what = "refused the user and password given" if self._auth else "asks for a login"
+            raise ServerUnreachable(
+                f"{self.host} {what} (HTTP {status}): give them in the host's URL, "
+                "http://USER:PASSWORD@host:port, with --ollama-cpu-host or OLLAMA_HOST"
+            ) from None
         except httpx.HTTPError as exc:
             raise ServerUnreachable(self._unreachable(str(exc) or type(exc).__name__)) from None
         except (ValueError, KeyError):

@@ -20,7 +20,7 @@ import pytest
 
 from .comparison import Rule, RuleError, parse_rule
 from .disturbance import DEFAULT_QUIET_WAIT, DEFAULT_RETAKES, RetakeBudget
-from .host import DEFAULT_HOST, normalize_host
+from .host import DEFAULT_HOST, Credentials, mask_password, parse_host, shown_host
 from .markers import (
     AUTO,
     MarkerError,
@@ -308,6 +308,8 @@ class Settings:
     compare_markdown: Path | None = None
     cpus: tuple[int, ...] | None = None
     retake_budget: RetakeBudget = RetakeBudget()
+    #: the user and password the host's URL carried; ``host`` never holds them
+    credentials: Credentials | None = None
 
     def rounds_limit(self, rounds: int, marker_max: int | None = None) -> int:
         """Most rounds a thread count may get: marker, then option, then 4 x rounds."""
@@ -316,8 +318,9 @@ class Settings:
 
     def describe(self) -> str:
         threads = ",".join(str(t) for t in self.threads)
+        host = shown_host(self.host, self.credentials)  # the password masked
         text = (
-            f"host {self.host}, model {self.model or '(not set)'}, rounds {self.rounds}, "
+            f"host {host}, model {self.model or '(not set)'}, rounds {self.rounds}, "
             f"num_predict {self.num_predict}, threads {threads}, timeout {self.timeout:g}s"
         )
         limits = [
@@ -444,10 +447,11 @@ def resolve_settings(
 
     raw_host = lookup(HOST)
     try:
-        host = normalize_host(raw_host.value if raw_host else DEFAULT_HOST)
+        host = parse_host(raw_host.value if raw_host else DEFAULT_HOST)
     except ValueError as exc:
         assert raw_host is not None
-        raise _usage_error(raw_host, HOST, str(exc)) from None
+        shown = _Raw(mask_password(raw_host.value), raw_host.source)  # never print a password
+        raise _usage_error(shown, HOST, str(exc)) from None
 
     raw_model = lookup(MODEL)
     model = raw_model.value if raw_model else None
@@ -573,7 +577,8 @@ def resolve_settings(
             ),
         ),
         enabled=enabled,
-        host=host,
+        host=host.url,
+        credentials=host.credentials,
         model=model,
         rounds=_positive_int(lookup(ROUNDS), ROUNDS, DEFAULT_ROUNDS),
         num_predict=_positive_int(lookup(NUM_PREDICT), NUM_PREDICT, DEFAULT_NUM_PREDICT),

@@ -223,7 +223,7 @@ def test_helper():
         ),
         (["--ollama-cpu-threads=1,zero"], {}, "", "*'zero' is not a whole number*"),
         (["--ollama-cpu-timeout=0"], {}, "", "*expected a finite number of seconds above 0*"),
-        (["--ollama-cpu-host=ftp://x"], {}, "", "*scheme 'ftp' is not http or https*"),
+        (["--ollama-cpu-host=ftp://x"], {}, "", "*only http:// and https:// reach*not ftp://*"),
         (
             ["--ollama-cpu-retakes=-1"],
             {},
