@@ -68,7 +68,9 @@ ENABLE = OptionSpec(
 )
 HOST = OptionSpec(
     "--ollama-cpu-host",
-    f"Ollama server to measure. Default: $OLLAMA_HOST, else {DEFAULT_HOST}.",
+    "Ollama server to measure: host[:port], [IPv6][:port] or http(s)://[USER:PASSWORD@]host"
+    "[:port][/path] (a path for a reverse proxy; the password is sent, never shown). "
+    f"Default: $OLLAMA_HOST, else {DEFAULT_HOST}.",
     env="OLLAMA_HOST",
     metavar="URL",
 )
@@ -261,12 +263,14 @@ DEFAULT_TIMEOUT = 300.0
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup(GROUP, "measure Ollama's CPU use across num_thread values")
     for spec in ALL_OPTIONS:
+        # argparse formats help with %: a literal one (5%) must be doubled, or --help fails
+        flag_help = spec.help.replace("%", "%%")
         if spec.is_flag:
-            group.addoption(spec.flag, action="store_true", default=None, help=spec.help)
+            group.addoption(spec.flag, action="store_true", default=None, help=flag_help)
             parser.addini(spec.ini, spec.help, type="bool", default=False)
         elif spec.repeat:
             group.addoption(
-                spec.flag, action="append", default=None, metavar=spec.metavar, help=spec.help
+                spec.flag, action="append", default=None, metavar=spec.metavar, help=flag_help
             )
             parser.addini(spec.ini, spec.help, type="linelist", default=[])
         elif spec.const is not None:
@@ -276,11 +280,11 @@ def add_options(parser: pytest.Parser) -> None:
                 const=spec.const,
                 default=None,
                 metavar=spec.metavar,
-                help=spec.help,
+                help=flag_help,
             )
             parser.addini(spec.ini, spec.help, default=None)
         else:
-            group.addoption(spec.flag, default=None, metavar=spec.metavar, help=spec.help)
+            group.addoption(spec.flag, default=None, metavar=spec.metavar, help=flag_help)
             parser.addini(spec.ini, spec.help, default=None)
 
 

@@ -229,3 +229,12 @@ def test_a_threshold_of_inf_in_a_marker_is_refused() -> None:
         parse_marker((1, 2), {"min_speedup": float("inf")})
     with pytest.raises(MarkerError, match=r"min_efficiency=1000.* must be a finite number"):
         parse_marker((1, 2), {"min_efficiency": 10**400})
+
+
+def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
+    # argparse %-formats help texts: a bare "5%" in one made `pytest --help` crash
+    result = pytester.runpytest("--help")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*--ollama-cpu-compare-fail=EXPR*", "*tokens_per_second:5% *"])
+    for spec in ALL_OPTIONS:
+        result.stdout.fnmatch_lines([f"*{spec.flag}*", f"*{spec.ini} (*"])
