@@ -213,13 +213,14 @@ class _BoundedBody(httpx.SyncByteStream):
 
 
 class OllamaClient:
-    def __init__(self, host: str, timeout: float) -> None:
-        self.host = host
+    def __init__(self, host: str, timeout: float, auth: tuple[str, str] | None = None) -> None:
+        self.host = host  # never with a password: it is in messages
         self.timeout = timeout
         self._limits = _Limits()
         hooks: dict[str, list[Callable[..., Any]]] = {"response": [self._limits]}
-        self._client = ollama.Client(host=host, timeout=timeout, event_hooks=hooks)
-        self._http = httpx.Client(timeout=min(timeout, 10.0), event_hooks=hooks)
+        self._auth = auth  # HTTP basic auth, for a server behind a proxy that asks for it
+        self._client = ollama.Client(host=host, timeout=timeout, event_hooks=hooks, auth=auth)
+        self._http = httpx.Client(timeout=min(timeout, 10.0), event_hooks=hooks, auth=auth)
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
@@ -239,6 +240,15 @@ class OllamaClient:
             raise ServerUnreachable(
                 f"{self.host} answered /api/version with more than {_mib(MAX_REPLY_BYTES)}, "
                 "which is not Ollama's reply; check --ollama-cpu-host points at an Ollama server"
+            ) from None
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            if status not in (401, 403):
+                raise ServerUnreachable(self._unreachable(str(exc))) from None
+            what = "refused the user and password given" if self._auth else "asks for a login"
+            raise ServerUnreachable(
+                f"{self.host} {what} (HTTP {status}): give them in the host's URL, "
+                "http://USER:PASSWORD@host:port, with --ollama-cpu-host or OLLAMA_HOST"
             ) from None
         except httpx.HTTPError as exc:
             raise ServerUnreachable(self._unreachable(str(exc) or type(exc).__name__)) from None

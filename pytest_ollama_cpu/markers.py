@@ -9,6 +9,7 @@ later, when the server's usable CPUs are known.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -64,7 +65,13 @@ def check_threshold(name: str, value: Any) -> float | dict[int, float]:
 def _positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise MarkerError(f"{name}={value!r} must be a number above 0")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        number = math.inf
+    if not math.isfinite(number):
+        raise MarkerError(f"{name}={value!r} must be a finite number above 0")
+    return number
 
 
 def check_alpha(value: Any) -> float:

@@ -20,7 +20,7 @@ import pytest
 
 from .comparison import Rule, RuleError, parse_rule
 from .disturbance import DEFAULT_QUIET_WAIT, DEFAULT_RETAKES, RetakeBudget
-from .host import DEFAULT_HOST, normalize_host
+from .host import DEFAULT_HOST, Credentials, mask_password, parse_host, shown_host
 from .markers import (
     AUTO,
     MarkerError,
@@ -69,7 +69,9 @@ ENABLE = OptionSpec(
 )
 HOST = OptionSpec(
     "--ollama-cpu-host",
-    f"Ollama server to measure. Default: $OLLAMA_HOST, else {DEFAULT_HOST}.",
+    "Ollama server to measure: host[:port], [IPv6][:port] or http(s)://[USER:PASSWORD@]host"
+    "[:port][/path] (a path for a reverse proxy; the password is sent, never shown). "
+    f"Default: $OLLAMA_HOST, else {DEFAULT_HOST}.",
     env="OLLAMA_HOST",
     metavar="URL",
 )
@@ -152,7 +154,8 @@ INCONCLUSIVE = OptionSpec(
 RETAKES = OptionSpec(
     "--ollama-cpu-retakes",
     "Samples a thread count may set aside and take again, per sweep, when other processes took "
-    f"CPU the server needed; then it is given up as busy. Default: {DEFAULT_RETAKES}.",
+    "CPU the server needed; then it is given up as busy (0: at its first disturbed sample). "
+    f"Default: {DEFAULT_RETAKES}.",
     metavar="N",
 )
 QUIET_WAIT = OptionSpec(
@@ -244,6 +247,13 @@ THRESHOLD_OPTIONS = {
     "min_utilization": MIN_UTILIZATION,
     "min_machine_utilization": MIN_MACHINE_UTILIZATION,
 }
+#: what a bad value's message suggests instead
+THRESHOLD_EXAMPLES = {
+    "min_speedup": "1.5",
+    "min_efficiency": "0.7",
+    "min_utilization": "0.8",
+    "min_machine_utilization": "0.5",
+}
 INCONCLUSIVE_CHOICES = ("pass", "fail", "skip")
 
 DEFAULT_ROUNDS = 5
@@ -254,12 +264,14 @@ DEFAULT_TIMEOUT = 300.0
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup(GROUP, "measure Ollama's CPU use across num_thread values")
     for spec in ALL_OPTIONS:
+        # argparse formats help with %: a literal one (5%) must be doubled, or --help fails
+        flag_help = spec.help.replace("%", "%%")
         if spec.is_flag:
-            group.addoption(spec.flag, action="store_true", default=None, help=spec.help)
+            group.addoption(spec.flag, action="store_true", default=None, help=flag_help)
             parser.addini(spec.ini, spec.help, type="bool", default=False)
         elif spec.repeat:
             group.addoption(
-                spec.flag, action="append", default=None, metavar=spec.metavar, help=spec.help
+                spec.flag, action="append", default=None, metavar=spec.metavar, help=flag_help
             )
             parser.addini(spec.ini, spec.help, type="linelist", default=[])
         elif spec.const is not None:
@@ -269,11 +281,11 @@ def add_options(parser: pytest.Parser) -> None:
                 const=spec.const,
                 default=None,
                 metavar=spec.metavar,
-                help=spec.help,
+                help=flag_help,
             )
             parser.addini(spec.ini, spec.help, default=None)
         else:
-            group.addoption(spec.flag, default=None, metavar=spec.metavar, help=spec.help)
+            group.addoption(spec.flag, default=None, metavar=spec.metavar, help=flag_help)
             parser.addini(spec.ini, spec.help, default=None)
 
 
@@ -301,6 +313,8 @@ class Settings:
     compare_markdown: Path | None = None
     cpus: tuple[int, ...] | None = None
     retake_budget: RetakeBudget = RetakeBudget()
+    #: the user and password the host's URL carried; ``host`` never holds them
+    credentials: Credentials | None = None
 
     def rounds_limit(self, rounds: int, marker_max: int | None = None) -> int:
         """Most rounds a thread count may get: marker, then option, then 4 x rounds."""
@@ -309,8 +323,9 @@ class Settings:
 
     def describe(self) -> str:
         threads = ",".join(str(t) for t in self.threads)
+        host = shown_host(self.host, self.credentials)  # the password masked
         text = (
-            f"host {self.host}, model {self.model or '(not set)'}, rounds {self.rounds}, "
+            f"host {host}, model {self.model or '(not set)'}, rounds {self.rounds}, "
             f"num_predict {self.num_predict}, threads {threads}, timeout {self.timeout:g}s"
         )
         limits = [
@@ -408,27 +423,32 @@ def _rate_tokens(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
     )
 
 
-def _whole_number(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
-    """A count that may be 0."""
+def _whole_number(raw: _Raw | None, spec: OptionSpec, default: int, zero: str) -> int:
+    """A count that may be 0, which means ``zero``."""
     return _number(
-        raw, spec, default, int, lambda v: v >= 0, "expected a whole number of 0 or more"
+        raw, spec, default, int, lambda v: v >= 0, f"expected a whole number of 0 or more ({zero})"
     )
 
 
-def _seconds_or_zero(raw: _Raw | None, spec: OptionSpec, default: float) -> float:
+def _seconds_or_zero(raw: _Raw | None, spec: OptionSpec, default: float, zero: str) -> float:
     return _number(
         raw,
         spec,
         default,
         float,
         lambda v: 0 <= v < math.inf,
-        "expected a number of seconds, 0 or more",
+        f"expected a finite number of seconds, 0 or more ({zero})",
     )
 
 
-def _positive_float(raw: _Raw | None, spec: OptionSpec, default: float) -> float:
+def _positive_float(raw: _Raw | None, spec: OptionSpec, default: float, example: str) -> float:
     return _number(
-        raw, spec, default, float, lambda v: v > 0, "expected a number of seconds above 0"
+        raw,
+        spec,
+        default,
+        float,
+        lambda v: 0 < v < math.inf,
+        f"expected a finite number of seconds above 0, e.g. {example}",
     )
 
 
@@ -444,10 +464,11 @@ def resolve_settings(
 
     raw_host = lookup(HOST)
     try:
-        host = normalize_host(raw_host.value if raw_host else DEFAULT_HOST)
+        host = parse_host(raw_host.value if raw_host else DEFAULT_HOST)
     except ValueError as exc:
         assert raw_host is not None
-        raise _usage_error(raw_host, HOST, str(exc)) from None
+        shown = _Raw(mask_password(raw_host.value), raw_host.source)  # never print a password
+        raise _usage_error(shown, HOST, str(exc)) from None
 
     raw_model = lookup(MODEL)
     model = raw_model.value if raw_model else None
@@ -475,7 +496,9 @@ def resolve_settings(
         try:
             value = check_threshold(key, float(raw.value))
         except (ValueError, MarkerError):
-            raise _usage_error(raw, spec, "expected a number above 0") from None
+            raise _usage_error(
+                raw, spec, f"expected a finite number above 0, e.g. {THRESHOLD_EXAMPLES[key]}"
+            ) from None
         assert isinstance(value, float)
         thresholds[key] = value
     raw_alpha = lookup(ALPHA)
@@ -504,7 +527,9 @@ def resolve_settings(
         if storage.exists() and not storage.is_dir():
             raise _usage_error(raw_storage, STORAGE, "it is a file; give a folder")
     raw_fail = getoption(COMPARE_FAIL.dest) or getini(COMPARE_FAIL.ini) or []
-    source = "the command line" if getoption(COMPARE_FAIL.dest) else "the ini file"
+    source = (
+        "the command line" if getoption(COMPARE_FAIL.dest) else f"ini option {COMPARE_FAIL.ini}"
+    )
     rules = []
     for text in raw_fail:
         try:
@@ -520,6 +545,11 @@ def resolve_settings(
         )
     raw_save = lookup(SAVE)
     raw_markdown = lookup(COMPARE_MARKDOWN)
+    markdown = None
+    if raw_markdown is not None:
+        markdown = _path(raw_markdown, rootpath)
+        if markdown.is_dir():
+            raise _usage_error(raw_markdown, COMPARE_MARKDOWN, "it is a folder; give a file name")
     raw_cpus = lookup(CPUS)
     cpus = None
     if raw_cpus is not None:
@@ -547,19 +577,30 @@ def resolve_settings(
         compare=compare,
         compare_fail=tuple(rules),
         compare_strict=bool(getoption(COMPARE_STRICT.dest)) or bool(getini(COMPARE_STRICT.ini)),
-        compare_markdown=None if raw_markdown is None else Path(raw_markdown.value).expanduser(),
+        compare_markdown=markdown,
         cpus=cpus,
         retake_budget=RetakeBudget(
-            retakes=_whole_number(lookup(RETAKES), RETAKES, DEFAULT_RETAKES),
-            quiet_wait=_seconds_or_zero(lookup(QUIET_WAIT), QUIET_WAIT, DEFAULT_QUIET_WAIT),
+            retakes=_whole_number(
+                lookup(RETAKES),
+                RETAKES,
+                DEFAULT_RETAKES,
+                "0: a thread count is given up as busy at its first disturbed sample",
+            ),
+            quiet_wait=_seconds_or_zero(
+                lookup(QUIET_WAIT),
+                QUIET_WAIT,
+                DEFAULT_QUIET_WAIT,
+                "0: a disturbed sample is taken again at once, without waiting",
+            ),
         ),
         enabled=enabled,
-        host=host,
+        host=host.url,
+        credentials=host.credentials,
         model=model,
         rounds=_positive_int(lookup(ROUNDS), ROUNDS, DEFAULT_ROUNDS),
         num_predict=_rate_tokens(lookup(NUM_PREDICT), NUM_PREDICT, DEFAULT_NUM_PREDICT),
         threads=threads,
-        timeout=_positive_float(lookup(TIMEOUT), TIMEOUT, DEFAULT_TIMEOUT),
+        timeout=_positive_float(lookup(TIMEOUT), TIMEOUT, DEFAULT_TIMEOUT, "300"),
         json_path=json_path,
     )
 

@@ -6,7 +6,7 @@ samples and summaries (results, statistics) -> report and JSON (report, storage)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 
 import pytest
 
@@ -101,21 +101,58 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     )
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """A bad threads marker is a collection error of its module or class, as an import
+    error is: every one of them is listed, the session stops before anything runs, and
+    ``--continue-on-collection-errors`` and pytest-xdist treat it as they treat those."""
+    report = yield
+    if report.passed:
+        problems = _bad_markers(node for node in report.result if isinstance(node, pytest.Item))
+        if problems:
+            report.outcome = "failed"
+            report.longrepr = "\n".join(problems)
+            report.result = []
+    return report
+
+
+def _bad_markers(items: Iterable[pytest.Item]) -> list[str]:
+    """What is wrong with each threads marker that cannot be used, once per marker: a
+    module's or class's marker is named by the module or class."""
+    problems: dict[tuple[str, int], str] = {}
+    for item in items:
+        node, mark = next(item.iter_markers_with_node(MARKER_NAME), (None, None))
+        if node is None or mark is None:
+            continue
+        try:
+            parse_marker(mark.args, mark.kwargs)
+        except MarkerError as exc:
+            call = ", ".join(
+                [*map(repr, mark.args), *(f"{k}={v!r}" for k, v in mark.kwargs.items())]
+            )
+            problems.setdefault(
+                (node.nodeid, id(mark)),
+                f"{node.nodeid}: bad @pytest.mark.{MARKER_NAME}({call}): {exc}",
+            )
+    return list(problems.values())
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks we add
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = config.stash[STATE_KEY]
     skip = pytest.mark.skip(reason=SKIP_REASON)
     xdist_active = config.pluginmanager.hasplugin("xdist")
+    # markers are checked as their modules are collected; this catches any a hook added since
+    problems = _bad_markers(items)
+    if problems:
+        raise pytest.UsageError("\n".join(problems))
     for index, item in enumerate(items):
         item.stash[ORDER_KEY] = index
         marker = item.get_closest_marker(MARKER_NAME)
         if marker is not None:
-            try:
-                item.stash[MARKER_KEY] = parse_marker(marker.args, marker.kwargs)
-            except MarkerError as exc:
-                raise pytest.UsageError(
-                    f"{item.nodeid}: bad @pytest.mark.{MARKER_NAME}(...): {exc}"
-                ) from None
+            item.stash[MARKER_KEY] = parse_marker(marker.args, marker.kwargs)
         uses_fixture = _uses_fixture(item)
         # a marker alone measures nothing: such a test runs as it is, and is warned about
         # when it runs (where warnings filters apply as users expect)

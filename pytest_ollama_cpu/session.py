@@ -147,7 +147,8 @@ class RunState:
 
 
 def _connect(settings: Settings) -> Connection:
-    client = OllamaClient(settings.host, settings.timeout)
+    auth = settings.credentials.auth if settings.credentials else None
+    client = OllamaClient(settings.host, settings.timeout, auth)
     version = client.version()
     located = locate_server(settings.host)
     server = located.server

@@ -9,9 +9,11 @@ of the ``FAULTS`` ways.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +55,8 @@ class Behaviour:
     #: reading early leaves this far below what it meant to send)
     fault_bytes_sent: int = 0
     seed: int = 0
+    auth: str | None = None  # "user:password" every request must carry as basic auth
+    base_path: str = ""  # served under this path, as behind a reverse proxy
     requests: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -70,8 +74,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _admitted(self) -> bool:
+        """Check the credentials and strip the base path; reply as a proxy would if not."""
+        b = self.server.behaviour
+        if b.auth is not None:
+            expected = "Basic " + base64.b64encode(b.auth.encode()).decode()
+            if self.headers.get("Authorization") != expected:
+                self._reply(401, {"error": "unauthorized"})
+                return False
+        if b.base_path:
+            if not self.path.startswith(b.base_path + "/"):
+                self._reply(404, {"error": "not found"})
+                return False
+            self.path = self.path[len(b.base_path) :]
+        return True
+
     def do_GET(self) -> None:
         b = self.server.behaviour
+        if not self._admitted():
+            return
         if self.path == "/api/version":
             self._reply(200, {"version": "0.0.0-fake"})
         elif self.path == "/fake/requests":
@@ -99,6 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
         b = self.server.behaviour
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
+        if not self._admitted():
+            return
         if self.path not in ("/api/generate", "/api/chat"):
             self._reply(404, {"error": "not found"})
             return
@@ -207,17 +230,26 @@ class _Server(ThreadingHTTPServer):
     rng: random.Random
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class FakeOllama:
-    def __init__(self, behaviour: Behaviour | None = None) -> None:
+    def __init__(self, behaviour: Behaviour | None = None, address: str = "127.0.0.1") -> None:
         self.behaviour = behaviour or Behaviour()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = (_Server6 if ":" in address else _Server)((address, 0), _Handler)
         self._server.behaviour = self.behaviour
         self._server.rng = random.Random(self.behaviour.seed)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def host(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        address, port = self._server.server_address[:2]
+        return f"http://{f'[{address}]' if ':' in address else address}:{port}"
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
 
     def __enter__(self) -> FakeOllama:
         self._thread.start()

@@ -80,10 +80,79 @@ def test_bad(ollama_cpu):
     )
     # also without --ollama-cpu: a typo should not wait for the next measuring run
     result = pytester.runpytest()
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
-        [f"*test_bad_marker*::test_bad: bad @pytest.mark.threads*{message}*"]
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR collecting test_bad_marker*",
+            f"*test_bad_marker*::test_bad: bad @pytest.mark.threads*{message}*",
+            "*Interrupted: 1 error during collection*",
+        ]
     )
+
+
+BAD_MARKERS = {
+    "test_first": """
+import pytest
+
+@pytest.mark.threads(0, 2)
+def test_zero(ollama_cpu):
+    pass
+
+@pytest.mark.threads(1, colour="red")
+def test_colour(ollama_cpu):
+    pass
+
+@pytest.mark.threads(1, 2)
+def test_good(ollama_cpu):
+    pass
+""",
+    "test_second": """
+import pytest
+
+pytestmark = pytest.mark.threads("many")
+
+def test_a(ollama_cpu):
+    pass
+
+def test_b(ollama_cpu):
+    pass
+""",
+    "test_fine": "def test_plain():\n    pass\n",
+}
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["plain", "xdist"])
+def test_every_bad_marker_is_listed_in_one_run(pytester: pytest.Pytester, xdist: list[str]) -> None:
+    pytester.makepyfile(**BAD_MARKERS)
+    result = pytester.runpytest(*xdist)
+    assert result.ret != pytest.ExitCode.OK
+    # each names its test (a module's marker its module), shows the marker and says what
+    # to change; as with any collection error, none of the tests of those modules ran
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR collecting test_first.py*",
+            "test_first.py::test_zero: bad @pytest.mark.threads(0, 2): thread count 0 must be "
+            "1 or more",
+            "test_first.py::test_colour: bad @pytest.mark.threads(1, colour='red'): unknown "
+            "keyword colour; the threads marker takes rounds, max_rounds, *",
+            "*ERROR collecting test_second.py*",
+            "test_second.py: bad @pytest.mark.threads('many'): thread count 'many' is not a "
+            "whole number; use ints, a range or 'auto'",
+        ],
+        consecutive=False,
+    )
+    output = result.stdout.str()
+    # the module's marker once, not once per test it covers
+    assert [line for line in result.outlines if line.startswith("test_second.py")] == [
+        "test_second.py: bad @pytest.mark.threads('many'): thread count 'many' is not a whole "
+        "number; use ints, a range or 'auto'"
+    ]
+    assert "test_good" not in output and "Traceback" not in output
+    assert "INTERNALERROR" not in output + result.stderr.str()
+    if not xdist:
+        assert result.ret == pytest.ExitCode.INTERRUPTED
+        result.stdout.fnmatch_lines(["*Interrupted: 2 errors during collection*"])
+        result.assert_outcomes(errors=2)
 
 
 def test_a_marker_without_the_fixture_is_warned_about(pytester: pytest.Pytester) -> None:
@@ -153,24 +222,24 @@ def test_helper():
             "--ollama-cpu-num-predict: '-5' (from ini option ollama_cpu_num_predict)*",
         ),
         (["--ollama-cpu-threads=1,zero"], {}, "", "*'zero' is not a whole number*"),
-        (["--ollama-cpu-timeout=0"], {}, "", "*expected a number of seconds above 0*"),
-        (["--ollama-cpu-host=ftp://x"], {}, "", "*scheme 'ftp' is not http or https*"),
+        (["--ollama-cpu-timeout=0"], {}, "", "*expected a finite number of seconds above 0*"),
+        (["--ollama-cpu-host=ftp://x"], {}, "", "*only http:// and https:// reach*not ftp://*"),
         (
             ["--ollama-cpu-retakes=-1"],
             {},
             "",
             "--ollama-cpu-retakes: '-1' (from the command line) is not valid: expected a whole "
-            "number of 0 or more",
+            "number of 0 or more (0: *",
         ),
         (
             [],
             {},
             "ollama_cpu_quiet_wait = soon",
             "--ollama-cpu-quiet-wait: 'soon' (from ini option ollama_cpu_quiet_wait) is not "
-            "valid: expected a number of seconds, 0 or more",
+            "valid: expected a finite number of seconds, 0 or more (0: *",
         ),
-        (["--ollama-cpu-quiet-wait=nan"], {}, "", "*expected a number of seconds, 0 or more"),
-        (["--ollama-cpu-quiet-wait=inf"], {}, "", "*expected a number of seconds, 0 or more"),
+        (["--ollama-cpu-quiet-wait=nan"], {}, "", "*a finite number of seconds, 0 or more*"),
+        (["--ollama-cpu-quiet-wait=inf"], {}, "", "*a finite number of seconds, 0 or more*"),
     ],
 )
 def test_bad_settings_say_where_they_came_from(
