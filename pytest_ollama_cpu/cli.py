@@ -11,10 +11,12 @@ afterwards and exits with the command's status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,18 +101,26 @@ def _compare(args: argparse.Namespace) -> int:
     # stdout carries what was asked for on it ('-') and nothing else, so it can be piped
     table_to = sys.stderr if "-" in (args.markdown, args.json) else sys.stdout
     print("\n".join(comparison_lines(result)), file=table_to)
-    for target, text in (
-        (args.markdown, comparison_markdown(result)),
-        (args.json, json.dumps(result.to_dict(), indent=2) + "\n"),
-    ):
+    outputs = (
+        (args.markdown, "--markdown", comparison_markdown(result)),
+        (args.json, "--json", json.dumps(result.to_dict(), indent=2) + "\n"),
+    )
+    for target, flag, text in outputs:
         if target == "-":
             sys.stdout.write(text)
         elif target:
             try:
-                with open(target, "a" if args.append else "w", encoding="utf-8") as handle:
-                    handle.write(text)
+                _write_output(Path(target), flag, text, args.append)
+            except _NotOurs as exc:
+                print(f"pytest-ollama-cpu compare: {exc}", file=sys.stderr)
+                return 2
             except OSError as exc:
-                print(f"pytest-ollama-cpu compare: cannot write {target}: {exc}", file=sys.stderr)
+                print(
+                    f"pytest-ollama-cpu compare: cannot write {target} ({flag}): "
+                    f"{exc.strerror or exc}; nothing was written there. Check that its folder "
+                    "exists and is writable, or give another path.",
+                    file=sys.stderr,
+                )
                 return 2
     if result.differences and args.strict:
         print(
@@ -120,6 +130,51 @@ def _compare(args: argparse.Namespace) -> int:
         )
         return 2
     return 1 if result.regressions else 0
+
+
+class _NotOurs(Exception):
+    pass
+
+
+def _written_by_compare(path: Path, flag: str) -> bool:
+    """Whether ``path`` holds what an earlier ``compare --markdown/--json`` wrote."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return False
+    if flag == "--markdown":
+        return text.startswith("### pytest-ollama-cpu:")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and {"baseline", "new", "rows"} <= set(data)
+
+
+def _write_output(path: Path, flag: str, text: str, append: bool) -> None:
+    """Append, or replace whole (never half a file) what an earlier compare wrote;
+    any other file at ``path`` is the user's and is left untouched."""
+    if path.is_dir():
+        raise _NotOurs(f"cannot write {path} ({flag}): it is a folder; give a file name")
+    if append:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(text)
+        return
+    if path.exists() and not _written_by_compare(path, flag):
+        raise _NotOurs(
+            f"{path} ({flag}) already exists and is not a comparison this command wrote; it "
+            "was left untouched. Give another path, or --append to add to it."
+        )
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:

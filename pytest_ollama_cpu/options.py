@@ -101,7 +101,7 @@ THREADS = OptionSpec(
 )
 TIMEOUT = OptionSpec(
     "--ollama-cpu-timeout",
-    "Seconds to wait for one request before giving up. Default: 300.",
+    "Seconds one request may take, its whole reply included, before it fails. Default: 300.",
     metavar="SECONDS",
 )
 JSON = OptionSpec(
