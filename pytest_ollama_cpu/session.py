@@ -91,6 +91,8 @@ class RunState:
     gate: Gate | None = None
     _connection: Connection | None = None
     _error: OllamaCpuError | None = None
+    #: how many of ``sweeps`` and ``warnings`` a worker has handed to the controller
+    _handed_over: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -158,6 +160,12 @@ class RunState:
         order: int = 0,
     ) -> None:
         self.sweeps.append(RecordedSweep(nodeid, sweep, verdict, thresholds, order))
+
+    def hand_over(self) -> tuple[list[RecordedSweep], list[str]]:
+        """The sweeps and warnings not handed over yet (by a pytest-xdist worker)."""
+        sweeps, warnings = self._handed_over
+        self._handed_over = (len(self.sweeps), len(self.warnings))
+        return self.sweeps[sweeps:], self.warnings[warnings:]
 
     def add(self, recorded: list[RecordedSweep], warnings: list[str]) -> None:
         """Take in results measured elsewhere (a pytest-xdist worker)."""
