@@ -71,8 +71,13 @@ def taking_turns(
 
 
 def _process_started(pid: int) -> float | None:
+    """When the live process ``pid`` started; None when there is none (a killed one
+    its parent has not waited for yet, a zombie, is none)."""
     try:
-        return float(psutil.Process(pid).create_time())
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(process.create_time())
     except psutil.Error:
         return None
 
