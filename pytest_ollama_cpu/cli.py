@@ -5,7 +5,9 @@
 ``pytest-ollama-cpu embedded [-- COMMAND ...]`` runs the embedded Ollama (see
 ``embedded.py``) on a free loopback port; with a command, it runs the command
 with ``OLLAMA_HOST`` and ``OLLAMA_CPU_MODEL`` pointing at it, stops the server
-afterwards and exits with the command's status.
+afterwards and exits with the command's status. Ctrl-C, SIGTERM and SIGHUP stop
+the server (a command is passed the signal first, and given time to end); a
+SIGKILL cannot be caught, but the kernel then stops the server for it.
 """
 
 from __future__ import annotations
