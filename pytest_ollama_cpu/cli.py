@@ -5,7 +5,9 @@
 ``pytest-ollama-cpu embedded [-- COMMAND ...]`` runs the embedded Ollama (see
 ``embedded.py``) on a free loopback port; with a command, it runs the command
 with ``OLLAMA_HOST`` and ``OLLAMA_CPU_MODEL`` pointing at it, stops the server
-afterwards and exits with the command's status.
+afterwards and exits with the command's status. Ctrl-C, SIGTERM and SIGHUP stop
+the server (a command is passed the signal first, and given time to end); a
+SIGKILL cannot be caught, but the kernel then stops the server for it.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .baseline import BaselineError, find, load_file
@@ -39,11 +42,82 @@ def _parse_cpus(text: str) -> list[int]:
     return cpus
 
 
+#: Seconds a command gets to end by itself once it has been passed a stop signal.
+COMMAND_GRACE = 30.0
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Stopped(BaseException):
+    """A stop signal arrived (SIGINT, SIGTERM, SIGHUP): unwind, stopping the server."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
+
+
+def _on_stop_signals(handler: Callable[[int, object], None]) -> None:
+    for signum in _STOP_SIGNALS:
+        # a SIGHUP ignored on purpose (nohup) stays ignored
+        if signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, handler)
+
+
+def _keyboard_reaches(child: subprocess.Popen[bytes]) -> bool:
+    """Whether a Ctrl-C at the terminal reaches ``child`` as it reaches this process:
+    both in the terminal's foreground process group."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgid(child.pid) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):  # no terminal, or stdin closed
+        return False
+
+
+def _run_command(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command``; a stop signal is passed on to it, and it gets ``COMMAND_GRACE``
+    seconds to end (pytest, on SIGINT, gives the server its CPUs back and writes its
+    files), then it is killed; a second signal kills it at once."""
+    child = subprocess.Popen(command, env=env)
+    stopped_at: list[float] = []
+
+    def stop(signum: int, frame: object) -> None:
+        if stopped_at:
+            child.kill()
+            return
+        stopped_at.append(time.monotonic())
+        # a Ctrl-C at the terminal has reached it already: a second one would cut its
+        # clean-up short
+        if not (signum == signal.SIGINT and _keyboard_reaches(child)):
+            child.send_signal(signum)
+
+    _on_stop_signals(stop)
+    while True:
+        try:
+            status = child.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            if stopped_at and time.monotonic() - stopped_at[0] > COMMAND_GRACE:
+                print(
+                    f"pytest-ollama-cpu: {command[0]} did not end within {COMMAND_GRACE:g}s "
+                    "of the stop signal: killing it",
+                    file=sys.stderr,
+                )
+                child.kill()
+    _on_stop_signals(_raise_stopped)
+    return 128 - status if status < 0 else status
+
+
 def _embedded(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
     cpus = _parse_cpus(args.cpus) if args.cpus else None
+    # SIGTERM and SIGHUP unwind like Ctrl-C, stopping the server (Python's default
+    # would end this process on the spot and leave the server running); SIGINT
+    # too, even where a shell started this in the background with it ignored
+    _on_stop_signals(_raise_stopped)
     try:
         with running(Path(args.root), port=args.port, cpus=cpus) as server:
             print(
@@ -57,7 +131,7 @@ def _embedded(args: argparse.Namespace) -> int:
                 try:
                     while server.process is not None and server.process.poll() is None:
                         time.sleep(0.5)
-                except KeyboardInterrupt:
+                except _Stopped:
                     return 0
                 print(f"the server stopped:\n{server.log_tail()}", file=sys.stderr)
                 return 1
@@ -65,13 +139,15 @@ def _embedded(args: argparse.Namespace) -> int:
             env["OLLAMA_HOST"] = server.host
             env.setdefault("OLLAMA_CPU_MODEL", MODEL_NAME)
             try:
-                return subprocess.call(command, env=env)
+                return _run_command(command, env)
             except FileNotFoundError:
                 print(f"pytest-ollama-cpu: command not found: {command[0]}", file=sys.stderr)
                 return 127
     except EmbeddedUnavailable as exc:
         print(f"pytest-ollama-cpu: the embedded Ollama cannot run: {exc}", file=sys.stderr)
         return 3
+    except _Stopped as stopped:
+        return 128 + stopped.signum
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -17,7 +17,10 @@ of which the server needs)::
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import importlib.metadata as metadata
+import json
 import os
 import platform
 import shutil
@@ -26,7 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +62,10 @@ class EmbeddedUnavailable(Exception):
     """The embedded server cannot run here; the message says why and what to do."""
 
 
+class PortInUse(EmbeddedUnavailable):
+    """Another process listens on the port asked for."""
+
+
 @dataclass(frozen=True)
 class Installation:
     root: Path
@@ -80,6 +87,11 @@ class Installation:
     @property
     def logs_dir(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        """One note per running server: who started it, to clean up after a killed start."""
+        return self.root / "run"
 
 
 def _install_hint() -> str:
@@ -148,7 +160,7 @@ def provision(root: Path = DEFAULT_ROOT) -> Installation:
     runtime = tuple(sorted({_dist_file(dist, lib).parent for dist, lib in _RUNTIME_LIBS.items()}))
     root = root.resolve()
     bin_dir = root / "bin"
-    for folder in (bin_dir, root / "models", root / "home", root / "logs"):
+    for folder in (bin_dir, root / "models", root / "home", root / "logs", root / "run"):
         folder.mkdir(parents=True, exist_ok=True)
     for name in _SERVER_FILES:
         source = libs / name
@@ -167,10 +179,145 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_holder(port: int) -> str:
+    """Who listens on ``port``, in words, as far as this user may see."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                if not conn.pid:
+                    break
+                with contextlib.suppress(psutil.Error):
+                    process = psutil.Process(conn.pid)
+                    return f"{' '.join(process.cmdline()[:2]) or process.name()} (pid {conn.pid})"
+                return f"pid {conn.pid}"
+    return "another process"
+
+
+def _port_in_use(port: int) -> PortInUse:
+    return PortInUse(
+        f"port {port} on 127.0.0.1 is already in use by {_port_holder(port)}. Stop that, or "
+        f"pick another port (pytest-ollama-cpu embedded --port N), or leave --port out for "
+        "a free one"
+    )
+
+
+def check_port(port: int) -> None:
+    """Raise ``PortInUse`` when ``port`` cannot be listened on at 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as Go's listener does: a port left in TIME_WAIT is free to listen on
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise _port_in_use(port) from None
+            raise EmbeddedUnavailable(f"cannot listen on 127.0.0.1:{port}: {exc}") from None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _ends_with_parent() -> Callable[[], None]:
+    """What the server runs before it starts: be sent SIGTERM when this process dies.
+
+    Even a SIGKILL of this process then stops the server, which stops its runners.
+    The kernel sends it when the *thread* that started the server ends: start it
+    from a thread that lives as long as the server should (the main thread does).
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    except (OSError, AttributeError):
+        return lambda: None
+    parent = os.getpid()
+
+    def child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # it died before the line above: end now
+            os._exit(1)
+
+    return child
+
+
+def _process_started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(process.create_time())
+    except psutil.Error:
+        return None
+
+
+def clean_up_after_killed_starts(installation: Installation) -> list[int]:
+    """Stop what earlier, killed starts of this installation left running; returns the pids.
+
+    That is a server whose starter is gone (its note in ``run/`` says who started
+    it), with its runners, and any runner of this installation whose server is
+    gone: nobody can reach such a runner, yet it holds memory and a port. Servers
+    of starts still alive, and processes of other installations, are left alone.
+    """
+    import psutil
+
+    executable = str(installation.executable)
+    ours: list[psutil.Process] = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = process.info.get("cmdline") or []
+        if cmdline and cmdline[0] == executable:
+            ours.append(process)
+    stale_groups: set[int] = set()
+    for note in installation.run_dir.glob("serve-*.json"):
+        try:
+            record = json.loads(note.read_text())
+            owner, owner_started = int(record["owner"]), record["owner_started"]
+            server, server_started = int(record["server"]), record["server_started"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if owner_started is not None and _process_started(owner) == owner_started:
+            continue  # its starter is alive: its server is in use
+        # the server is the leader of its process group; its runners are in it too,
+        # and keep the group (and so its id) alive after the server is gone
+        if _process_started(server) in (server_started, None):
+            stale_groups.add(server)
+        with contextlib.suppress(OSError):
+            note.unlink()
+    killed: list[int] = []
+    for process in ours:
+        try:
+            group = os.getpgid(process.pid)
+            cmdline = process.cmdline()
+            orphan = "runner" in cmdline[1:2] and not _serves(process.parent(), executable)
+        except (psutil.Error, OSError):
+            continue
+        if group in stale_groups or orphan:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+                killed.append(process.pid)
+    psutil.wait_procs([p for p in ours if p.pid in killed], timeout=10)
+    return killed
+
+
+def _serves(process: object, executable: str) -> bool:
+    import psutil
+
+    if not isinstance(process, psutil.Process):
+        return False
+    with contextlib.suppress(psutil.Error):
+        cmdline = process.cmdline()
+        return bool(
+            cmdline[:2] == [executable, "serve"] and process.status() != psutil.STATUS_ZOMBIE
+        )
+    return False
+
+
 class EmbeddedServer:
     """``ollama serve`` on a loopback port, with the Gemma model registered.
 
-    ``cpus`` confines the server (and so its runners) to those CPUs.
+    ``cpus`` confines the server (and so its runners) to those CPUs. The server
+    is stopped with this process, however it ends (see ``_ends_with_parent``).
     """
 
     def __init__(
@@ -186,6 +333,7 @@ class EmbeddedServer:
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = installation.logs_dir / f"serve-{self.port}.log"
+        self._log_start = 0  # where this start's lines begin in the log
 
     @property
     def host(self) -> str:
@@ -207,18 +355,52 @@ class EmbeddedServer:
         return env
 
     def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` this start wrote to the log."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_start)
+                text = log.read().decode(errors="replace")
         except OSError:
             return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(nothing)"
+
+    @property
+    def _note(self) -> Path:
+        assert self.process is not None
+        return self.installation.run_dir / f"serve-{self.process.pid}.json"
+
+    def _write_note(self) -> None:
+        assert self.process is not None
+        record = {
+            "owner": os.getpid(),
+            "owner_started": _process_started(os.getpid()),
+            "server": self.process.pid,
+            "server_started": _process_started(self.process.pid),
+            "port": self.port,
+        }
+        with contextlib.suppress(OSError):
+            self.installation.run_dir.mkdir(parents=True, exist_ok=True)
+            self._note.write_text(json.dumps(record))
+
+    def _serving_here(self) -> bool:
+        """Whether the server answering on the port is ours (False: another one is)."""
+        from .processes import _listening_pid
+
+        assert self.process is not None
+        pid = _listening_pid(self.port)
+        return pid is None or pid == self.process.pid
 
     def start(self) -> EmbeddedServer:
+        clean_up_after_killed_starts(self.installation)
+        check_port(self.port)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
-        preexec = None
-        if self.cpus is not None:
-            cpus = set(self.cpus)
+        self._log_start = log.tell()
+        ends_with_parent = _ends_with_parent()
+        cpus = set(self.cpus) if self.cpus is not None else None
 
-            def preexec() -> None:
+        def preexec() -> None:
+            ends_with_parent()
+            if cpus is not None:
                 os.sched_setaffinity(0, cpus)
 
         try:
@@ -233,19 +415,33 @@ class EmbeddedServer:
             )
         finally:
             log.close()
+        self._write_note()
+        try:
+            return self._wait_until_serving()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_serving(self) -> EmbeddedServer:
+        assert self.process is not None
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if "address already in use" in self.log_tail():
+                    raise _port_in_use(self.port)
                 raise EmbeddedUnavailable(
                     f"the embedded Ollama exited with status {self.process.returncode} at "
                     f"start-up; its log ({self.log_path}) ends:\n{self.log_tail()}"
                 )
             try:
                 httpx.get(f"{self.host}/api/version", timeout=1.0).raise_for_status()
-                return self
             except httpx.HTTPError:
                 time.sleep(0.1)
-        self.stop()
+                continue
+            if not self._serving_here():
+                # taken since the port was checked: the answer came from that one
+                raise _port_in_use(self.port)
+            return self
         raise EmbeddedUnavailable(
             f"the embedded Ollama did not answer within {self.start_timeout:g}s; its log "
             f"({self.log_path}) ends:\n{self.log_tail()}"
@@ -295,18 +491,21 @@ class EmbeddedServer:
         if process is None:
             return
         self.process = None
-        if process.poll() is None:
-            # the runner children are in the server's session: stop them all
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+        try:
+            if process.poll() is None:
+                # the runner children are in the server's process group: stop them all
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
+                    os.killpg(process.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=15)
+        finally:
+            # also when a second Ctrl-C cut the wait short: nothing of it may stay
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=15)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                (self.installation.run_dir / f"serve-{process.pid}.json").unlink()
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

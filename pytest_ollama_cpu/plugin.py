@@ -62,7 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE_KEY] = state
     config.stash[OUTPUTS_KEY] = outputs
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistHooks(state), "ollama_cpu_xdist")
+        config.pluginmanager.register(XdistHooks(state, config), "ollama_cpu_xdist")
 
 
 _is_xdist_worker = is_worker

@@ -9,10 +9,13 @@ was really started with.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -87,12 +90,30 @@ def _busy_seconds(cpus: frozenset[int]) -> float:
     return float(busy)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP for the duration (delivered afterwards)."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    if not hasattr(signal, "pthread_sigmask") or (
+        threading.current_thread() is not threading.main_thread()
+    ):
+        yield  # only the main thread runs Python's signal handlers
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 class ServerProcess:
     """A local Ollama server, found by the port it listens on."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._process = psutil.Process(pid)
+        #: with the pid, tells this process from a later one given the same pid
+        self.started = float(self._process.create_time())
         try:
             self.cpus = frozenset(self._process.cpu_affinity() or ())
         except (psutil.Error, AttributeError):
@@ -154,30 +175,60 @@ class ServerProcess:
                 continue
         return tids
 
-    def confine(self, cpus: Sequence[int]) -> dict[int, set[int]]:
+    def confine(self, cpus: Sequence[int], original: set[int] | None = None) -> dict[int, set[int]]:
         """Run the server and its runners on ``cpus`` only; returns what to restore.
 
         Runners started later (a new num_thread) inherit the server's mask.
-        Raises ``PermissionError`` or ``OSError`` when the mask cannot be set.
+        ``original``, when given, is the server's mask from before an earlier
+        confinement that was never undone (its pytest was killed): every thread
+        goes back to it, not to the mask it was left with.
+        Raises ``PermissionError`` or ``OSError`` when the mask cannot be set;
+        what was set by then is undone first, as it is on any interruption.
         """
         wanted = set(cpus)
         previous: dict[int, set[int]] = {}
-        for tid in self._threads():
-            try:
-                before = os.sched_getaffinity(tid)
-                os.sched_setaffinity(tid, wanted)
-            except ProcessLookupError:
-                continue  # the thread ended meanwhile
-            previous[tid] = before
+        try:
+            for tid in self._threads():
+                try:
+                    # noted before it is changed: an interruption between the two
+                    # restores a mask that was never changed, which does no harm
+                    previous[tid] = set(original) if original else os.sched_getaffinity(tid)
+                    os.sched_setaffinity(tid, wanted)
+                except ProcessLookupError:
+                    previous.pop(tid, None)  # the thread ended meanwhile
+        except BaseException:
+            self.restore(previous)
+            raise
         self.cpus = frozenset(wanted)
         return previous
 
     def restore(self, previous: dict[int, set[int]]) -> None:
-        for tid, cpus in previous.items():
-            try:
-                os.sched_setaffinity(tid, cpus)
-            except OSError:
-                continue  # ended, or a runner started since: it goes with its server
+        """Undo ``confine``: every thread of the tree gets its mask back.
+
+        Threads and processes that started while confined (a runner for a new
+        num_thread, the server's own new threads) inherited the confined mask;
+        they get the server's mask from before. Signals are held meanwhile, so a
+        second Ctrl-C cannot leave the server half restored.
+        """
+        if not previous:
+            return
+        confined = set(self.cpus)
+        server_before = previous.get(self.pid)
+        with _signals_held():
+            for tid in self._threads():
+                before = previous.get(tid)
+                if before is None and server_before is not None:
+                    try:
+                        current = os.sched_getaffinity(tid)
+                    except OSError:
+                        continue
+                    # one that set a mask of its own outside the confinement keeps it
+                    if current <= confined:
+                        before = server_before
+                if before is None:
+                    continue
+                with contextlib.suppress(OSError):  # ended meanwhile
+                    os.sched_setaffinity(tid, before)
         try:
             self.cpus = frozenset(self._process.cpu_affinity() or ())
         except (psutil.Error, AttributeError):

@@ -8,12 +8,22 @@ and reported to every test that needs it, with the same message.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .baseline import SavedRun, entry_of
 from .client import OllamaClient, OllamaCpuError
 from .comparison import Gate
+from .locking import (
+    LockTimeout,
+    clear_confinement,
+    confinement_note,
+    left_confined,
+    lock_dir,
+    note_confinement,
+    taking_turns,
+)
 from .machine import MachineFacts, read_machine_facts
 from .markers import format_cpu_list
 from .options import Settings
@@ -33,15 +43,27 @@ class Connection:
 
     @contextlib.contextmanager
     def confined(self) -> Iterator[None]:
-        """Keep the server on ``cpus`` (``--ollama-cpu-cpus``) for the duration."""
+        """Keep the server on ``cpus`` (``--ollama-cpu-cpus``) for the duration.
+
+        Called with the server's lock held. However the sweep ends, Ctrl-C
+        included, every process of the server's tree gets its mask back; a note
+        beside the locks lets the next sweep undo what a killed one could not.
+        """
         if self.cpus is None or self.server is None:
             yield
             return
+        server = self.server
+        note = confinement_note(lock_dir(), server.pid, server.started)
+        previous: dict[int, set[int]] = {}
         try:
-            previous = self.server.confine(self.cpus)
+            current = os.sched_getaffinity(server.pid)
+            original = left_confined(note, current)
+            note_confinement(note, original or current, set(self.cpus))
+            previous = server.confine(self.cpus, original)
         except OSError as exc:
+            clear_confinement(note)
             raise CpuSetRefused(
-                f"cannot confine the Ollama server (pid {self.server.pid}) to CPUs "
+                f"cannot confine the Ollama server (pid {server.pid}) to CPUs "
                 f"{format_cpu_list(self.cpus)}: {exc.strerror or exc}. Run pytest as the server's "
                 "user or as root, or start the server under 'taskset -c LIST' and drop "
                 "--ollama-cpu-cpus."
@@ -49,7 +71,8 @@ class Connection:
         try:
             yield
         finally:
-            self.server.restore(previous)
+            server.restore(previous)
+            clear_confinement(note)
 
 
 class CpuSetRefused(OllamaCpuError):
@@ -68,6 +91,8 @@ class RunState:
     gate: Gate | None = None
     _connection: Connection | None = None
     _error: OllamaCpuError | None = None
+    #: how many of ``sweeps`` and ``warnings`` a worker has handed to the controller
+    _handed_over: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -136,6 +161,12 @@ class RunState:
     ) -> None:
         self.sweeps.append(RecordedSweep(nodeid, sweep, verdict, thresholds, order))
 
+    def hand_over(self) -> tuple[list[RecordedSweep], list[str]]:
+        """The sweeps and warnings not handed over yet (by a pytest-xdist worker)."""
+        sweeps, warnings = self._handed_over
+        self._handed_over = (len(self.sweeps), len(self.warnings))
+        return self.sweeps[sweeps:], self.warnings[warnings:]
+
     def add(self, recorded: list[RecordedSweep], warnings: list[str]) -> None:
         """Take in results measured elsewhere (a pytest-xdist worker)."""
         self.sweeps.extend(recorded)
@@ -158,6 +189,8 @@ def _connect(settings: Settings) -> Connection:
             f"{located.reason.split(', so')[0]}. The plugin can confine only a server on this "
             "machine; start a remote server under 'taskset -c LIST' instead."
         )
+    if server is not None:
+        _undo_killed_confinement(settings.host, server)
     machine = read_machine_facts(server.pid if server else None, settings.cpus)
     facts = ServerFacts(
         host=settings.host,
@@ -166,3 +199,17 @@ def _connect(settings: Settings) -> Connection:
         utilization_note=located.reason,
     )
     return Connection(client, server, facts, machine, settings.cpus)
+
+
+def _undo_killed_confinement(host: str, server: ServerProcess) -> None:
+    """A sweep killed while it kept the server confined (``--ollama-cpu-cpus``) left
+    it so: give it its mask back before its usable CPUs are read, unless a sweep is
+    running against it now (that one does it, under the lock)."""
+    note = confinement_note(lock_dir(), server.pid, server.started)
+    if not note.exists():
+        return
+    with contextlib.suppress(LockTimeout, OSError), taking_turns(host, (), 0.0):
+        original = left_confined(note, os.sched_getaffinity(server.pid))
+        if original:
+            server.confine(sorted(original))  # every thread of the tree, back to it
+            clear_confinement(note)

@@ -1,15 +1,18 @@
 """pytest-xdist glue: results travel from the workers to the controller as plain data.
 
-Workers measure and keep their sweeps; at the end each puts them, as JSON-able
-data, in ``workeroutput``. The controller takes them in when the worker goes
-down and alone writes the JSON file, saves, compares and prints the summary,
-once, in collection order, as a run without xdist would. xdist is never
-imported here: these hooks are registered only when its plugin is active.
+Workers measure; each test's sweeps travel, as JSON-able data, on the test's
+last report (teardown), so a worker that dies later (a crash, the OOM killer)
+loses none of the sweeps it finished. What is left at the end goes in
+``workeroutput``. The controller alone writes the JSON file, saves, compares
+and prints the summary, once, in collection order, as a run without xdist
+would. xdist is never imported here: these hooks are registered only when its
+plugin is active.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -73,10 +76,9 @@ def carry_group_suffix(item: pytest.Item) -> bool:
 
 
 def worker_output(state: RunState) -> dict[str, Any]:
-    output = {
-        "sweeps": [r.to_dict() for r in state.sweeps],
-        "warnings": list(state.warnings),
-    }
+    """What the worker has measured and not handed over yet."""
+    sweeps, warnings = state.hand_over()
+    output = {"sweeps": [r.to_dict() for r in sweeps], "warnings": warnings}
     # execnet carries only plain types: a round trip through JSON guarantees them
     plain: dict[str, Any] = json.loads(json.dumps(output))
     return plain
@@ -94,8 +96,9 @@ def take_worker_output(state: RunState, output: dict[str, Any] | None) -> None:
 class XdistHooks:
     """Registered as a plugin only when pytest-xdist is active."""
 
-    def __init__(self, state: RunState) -> None:
+    def __init__(self, state: RunState, config: pytest.Config) -> None:
         self.state = state
+        self.config = config
 
     @pytest.hookimpl(trylast=True)  # after xdist's worker has rewritten the ids
     def pytest_collection_modifyitems(
@@ -104,6 +107,22 @@ class XdistHooks:
         if is_worker(config) and config.getvalue("loadgroup"):
             for item in items:
                 carry_group_suffix(item)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if report.when == "teardown" and is_worker(self.config):
+            output = worker_output(self.state)
+            if output["sweeps"] or output["warnings"]:
+                # pytest-xdist sends a report's attributes along with it
+                report.__dict__[WORKER_OUTPUT_KEY] = output
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if is_distributing(self.config):
+            take_worker_output(self.state, report.__dict__.get(WORKER_OUTPUT_KEY))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:

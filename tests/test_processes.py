@@ -1,8 +1,18 @@
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import psutil
+import pytest
 
+from pytest_ollama_cpu.locking import (
+    clear_confinement,
+    confinement_note,
+    left_confined,
+    note_confinement,
+)
 from pytest_ollama_cpu.processes import (
     CpuSnapshot,
     ServerProcess,
@@ -83,3 +93,101 @@ def test_a_port_forwarder_is_not_taken_for_the_server(monkeypatch):
     assert "port 11434 is served by docker-proxy (pid 4242), not by an Ollama server" in (
         located.reason
     )
+
+
+STARTS_A_RUNNER_ON_CUE = (
+    "import os, subprocess, sys, time\n"
+    "while not os.path.exists(sys.argv[1]):\n"
+    "    time.sleep(0.02)\n"
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', 'runner'])\n"
+    "time.sleep(60)\n"
+)
+
+two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+
+
+def masks(pid: int) -> set[frozenset[int]]:
+    process = psutil.Process(pid)
+    return {
+        frozenset(os.sched_getaffinity(thread.id))
+        for member in [process, *process.children(recursive=True)]
+        for thread in member.threads()
+    }
+
+
+def runner_started_on_cue(cue: Path) -> tuple[subprocess.Popen[bytes], ServerProcess]:
+    parent = subprocess.Popen([sys.executable, "-c", STARTS_A_RUNNER_ON_CUE, str(cue)])
+    return parent, ServerProcess(parent.pid)
+
+
+def wait_for_runner(pid: int) -> psutil.Process:
+    deadline = time.monotonic() + 10
+    while not psutil.Process(pid).children() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (runner,) = psutil.Process(pid).children()
+    return runner
+
+
+@two_cpus
+def test_restoring_reaches_a_runner_started_while_confined(tmp_path: Path) -> None:
+    parent, server = runner_started_on_cue(tmp_path / "go")
+    try:
+        everything = frozenset(os.sched_getaffinity(parent.pid))
+        previous = server.confine([0])
+        (tmp_path / "go").touch()
+        runner = wait_for_runner(parent.pid)
+        assert runner.cpu_affinity() == [0]  # inherited from its confined server
+        server.restore(previous)
+        assert masks(parent.pid) == {everything}
+        assert server.cpus == everything
+    finally:
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            child.kill()
+        parent.kill()
+        parent.wait()
+
+
+@two_cpus
+def test_a_confinement_left_by_a_killed_run_is_undone_from_its_note(tmp_path: Path) -> None:
+    parent, server = runner_started_on_cue(tmp_path / "go")
+    (tmp_path / "go").touch()
+    wait_for_runner(parent.pid)
+    everything = set(os.sched_getaffinity(parent.pid))
+    note = confinement_note(tmp_path, server.pid, server.started)
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])  # stands for the killed run
+    killed.wait()
+    try:
+        server.confine([0])  # what the killed run did, and never undid
+        note.write_text(
+            f'{{"pid": {killed.pid}, "started": 1.0, "original": {sorted(everything)}, '
+            '"confined": [0]}'
+        )
+        original = left_confined(note, os.sched_getaffinity(parent.pid))
+        assert original == everything
+        # the next sweep confines and restores: to the mask from before, not to [0]
+        previous = server.confine([0], original)
+        server.restore(previous)
+        assert masks(parent.pid) == {frozenset(everything)}
+    finally:
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            child.kill()
+        parent.kill()
+        parent.wait()
+
+
+def test_a_confinement_note_is_only_used_when_its_sweep_is_gone_and_its_mask_unchanged(
+    tmp_path: Path,
+) -> None:
+    note = tmp_path / "confined-1-2.00.json"
+    note_confinement(note, {0, 1}, {0})
+    assert left_confined(note, {0}) is None  # this process, alive, wrote it
+    assert note.exists()
+    note.write_text('{"pid": 999999999, "started": 1.0, "original": [0, 1], "confined": [0]}')
+    assert left_confined(note, {0}) == {0, 1}
+    # the mask was changed since by someone else: theirs stays, the note goes
+    assert left_confined(note, {1}) is None
+    assert not note.exists()
+    note.write_text("{half a note")
+    assert left_confined(note, {0}) is None
+    clear_confinement(note)
+    clear_confinement(note)  # twice: nothing to clear is fine

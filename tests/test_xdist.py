@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_ollama_cpu.locking import lock_names, taking_turns
+from pytest_ollama_cpu.locking import LockTimeout, lock_names, taking_turns
 from pytest_ollama_cpu.xdist import carry_group_suffix, test_id
 
 from .fake_ollama import Behaviour, FakeOllama, SpawnedFakeOllama
@@ -209,8 +211,6 @@ def test_locks_are_per_server_and_per_cpu(tmp_path: Path) -> None:
     ):
         assert first < 0.5 and second < 0.5
     # the same CPU: the second one waits, then gives up with a message
-    from pytest_ollama_cpu.locking import LockTimeout
-
     with (
         taking_turns("http://a:1", [0], 1.0, tmp_path),
         pytest.raises(LockTimeout, match="waited 0.2s for another sweep"),
@@ -241,3 +241,93 @@ def test_carrying_the_group_over_touches_only_our_rewritten_items(
     assert carry_group_suffix(ours)
     assert ours.nodeid.endswith("::test_a@ollama-cpu")
     assert not carry_group_suffix(theirs) and theirs.nodeid == before
+
+
+CRASHING_SUITE = """
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+@pytest.mark.threads(1, 2, rounds=2)
+def test_a(ollama_cpu):
+    ollama_cpu.generate("prompt a", num_predict=8)
+
+@pytest.mark.threads(1, 2, rounds=2)
+def test_b(ollama_cpu):
+    ollama_cpu.generate("prompt b", num_predict=8)
+
+@pytest.mark.threads(1, 2, rounds=30)
+def test_dies(ollama_cpu):
+    died = Path(__file__).with_name("died")
+    if not died.exists():  # once: pytest-xdist gives the test to the new worker again
+        died.touch()
+        threading.Timer(0.5, lambda: {how}).start()
+    ollama_cpu.generate("prompt dies", num_predict=8)
+
+@pytest.mark.threads(1, 2, rounds=2)
+def test_c(ollama_cpu):
+    ollama_cpu.generate("prompt c", num_predict=8)
+"""
+
+
+@pytest.mark.parametrize("how", ["os._exit(1)", "os.kill(os.getpid(), signal.SIGKILL)"])
+def test_a_worker_dying_mid_sweep_loses_no_finished_sweep_and_blocks_nothing(
+    pytester: pytest.Pytester, how: str
+) -> None:
+    """The worker measures test_a and test_b, then dies in test_dies holding the locks;
+    its replacement measures test_dies again and test_c without waiting for them."""
+    pytester.makepyfile(CRASHING_SUITE.replace("{how}", how))
+    out = pytester.path / "r.json"
+    with FakeOllama(Behaviour(hang_seconds=0.1)) as fake:
+        result = run(pytester, fake, "-n", "2", "--dist", "loadgroup", f"--ollama-cpu-json={out}")
+        again = run(pytester, fake, "-n", "2", f"--ollama-cpu-json={out}.again", "-k", "test_c")
+    result.stdout.fnmatch_lines(["*worker 'gw*' crashed while running*test_dies*"])
+    text = result.stdout.str()
+    for test in ("test_a", "test_b", "test_dies", "test_c"):
+        assert text.count(f"::{test}: generate with tiny") == 1, text
+    sweeps = json.loads(out.read_text())["sweeps"]
+    assert [s["test"].split("::")[-1] for s in sweeps] == [
+        "test_a",
+        "test_b",
+        "test_dies",
+        "test_c",
+    ]
+    # the dead worker's locks went with it: nobody waited for them, in this run or the next
+    assert all(s["waited_seconds"] < 1.0 for s in sweeps), [s["waited_seconds"] for s in sweeps]
+    again.assert_outcomes(passed=1)
+    (later,) = json.loads((pytester.path / "r.json.again").read_text())["sweeps"]
+    assert later["waited_seconds"] < 1.0
+
+
+def test_a_lock_held_by_a_killed_process_is_free_at_once(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from pytest_ollama_cpu.locking import taking_turns\n"
+            "with taking_turns('http://a:1', [0], 5.0, Path(sys.argv[1])):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(600)\n",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(LockTimeout), taking_turns("http://a:1", [0], 0.2, tmp_path):
+            pass  # held: the lock works
+        holder.kill()
+        holder.wait(timeout=10)
+        with taking_turns("http://a:1", [0], 5.0, tmp_path) as waited:
+            assert waited < 0.5
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        if holder.stdout is not None:
+            holder.stdout.close()
