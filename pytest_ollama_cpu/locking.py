@@ -64,8 +64,8 @@ def taking_turns(
             except Timeout:
                 raise LockTimeout(
                     f"waited {timeout:g}s for another sweep against {host} or on the same CPUs "
-                    f"to finish ({folder / name}.lock). Another pytest may be stuck: end it, or "
-                    "raise --ollama-cpu-timeout"
+                    f"to finish ({folder / name}.lock). Another pytest may be stuck: end it "
+                    "and run again (a killed one releases its locks at once)"
                 ) from None
         yield time.perf_counter() - started
 
