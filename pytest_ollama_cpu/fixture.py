@@ -84,11 +84,17 @@ class OllamaCpu:
         model: str | None = None,
         num_predict: int | None = None,
         options: Mapping[str, Any] | None = None,
+        prompt_cache: bool = False,
     ) -> Sweep:
-        """Sweep ``/api/generate`` with ``prompt``; returns a ``Sweep``."""
+        """Sweep ``/api/generate`` with ``prompt``; returns a ``Sweep``.
+
+        Each request's prompt starts with a unique line, so Ollama's prompt cache
+        cannot serve it and every sample processes the whole prompt;
+        ``prompt_cache=True`` sends the prompt as given (a repeat then reuses the cache).
+        """
         if not isinstance(prompt, str) or not prompt:
             raise TypeError("generate() needs a non-empty prompt string")
-        return self._run("generate", model, num_predict, options, prompt=prompt)
+        return self._run("generate", model, num_predict, options, prompt_cache, prompt=prompt)
 
     def chat(
         self,
@@ -97,14 +103,19 @@ class OllamaCpu:
         model: str | None = None,
         num_predict: int | None = None,
         options: Mapping[str, Any] | None = None,
+        prompt_cache: bool = False,
     ) -> Sweep:
-        """Sweep ``/api/chat`` with ``messages``; returns a ``Sweep``."""
+        """Sweep ``/api/chat`` with ``messages``; returns a ``Sweep``.
+
+        The first message's content starts with a unique line per request (see
+        ``generate``); ``prompt_cache=True`` sends the messages as given.
+        """
         if isinstance(messages, (str, bytes)) or not messages:
             raise TypeError(
                 "chat() needs a non-empty list of messages such as "
                 "[{'role': 'user', 'content': '...'}]"
             )
-        return self._run("chat", model, num_predict, options, messages=list(messages))
+        return self._run("chat", model, num_predict, options, prompt_cache, messages=list(messages))
 
     def _run(
         self,
@@ -112,6 +123,7 @@ class OllamaCpu:
         model: str | None,
         num_predict: int | None,
         options: Mapping[str, Any] | None,
+        prompt_cache: bool,
         prompt: str | None = None,
         messages: Sequence[Mapping[str, Any]] | None = None,
     ) -> Sweep:
@@ -149,6 +161,7 @@ class OllamaCpu:
             prompt=prompt,
             messages=messages,
             options=options,
+            prompt_cache=bool(prompt_cache),
         )
         runner = SweepRunner(
             connection.client,

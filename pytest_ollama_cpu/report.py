@@ -11,6 +11,7 @@ from .client import ModelFacts
 from .comparison import Comparison
 from .disturbance import MARGIN_CORES
 from .machine import MachineFacts, cpus_text
+from .quantities import PREFILL_RATE, TIME_TO_FIRST_TOKEN
 from .records import RecordedSweep, by_machine
 from .results import Sweep, ThreadResult, stopped_because
 from .statistics import Summary, format_interval
@@ -25,6 +26,9 @@ COLUMNS = (
     "mean 95% CI",
     "speedup",
     "efficiency",
+    "prefill tok/s",
+    "pp speedup",
+    "TTFT s",
     "thread util",
     "machine util",
     "other cores",
@@ -60,6 +64,9 @@ def _row(sweep: Sweep, result: ThreadResult) -> list[str]:
         *rate,
         _num(sweep.speedup(result.threads)),
         _num(sweep.efficiency(result.threads)),
+        _median(result.summary(PREFILL_RATE), PREFILL_RATE.digits),
+        _num(sweep.speedup_of(PREFILL_RATE, result.threads)),
+        _median(result.summary(TIME_TO_FIRST_TOKEN), TIME_TO_FIRST_TOKEN.digits),
         _median(result.thread_utilization),
         _median(result.machine_utilization),
         _median(result.other_cores_busy),
@@ -73,6 +80,16 @@ def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> list[s
     return lines
 
 
+def _prompt_words(sweep: Sweep) -> str:
+    counts = sorted({s.timings.prompt_eval_count for r in sweep for s in r.samples})
+    if not counts or counts[-1] <= 0:
+        return ""
+    size = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    if sweep.prompt_cache:
+        return f", {size}-token prompt (sent as given: repeats may reuse Ollama's prompt cache)"
+    return f", {size}-token prompt (a unique first line per request: no prompt cache hits)"
+
+
 def sweep_lines(recorded: RecordedSweep) -> list[str]:
     sweep = recorded.sweep
     model = sweep.model
@@ -80,6 +97,7 @@ def sweep_lines(recorded: RecordedSweep) -> list[str]:
     title = (
         f"{recorded.nodeid}: {sweep.kind} with {model.name}"
         f"{f' ({details})' if details else ''}, {sweep.num_predict} tokens per request"
+        f"{_prompt_words(sweep)}"
     )
     lines = [title]
     rows = [_row(sweep, r) for r in sweep]
@@ -210,7 +228,9 @@ def summary_lines(sweeps: Sequence[RecordedSweep]) -> list[str]:
         "runner: threads the Ollama runner was started with; n: undisturbed samples, which "
         "every figure but 'other cores' is computed from; aside: samples set aside because "
         "other processes took CPU the server needed; tokens/s: median generation rate from "
-        "Ollama's eval timings; util: median CPU use of the server's process tree per "
+        "Ollama's eval timings; prefill tok/s: median prompt processing rate (prompt_eval); "
+        "pp speedup: its speedup; TTFT: median time to first token (load + prompt eval, from "
+        "Ollama's timings); util: median CPU use of the server's process tree per "
         "requested thread / per usable CPU; other cores: CPU busy outside the server on its "
         "CPUs, over all samples.",
     ]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .client import ModelFacts, OllamaCpuError, Timings
 from .disturbance import describe_load, excess_cores, spare_cpus
 from .machine import MachineFacts
+from .quantities import QUANTITIES, Quantity
 from .statistics import Summary, ratio
 
 if TYPE_CHECKING:
@@ -106,6 +107,20 @@ class Sample:
         return self.timings.prompt_eval_count / self.timings.prompt_eval_duration
 
     @property
+    def time_to_first_token(self) -> float | None:
+        """Seconds from the request's arrival to its first generated token, from
+        Ollama's timings: loading (none in a measured sample) and prompt processing,
+        whose last step yields the first token. The HTTP round trip is not in it."""
+        if self.timings.prompt_eval_duration <= 0:
+            return None
+        return self.timings.load_duration + self.timings.prompt_eval_duration
+
+    @property
+    def request_seconds(self) -> float:
+        """The request's whole time as the client saw it (wall clock)."""
+        return self.wall_seconds
+
+    @property
     def cores_busy(self) -> float | None:
         """Average number of cores the server kept busy during the request."""
         if self.cpu_seconds is None or self.wall_seconds <= 0:
@@ -137,6 +152,8 @@ class Sample:
             "round": self.round,
             "tokens_per_second": self.tokens_per_second,
             "prompt_tokens_per_second": self.prompt_tokens_per_second,
+            "time_to_first_token": self.time_to_first_token,
+            "request_seconds": self.request_seconds,
             "wall_seconds": self.wall_seconds,
             "cpu_seconds": self.cpu_seconds,
             "other_cpu_seconds": self.other_cpu_seconds,
@@ -248,6 +265,10 @@ class ThreadResult:
     def wall_seconds(self) -> Summary | None:
         return _summary([s.wall_seconds for s in self.undisturbed])
 
+    def summary(self, quantity: Quantity) -> Summary | None:
+        """``quantity`` over the undisturbed samples; None where none measured it."""
+        return _summary([quantity.read(s.to_dict()) for s in self.undisturbed])
+
     @cached_property
     def thread_utilization(self) -> Summary | None:
         return _summary([s.thread_utilization for s in self.undisturbed])
@@ -280,11 +301,8 @@ class ThreadResult:
             "threads": self.threads,
             "runner_threads": self.runner_threads,
             "summary": {
-                "tokens_per_second": dump(self.tokens_per_second) if self.undisturbed else None,
-                "prompt_tokens_per_second": dump(self.prompt_tokens_per_second),
+                **{name: dump(self.summary(q)) for name, q in QUANTITIES.items()},
                 "wall_seconds": dump(self.wall_seconds),
-                "thread_utilization": dump(self.thread_utilization),
-                "machine_utilization": dump(self.machine_utilization),
                 "other_cores_busy": dump(self.other_cores_busy),
             },
             "undisturbed": len(self.undisturbed),
@@ -346,6 +364,9 @@ class Sweep:
     error: str | None = None
     #: seconds spent waiting for other sweeps to finish (see locking.py), not measured
     waited_seconds: float = 0.0
+    #: whether requests were sent as given, so that a repeat could reuse Ollama's
+    #: prompt cache; False: each began with a unique line and processed its whole prompt
+    prompt_cache: bool = False
 
     def __getitem__(self, threads: int) -> ThreadResult:
         try:
@@ -384,6 +405,16 @@ class Sweep:
         if now is None or base is None:
             return None
         return ratio(now, base)
+
+    def speedup_of(self, quantity: Quantity, threads: int) -> float | None:
+        """How many times better ``quantity``'s median is at ``threads`` than at the
+        smallest count: a ratio of rates, or the inverse ratio of times."""
+        now, base = self[threads].summary(quantity), self.baseline.summary(quantity)
+        if now is None or base is None:
+            return None
+        if quantity.higher_is_better:
+            return ratio(now.median, base.median)
+        return ratio(base.median, now.median)
 
     def efficiency(self, threads: int) -> float | None:
         """Speedup divided by the thread ratio: 1.0 is perfect scaling."""
@@ -449,6 +480,7 @@ class Sweep:
             "complete": self.complete,
             "error": self.error,
             "waited_seconds": self.waited_seconds,
+            "prompt_cache": self.prompt_cache,
             "machine": self.machine.to_dict(),
             "server": self.server.to_dict(),
             "results": [
@@ -476,4 +508,5 @@ class Sweep:
             complete=bool(data["complete"]),
             error=data.get("error"),
             waited_seconds=float(data.get("waited_seconds", 0.0)),
+            prompt_cache=bool(data.get("prompt_cache", False)),
         )

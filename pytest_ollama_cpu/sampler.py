@@ -14,6 +14,7 @@ marked as given up rather than measured wrongly.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -66,6 +67,42 @@ class Workload:
     prompt: str | None = None
     messages: Sequence[Mapping[str, Any]] | None = None
     options: Mapping[str, Any] | None = None
+    #: False (the default): each request's prompt starts with a line of its own, so
+    #: Ollama's prompt cache cannot serve it and every sample processes the whole
+    #: prompt; True: the prompt is sent as given, and a repeat reuses the cache
+    prompt_cache: bool = False
+
+
+#: Digits of the line that makes each request's prompt unique. Ollama reuses the
+#: longest common prefix of the previous prompt: the line starts with a digit that
+#: differs from the last request's, so only the chat template's first tokens are
+#: shared; a fixed number of digits keeps the prompt's token count fixed.
+UNIQUE_DIGITS = 8
+
+
+class UniqueLines:
+    """``12345678.\n``-style first lines, each starting with another digit than the last."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+        self._last_first = ""
+
+    def next(self) -> str:
+        first = self._rng.choice([d for d in "123456789" if d != self._last_first])
+        self._last_first = first
+        rest = "".join(self._rng.choice("0123456789") for _ in range(UNIQUE_DIGITS - 1))
+        return f"{first}{rest}.\n"
+
+
+def unique_request(workload: Workload, line: str) -> Workload:
+    """``workload`` with ``line`` before its prompt, or before the first message's content."""
+    if workload.kind == "chat":
+        assert workload.messages is not None
+        first, *rest = workload.messages
+        messages = [dict(first, content=line + str(first.get("content", ""))), *rest]
+        return replace(workload, messages=messages)
+    assert workload.prompt is not None
+    return replace(workload, prompt=line + workload.prompt)
 
 
 def request_options(workload: Workload, threads: int) -> dict[str, Any]:
@@ -93,9 +130,12 @@ class SweepRunner:
         self.budget = budget or RetakeBudget()
         self._progress = on_progress or (lambda _message: None)
         self._loaded: int | None = None
+        self._unique = UniqueLines()
 
     def _request(self, workload: Workload, threads: int) -> Timings:
         options = request_options(workload, threads)
+        if not workload.prompt_cache:
+            workload = unique_request(workload, self._unique.next())
         if workload.kind == "chat":
             assert workload.messages is not None
             return self.client.chat(workload.model, workload.messages, options)
@@ -177,6 +217,7 @@ class SweepRunner:
             threads=tuple(threads),
             machine=self.machine,
             server=self.server_facts,
+            prompt_cache=workload.prompt_cache,
         )
         # whatever ran before (another test, another client) may have left a runner
         # with these threads loaded in an unknown state: the first visit always warms up

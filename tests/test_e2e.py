@@ -371,3 +371,60 @@ def test_stops(ollama_cpu):
             "'stop': *); their rates are over the tokens generated*",
         ]
     )
+
+
+LONG_PROMPT = (
+    "The processor reads data from memory through a hierarchy of caches. " * 20
+    + "\nExplain the text above."
+)
+
+
+def test_real_prefill_samples_process_the_whole_prompt_and_scale_with_threads(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    # a repeated prompt is served from Ollama's prompt cache (about 14,000 "tokens/s"
+    # here); each sample's unique first line makes it process the whole prompt
+    pytester.makepyfile(
+        f"""
+import pytest
+
+PROMPT = {LONG_PROMPT!r}
+
+@pytest.mark.threads(1, 2, rounds=4)
+def test_prefill(ollama_cpu):
+    ollama_cpu.generate(PROMPT)
+
+@pytest.mark.threads(1, rounds=3)
+def test_cached(ollama_cpu):
+    ollama_cpu.generate(PROMPT, prompt_cache=True)
+"""
+    )
+    out = pytester.path / "run.json"
+    result = run(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_prefill: generate with gemma3-270m*, 32 tokens per request, *-token "
+            "prompt (a unique first line per request: no prompt cache hits)",
+            "*::test_cached: generate with gemma3-270m*-token prompt (sent as given: repeats "
+            "may reuse Ollama's prompt cache)",
+        ]
+    )
+    fresh, cached = json.loads(out.read_text())["sweeps"]
+    one, two = fresh["results"]
+    for result_ in (one, two):
+        rates = [s["prompt_tokens_per_second"] for s in result_["samples"] if not s["disturbed"]]
+        counts = {s["timings"]["prompt_eval_count"] for s in result_["samples"]}
+        assert len(counts) == 1 and counts.pop() > 200
+        # no cache hit among them: within a few percent of each other
+        assert max(rates) / min(rates) < 1.15, rates
+        ttft = [s["time_to_first_token"] for s in result_["samples"]]
+        assert all(0.1 < t < 5 for t in ttft), ttft
+    cached_rate = cached["results"][0]["summary"]["prompt_tokens_per_second"]["median"]
+    fresh_rate = one["summary"]["prompt_tokens_per_second"]["median"]
+    assert cached_rate > 10 * fresh_rate  # what the plugin reported before
+    if not two["busy"] and fresh["machine"]["usable_cpus"] >= 2:
+        # prefill is compute-bound and pays for threads; generation is memory-bound
+        prefill = two["summary"]["prompt_tokens_per_second"]["median"] / fresh_rate
+        generation = two["speedup"]
+        assert prefill > 1.5 and prefill > generation + 0.3, (prefill, generation)

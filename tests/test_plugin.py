@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -314,6 +315,11 @@ def test_a_sweep_requests_and_reports(pytester: pytest.Pytester, fake_ollama: Fa
     assert [o["num_thread"] for o in sent] == [1, 1, 1, 2, 2, 2]
     assert all(o["num_predict"] == 8 and o["temperature"] == 0 for o in sent)
     assert len({o["seed"] for o in sent}) == 1
+    # each prompt starts with a line of its own, of one length, whose first character
+    # differs from the last request's: Ollama's prompt cache cannot serve any of them
+    prompts = [r["prompt"] for r in fake_ollama.behaviour.requests]
+    assert all(re.fullmatch(r"[1-9][0-9]{7}\.\nhello", p) for p in prompts), prompts
+    assert all(a[0] != b[0] for a, b in zip(prompts, prompts[1:], strict=False))
     result.stdout.fnmatch_lines(
         [
             "ollama-cpu: host http://127.0.0.1:*, model tiny, rounds 5, num_predict 32*",
@@ -321,8 +327,10 @@ def test_a_sweep_requests_and_reports(pytester: pytest.Pytester, fake_ollama: Fa
             "ollama-cpu: model tiny: fake, 1M, Q4, 0 MB, digest ffffffffffff",
             "ollama-cpu: *usable CPUs*",
             "*= ollama-cpu: thread sweeps =*",
-            "*::test_sweep: generate with tiny (1M, Q4), 8 tokens per request",
-            "*threads*runner*tokens/s*speedup*efficiency*thread util*machine util*",
+            "*::test_sweep: generate with tiny (1M, Q4), 8 tokens per request, 8-token prompt "
+            "(a unique first line per request: no prompt cache hits)",
+            "*threads*runner*tokens/s*speedup*efficiency*prefill tok/s*pp speedup*TTFT s*"
+            "thread util*machine util*",
             "*1*20.0*1.00*1.00*",
             "*2*34.8*1.74*0.87*",
         ]
