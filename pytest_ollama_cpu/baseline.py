@@ -38,6 +38,7 @@ from pytest_benchmark.utils import get_current_time as _current_time
 from pytest_benchmark.utils import get_machine_id as _machine_id
 
 from . import __version__
+from .quantities import QUANTITIES
 from .records import RecordedSweep, by_machine
 from .results import Sweep
 from .storage import advice, reason
@@ -559,9 +560,14 @@ def _check_entry(bench: dict[str, Any], extra: dict[str, Any], where: str) -> No
 
 #: The figures a comparison reads from each saved sample, and what each may be.
 SAMPLE_FIGURES: dict[str, tuple[str, Callable[[float], bool]]] = {
-    "tokens_per_second": ("a positive number", lambda v: v > 0),
-    "thread_utilization": ("a number of 0 or more", lambda v: v >= 0),
-    "machine_utilization": ("a number of 0 or more", lambda v: v >= 0),
+    # every quantity a rule can name: a rate or a time is compared by ratio, so it must
+    # be positive; a utilization by difference
+    **{
+        name: ("a positive number", lambda v: v > 0)
+        if q.relative
+        else ("a number of 0 or more", lambda v: v >= 0)
+        for name, q in QUANTITIES.items()
+    },
     # read where samples were set aside, to say how busy the machine was
     "other_cores_busy": ("a number of 0 or more", lambda v: v >= 0),
     "server_cpus": ("a whole number of 1 or more", lambda v: v >= 1 and v == int(v)),

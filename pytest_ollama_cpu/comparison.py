@@ -17,6 +17,7 @@ from typing import Any
 
 from .baseline import EXTRA_KEY, SavedRun
 from .disturbance import describe_load
+from .quantities import QUANTITIES, Quantity, lookup, names
 from .statistics import (
     Difference,
     Shift,
@@ -29,15 +30,6 @@ from .statistics import (
     stdev,
 )
 
-#: Quantities a rule can name, with the sample field each reads.
-QUANTITIES = {
-    "tokens_per_second": "tokens_per_second",
-    "utilization": "thread_utilization",
-    "thread_utilization": "thread_utilization",
-    "machine_utilization": "machine_utilization",
-}
-_ALIASES = {"tps": "tokens_per_second", "throughput": "tokens_per_second"}
-
 _RULE = re.compile(r"^\s*([a-z_]+)\s*:\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
 
 
@@ -47,7 +39,13 @@ class RuleError(ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    """Fail when ``quantity`` drops by more than ``size`` (a fraction when ``relative``)."""
+    """Fail when ``quantity`` gets worse by more than ``size`` (a fraction when
+    ``relative``): lower for a rate or a utilization, higher for a time.
+
+    Inside, every quantity is compared as "higher is better" (``goodness``): a
+    time by its inverse, so one test serves all; ``drop`` is the rule's size on
+    that scale (a time 10% higher is an inverse 9.1% lower).
+    """
 
     quantity: str
     size: float
@@ -55,8 +53,12 @@ class Rule:
     text: str
 
     @property
-    def field(self) -> str:
+    def measure(self) -> Quantity:
         return QUANTITIES[self.quantity]
+
+    @property
+    def field(self) -> str:
+        return self.quantity
 
     def describe_size(self) -> str:
         return f"{self.size:.0%}" if self.relative else f"{self.size:g}"
@@ -66,30 +68,60 @@ class Rule:
         """The shift that means "unchanged": a ratio of 1, or a difference of 0."""
         return 1.0 if self.relative else 0.0
 
+    @property
+    def drop(self) -> float:
+        """The rule's size as a drop of ``goodness``."""
+        if self.measure.higher_is_better or not self.relative:
+            return self.size
+        return self.size / (1 + self.size)
+
+    def shown_size(self, drop: float) -> float:
+        """A drop of goodness as a change of the quantity for the worse."""
+        if self.measure.higher_is_better or not self.relative:
+            return drop
+        return drop / (1 - drop) if drop < 1 else math.inf
+
+    def goodness(self, values: Sequence[float]) -> list[float]:
+        """``values`` on a higher-is-better scale: a time's inverse (relative) or
+        its negative (absolute); rates and utilizations as they are."""
+        if self.measure.higher_is_better:
+            return list(values)
+        if self.relative:
+            return [1 / v if v > 0 else math.nan for v in values]
+        return [-v for v in values]
+
+    def shown(self, goodness: float) -> float:
+        """A shift of goodness as the quantity's own: now / baseline, or now - baseline."""
+        if self.measure.higher_is_better:
+            return goodness
+        if self.relative:
+            return 1 / goodness if goodness > 0 else math.inf
+        return -goodness
+
 
 #: Shown when no rule is given: throughput is compared, and nothing can fail.
 NO_RULE = Rule("tokens_per_second", 0.0, True, "tokens_per_second (no rule)")
 
 
 def parse_rule(text: str) -> Rule:
-    """``tokens_per_second:5%`` (relative drop) or ``utilization:0.1`` (absolute drop)."""
+    """``tokens_per_second:5%`` (relative), ``utilization:0.1`` (absolute), ``ttft:10%``."""
     match = _RULE.match(text.lower())
     if not match:
         raise RuleError(
             f"{text!r} is not a rule: write QUANTITY:SIZE, e.g. tokens_per_second:5% "
-            f"(a relative drop) or utilization:0.1 (an absolute drop); quantities: "
-            f"{', '.join(QUANTITIES)}"
+            f"(a relative change for the worse) or utilization:0.1 (an absolute one); "
+            f"quantities: {names()}"
         )
     name, number, percent = match.groups()
-    name = _ALIASES.get(name, name)
-    if name not in QUANTITIES:
-        raise RuleError(f"{text!r}: unknown quantity {name!r}; use one of {', '.join(QUANTITIES)}")
+    measure = lookup(name)
+    if measure is None:
+        raise RuleError(f"{text!r}: unknown quantity {name!r}; use one of {names()}")
     size = float(number) / 100 if percent else float(number)
     if percent and not 0 < size < 1:
-        raise RuleError(f"{text!r}: a relative drop must be between 0% and 100%")
+        raise RuleError(f"{text!r}: a relative change must be between 0% and 100%")
     if size <= 0:
-        raise RuleError(f"{text!r}: the drop must be above 0")
-    return Rule(name, size, bool(percent), text.strip())
+        raise RuleError(f"{text!r}: the change must be above 0")
+    return Rule(measure.name, size, bool(percent), text.strip())
 
 
 @dataclass(frozen=True)
@@ -126,7 +158,8 @@ class Row:
         """The drop this row would have caught 9 times in 10 (a fraction for a % rule)."""
         if self.shift is None or self.rule.size == 0:
             return None
-        return detectable_drop(self.shift, self.rule.size, self.alpha, self.rule.relative)
+        drop = detectable_drop(self.shift, self.rule.drop, self.alpha, self.rule.relative)
+        return self.rule.shown_size(drop)
 
     @property
     def detectable_text(self) -> str:
@@ -141,19 +174,26 @@ class Row:
     def change(self) -> str:
         if self.shift is None:
             return "-"
+        estimate = self.rule.shown(self.shift.estimate)
         if self.rule.relative:
-            return f"{_unsigned_zero(self.shift.estimate - 1, 3):+.1%}"
-        return f"{_unsigned_zero(self.shift.estimate, self._digits):+.{self._digits}f}"
+            return f"{_unsigned_zero(estimate - 1, 3):+.1%}"
+        return f"{_unsigned_zero(estimate, self._digits):+.{self._digits}f}"
 
     @property
     def _digits(self) -> int:
-        return 1 if self.rule.quantity == "tokens_per_second" else 3
+        return self.rule.measure.digits
+
+    @property
+    def _shown_bounds(self) -> tuple[float, float]:
+        assert self.shift is not None
+        low, high = sorted((self.rule.shown(self.shift.low), self.rule.shown(self.shift.high)))
+        return low, high
 
     @property
     def interval(self) -> str:
         if self.shift is None:
             return "-"
-        low, high = self.shift.low, self.shift.high
+        low, high = self._shown_bounds
         if self.rule.relative:
             low, high = _unsigned_zero(low - 1, 3), _unsigned_zero(high - 1, 3)
             return f"{low:+.1%} to {high:+.1%}"
@@ -166,7 +206,7 @@ class Row:
         drop of the rule's size: the gate could not have caught one."""
         if self.shift is None or self.regression or self.rule.size == 0:
             return False
-        return self.shift.low < self.rule.no_change - self.rule.size
+        return self.shift.low < self.rule.no_change - self.rule.drop
 
     @property
     def verdict(self) -> str:
@@ -175,7 +215,8 @@ class Row:
         if self.shift is None:
             return "not compared"
         if self.regression:
-            return f"REGRESSION (> {self.rule.describe_size()} worse)"
+            way = "worse" if self.rule.measure.higher_is_better else "higher"
+            return f"REGRESSION (> {self.rule.describe_size()} {way})"
         if self.shift.low > self.rule.no_change:
             return "better"
         if self.rule.size == 0:  # no rule given: the table informs, nothing is judged
@@ -192,9 +233,10 @@ class Row:
             "rule": self.rule.text,
             "baseline": self.baseline,
             "now": self.now,
-            "change": None if self.shift is None else self.shift.estimate,
-            "low": None if self.shift is None else self.shift.low,
-            "high": None if self.shift is None else self.shift.high,
+            # in the quantity's own terms (a time's ratio, not its inverse's)
+            "change": None if self.shift is None else self.rule.shown(self.shift.estimate),
+            "low": None if self.shift is None else self._shown_bounds[0],
+            "high": None if self.shift is None else self._shown_bounds[1],
             "p_value": None if self.shift is None else self.shift.p_value,
             "p_adjusted": self.p_adjusted,
             "detectable": self.detectable,
@@ -288,8 +330,8 @@ def rule_shift(
     """The test of ``rule`` on two sides' values at one-sided ``alpha``: a ratio for a
     relative rule, a difference for an absolute one; ``None`` where it cannot run."""
     if rule.relative:
-        return relative_shift(now, before, rule.size, alpha)
-    return absolute_shift(now, before, rule.size, alpha)
+        return relative_shift(now, before, rule.drop, alpha)
+    return absolute_shift(now, before, rule.drop, alpha)
 
 
 def busy_reason(entry: Mapping[str, Any], side: str) -> str | None:
@@ -360,8 +402,8 @@ def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -
             a, b = _values(after, rule.field), _values(before, rule.field)
             if busy is not None:
                 a = b = []  # never judged on samples taken under load
-            shift = rule_shift(rule, a, b, per_test)
-            regression = shift is not None and shift.high < rule.no_change - rule.size
+            shift = rule_shift(rule, rule.goodness(a), rule.goodness(b), per_test)
+            regression = shift is not None and shift.high < rule.no_change - rule.drop
             rows.append(
                 Row(
                     name,
@@ -433,7 +475,7 @@ class Gate:
         would not; 0 where the baseline has fewer than two values."""
         needed = 0
         for rule in self.rules:
-            values = _field(baseline, rule.field)
+            values = rule.goodness(_field(baseline, rule.field))
             sd = stdev(values, log=rule.relative)
             if sd is None:
                 continue
@@ -448,8 +490,8 @@ class Gate:
                     float(other - 1),
                 )
                 shift = Shift(0.0, 0.0, 0.0, 1.0, error)
-                if detectable_drop(shift, rule.size, self.alpha, rule.relative, POWER) <= (
-                    PRECISION_FACTOR * rule.size
+                if detectable_drop(shift, rule.drop, self.alpha, rule.relative, POWER) <= (
+                    PRECISION_FACTOR * rule.drop
                 ):
                     needed = max(needed, n)
                     break

@@ -292,7 +292,7 @@ def _comparison_rows(comparison: Comparison) -> list[list[str]]:
     rows = []
     common = _common_file(comparison)
     for row in comparison.rows:
-        digits = 1 if row.rule.quantity == "tokens_per_second" else 2
+        digits = row.rule.measure.digits
         rows.append(
             [
                 row.test.partition("::")[2] if common else row.test,

@@ -67,7 +67,7 @@ def test_rules():
         ("tokens_per_second", "is not a rule: write QUANTITY:SIZE"),
         ("speed:5%", "unknown quantity 'speed'"),
         ("tokens_per_second:150%", "between 0% and 100%"),
-        ("utilization:0", "the drop must be above 0"),
+        ("utilization:0", "the change must be above 0"),
         ("utilization:-1", "is not a rule"),
     ],
 )
@@ -728,3 +728,39 @@ def test_a_noisy_baseline_plans_more_samples_for_the_next_run(pytester: pytest.P
     assert all(4 < n <= 16 for n in counts), counts
     # n: the baseline's 16 samples and the ones planned from them
     result.stdout.fnmatch_lines(["  test_sweep*1*tokens_per_second:5%*16/*1?%*ok*"])
+
+
+# -- rules on every quantity, either way --------------------------------------------
+
+
+def _timed(ttft: list[float], prefill: list[float], tmp_path: Path, name: str) -> SavedRun:
+    document = _document([40.0 + 0.1 * i for i in range(len(ttft))])
+    samples = document["benchmarks"][0]["extra_info"]["ollama_cpu"]["samples"]
+    for sample, t, p in zip(samples, ttft, prefill, strict=True):
+        sample.update(time_to_first_token=t, prompt_tokens_per_second=p)
+    return load_file(save(document, tmp_path / "store", name))
+
+
+def test_a_time_rule_fails_when_the_time_is_shown_higher_and_a_rate_rule_when_lower(
+    tmp_path: Path,
+) -> None:
+    base = _timed([0.50, 0.51, 0.49, 0.50, 0.52], [300, 298, 303, 301, 299], tmp_path, "a")
+    slower = _timed([0.98, 1.01, 0.99, 1.00, 1.02], [150, 152, 149, 151, 150], tmp_path, "b")
+    rules = [parse_rule("ttft:10%"), parse_rule("prefill:10%")]
+    assert [r.quantity for r in rules] == ["time_to_first_token", "prompt_tokens_per_second"]
+    result = compare(base, slower, rules, 0.01)
+    ttft, prefill = result.rows[0], result.rows[1]
+    assert ttft.regression and prefill.regression
+    assert ttft.verdict == "REGRESSION (> 10% higher)"
+    assert prefill.verdict == "REGRESSION (> 10% worse)"
+    # shown in the time's own terms: about twice as long, not its inverse halved
+    assert ttft.change == "+98.4%" and ttft.baseline is not None and ttft.baseline < 0.6
+    assert ttft.to_dict()["low"] > 1.8 and ttft.to_dict()["high"] < 2.2
+    assert prefill.change.startswith("-49.")
+    # the other way round, both got better: never a regression
+    better = compare(slower, base, rules, 0.01)
+    assert [r.verdict for r in better.rows] == ["better", "better"]
+    # a time 5% higher under a 10% rule passes, shown as such
+    same = _timed([0.525, 0.535, 0.515, 0.525, 0.546], [300, 298, 303, 301, 299], tmp_path, "c")
+    row = compare(base, same, rules[:1], 0.01).rows[0]
+    assert not row.regression and row.change == "+5.0%"
