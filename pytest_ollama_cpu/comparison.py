@@ -222,7 +222,8 @@ class Row:
         if self.rule.size == 0:  # no rule given: the table informs, nothing is judged
             return "worse" if self.shift.high < self.rule.no_change else "no change shown"
         if self.undecided:
-            return f"ok? a {self.rule.describe_size()} drop not ruled out"
+            change = "drop" if self.rule.measure.higher_is_better else "rise"
+            return f"ok? a {self.rule.describe_size()} {change} not ruled out"
         return "ok"
 
     def to_dict(self) -> dict[str, Any]:

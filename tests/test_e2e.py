@@ -428,3 +428,33 @@ def test_cached(ollama_cpu):
         prefill = two["summary"]["prompt_tokens_per_second"]["median"] / fresh_rate
         generation = two["speedup"]
         assert prefill > 1.5 and prefill > generation + 0.3, (prefill, generation)
+
+
+def test_a_real_ttft_rule_fails_on_one_cpu_and_passes_an_unchanged_rerun(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    """Prefill is compute-bound: 2 threads confined to one CPU take about twice as long
+    to the first token of a 260-token prompt, and a rule on it fails."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    pytester.makepyfile(
+        f"""
+import pytest
+
+PROMPT = {LONG_PROMPT!r}
+
+@pytest.mark.threads(2, rounds=4)
+def test_ttft(ollama_cpu):
+    ollama_cpu.generate(PROMPT)
+"""
+    )
+    compare = ["--ollama-cpu-compare=base", "--ollama-cpu-compare-fail=ttft:10%"]
+    run(pytester, embedded_ollama, "--ollama-cpu-save=base").assert_outcomes(passed=1)
+    result = run(pytester, embedded_ollama, *compare)
+    assert result.ret == pytest.ExitCode.OK
+    (row,) = [line for line in result.stdout.lines if "ttft:10%" in line]
+    assert row.rstrip().endswith(("ok", "better", "ok? a 10% rise not ruled out")), row
+    result = run(pytester, embedded_ollama, *compare, "--ollama-cpu-cpus=0")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*test_ttft*2*ttft:10%*+*%*REGRESSION (> 10% higher)"])
