@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from .machine import auto_thread_counts
+from .quantities import QUANTITIES, lookup
 
 MARKER_NAME = "threads"
 MARKER_HELP = (
@@ -50,16 +51,46 @@ class ThreadsMarker:
     alpha: float | None = None
 
 
-def check_threshold(name: str, value: Any) -> float | dict[int, float]:
-    """A threshold is a number above 0; ``min_speedup`` may map thread counts to one."""
-    if name == "min_speedup" and isinstance(value, Mapping):
+def check_threshold(name: str, value: Any) -> Any:
+    """A threshold is a number above 0. ``min_speedup`` may map thread counts to one;
+    ``min_speedup`` and ``min_efficiency`` may map a phase or rate (``"prefill"``,
+    ``"generation"``, ``"ttft"``: see ``quantities.py``) to either form."""
+    if name in ("min_speedup", "min_efficiency") and isinstance(value, Mapping):
         if not value:
-            raise MarkerError("min_speedup={} is empty; give {threads: minimum, ...}")
-        return {
-            _check_count(t, f"{t!r} (a key of min_speedup)"): _positive(f"{name}[{t!r}]", v)
-            for t, v in value.items()
-        }
+            raise MarkerError(
+                f"{name}={{}} is empty; give a minimum, {{threads: minimum}} (min_speedup) "
+                "or {'prefill': minimum, 'generation': minimum}"
+            )
+        if all(isinstance(k, str) for k in value):
+            return {_rate_name(name, k): _per_count(f"{name}[{k!r}]", v) for k, v in value.items()}
+        if name == "min_speedup":
+            return _per_count(name, value)
+        raise MarkerError(
+            f"{name}={value!r}: the keys of min_efficiency are phases such as 'prefill' or "
+            "'generation', not thread counts"
+        )
     return _positive(name, value)
+
+
+def _per_count(name: str, value: Any) -> float | dict[int, float]:
+    if not isinstance(value, Mapping):
+        return _positive(name, value)
+    if not value:
+        raise MarkerError(f"{name}={{}} is empty; give {{threads: minimum, ...}}")
+    return {
+        _check_count(t, f"{t!r} (a key of {name})"): _positive(f"{name}[{t!r}]", v)
+        for t, v in value.items()
+    }
+
+
+def _rate_name(name: str, key: str) -> str:
+    quantity = lookup(key)
+    if quantity is None or not quantity.relative:
+        rates = ", ".join(
+            repr(q.aliases[0] if q.aliases else q.name) for q in QUANTITIES.values() if q.relative
+        )
+        raise MarkerError(f"{name}: {key!r} is not a phase or a rate to scale; use one of {rates}")
+    return quantity.name
 
 
 def _positive(name: str, value: Any) -> float:

@@ -440,8 +440,8 @@ class Sweep:
     def check(
         self,
         *,
-        min_speedup: float | Mapping[int, float] | None = None,
-        min_efficiency: float | None = None,
+        min_speedup: float | Mapping[Any, Any] | None = None,
+        min_efficiency: float | Mapping[str, Any] | None = None,
         min_utilization: float | None = None,
         min_machine_utilization: float | None = None,
         alpha: float = 0.01,

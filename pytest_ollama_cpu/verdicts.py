@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .machine import cpus_text
+from .quantities import GENERATION_RATE, QUANTITIES, lookup
 from .results import Sweep, ThreadResult
 from .statistics import Bounds, format_interval, mean_bounds, ratio_bounds, spent_alpha
 
@@ -42,8 +43,10 @@ MACHINE_UTILIZATION = "machine utilization"
 class Thresholds:
     """The minimums a test asks for; ``None`` means not checked."""
 
-    min_speedup: float | Mapping[int, float] | None = None
-    min_efficiency: float | None = None
+    #: a minimum for the generation rate's speedup, {threads: minimum}, or either
+    #: per rate: {"prompt_tokens_per_second": 1.6, "tokens_per_second": 1.1}
+    min_speedup: float | Mapping[Any, Any] | None = None
+    min_efficiency: float | Mapping[str, Any] | None = None
     min_utilization: float | None = None
     min_machine_utilization: float | None = None
     alpha: float = DEFAULT_ALPHA
@@ -61,12 +64,9 @@ class Thresholds:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        speedup: Any = self.min_speedup
-        if isinstance(speedup, Mapping):
-            speedup = {str(k): v for k, v in speedup.items()}
         return {
-            "min_speedup": speedup,
-            "min_efficiency": self.min_efficiency,
+            "min_speedup": _keys_to_text(self.min_speedup),
+            "min_efficiency": _keys_to_text(self.min_efficiency),
             "min_utilization": self.min_utilization,
             "min_machine_utilization": self.min_machine_utilization,
             "alpha": self.alpha,
@@ -74,16 +74,26 @@ class Thresholds:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Thresholds:
-        speedup = data.get("min_speedup")
-        if isinstance(speedup, Mapping):
-            speedup = {int(k): float(v) for k, v in speedup.items()}
         return cls(
-            min_speedup=speedup,
-            min_efficiency=data.get("min_efficiency"),
+            min_speedup=_keys_from_text(data.get("min_speedup")),
+            min_efficiency=_keys_from_text(data.get("min_efficiency")),
             min_utilization=data.get("min_utilization"),
             min_machine_utilization=data.get("min_machine_utilization"),
             alpha=float(data.get("alpha", DEFAULT_ALPHA)),
         )
+
+
+def _keys_to_text(value: Any) -> Any:
+    """JSON keys are text: thread counts become "2", rates stay as they are."""
+    if not isinstance(value, Mapping):
+        return value
+    return {str(k): _keys_to_text(v) for k, v in value.items()}
+
+
+def _keys_from_text(value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        return None if value is None else float(value)
+    return {int(k) if k.isdigit() else k: _keys_from_text(v) for k, v in value.items()}
 
 
 @dataclass(frozen=True)
@@ -347,9 +357,40 @@ class Verdict:
 
 @dataclass(frozen=True)
 class _Plan:
+    #: what the check is called: "speedup", "prefill speedup", "thread utilization"
     quantity: str
     threads: int
     threshold: float
+    kind: str = ""
+    #: the quantity a speedup or efficiency is a ratio of
+    rate: str = GENERATION_RATE.name
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            object.__setattr__(self, "kind", self.quantity)
+
+
+def _per_rate(value: Any) -> dict[str, Any]:
+    """A speedup or efficiency threshold per rate: a plain one is the generation rate's."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping) and value and all(isinstance(k, str) for k in value):
+        rates = {}
+        for key, minimum in value.items():
+            quantity = lookup(key)
+            if quantity is None or not quantity.relative:
+                raise ValueError(f"{key!r} is not a rate whose speedup can be checked")
+            rates[quantity.name] = minimum
+        return rates
+    return {GENERATION_RATE.name: value}
+
+
+def check_name(kind: str, rate: str) -> str:
+    """'speedup' for the generation rate (as always), 'prefill speedup' for another."""
+    if rate == GENERATION_RATE.name:
+        return kind
+    quantity = QUANTITIES[rate]
+    return f"{quantity.aliases[0] if quantity.aliases else quantity.name} {kind}"
 
 
 def plan_checks(sweep: Sweep, thresholds: Thresholds) -> list[_Plan]:
@@ -358,14 +399,22 @@ def plan_checks(sweep: Sweep, thresholds: Thresholds) -> list[_Plan]:
         return []
     base, largest = counts[0], counts[-1]
     plans: list[_Plan] = []
-    speedup = thresholds.min_speedup
-    if isinstance(speedup, Mapping):
-        for t, minimum in sorted(speedup.items()):
-            plans.append(_Plan(SPEEDUP, int(t), float(minimum)))
-    elif speedup is not None and largest != base:
-        plans.append(_Plan(SPEEDUP, largest, float(speedup)))
-    if thresholds.min_efficiency is not None:
-        plans += [_Plan(EFFICIENCY, t, thresholds.min_efficiency) for t in counts if t != base]
+    for rate, speedup in _per_rate(thresholds.min_speedup).items():
+        name = check_name(SPEEDUP, rate)
+        if isinstance(speedup, Mapping):
+            for t, minimum in sorted(speedup.items()):
+                plans.append(_Plan(name, int(t), float(minimum), SPEEDUP, rate))
+        elif largest != base:
+            plans.append(_Plan(name, largest, float(speedup), SPEEDUP, rate))
+    for rate, efficiency in _per_rate(thresholds.min_efficiency).items():
+        name = check_name(EFFICIENCY, rate)
+        if isinstance(efficiency, Mapping):
+            for t, minimum in sorted(efficiency.items()):
+                plans.append(_Plan(name, int(t), float(minimum), EFFICIENCY, rate))
+        else:
+            plans += [
+                _Plan(name, t, float(efficiency), EFFICIENCY, rate) for t in counts if t != base
+            ]
     if thresholds.min_utilization is not None:
         plans += [_Plan(THREAD_UTILIZATION, t, thresholds.min_utilization) for t in counts]
     if thresholds.min_machine_utilization is not None:
@@ -389,8 +438,13 @@ def _values(result: ThreadResult, quantity: str) -> list[float]:
     return [v for v in raw if v is not None]
 
 
-def _tokens(result: ThreadResult) -> list[float]:
-    return [s.tokens_per_second for s in result.undisturbed]
+def _goodness(result: ThreadResult, rate: str) -> list[float]:
+    """``rate`` in the undisturbed samples, higher is better: a time by its inverse."""
+    quantity = QUANTITIES[rate]
+    values = [quantity.read(s.to_dict()) for s in result.undisturbed]
+    if quantity.higher_is_better:
+        return [v for v in values if v is not None]
+    return [1 / v if v > 0 else 0.0 for v in values if v is not None]
 
 
 def busy_cause(result: ThreadResult) -> str:
@@ -442,11 +496,16 @@ def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str:
     return "no cause shown by these samples"
 
 
-def _why_no_ratio(now: list[float], base: list[float]) -> str:
-    """Why a ratio of throughputs has no bounds: the real reason, not a guess."""
-    if min(len(now), len(base)) < 2:
+def _why_no_ratio(
+    now: list[float], base: list[float], rate: str, undisturbed: tuple[int, int]
+) -> str:
+    """Why a ratio of ``rate`` has no bounds: the real reason, not a guess."""
+    words = QUANTITIES[rate].words
+    if min(undisturbed) < 2:
         return "fewer than two undisturbed samples"
-    return "a sample's tokens/s is not a positive number, so no ratio can be formed"
+    if min(len(now), len(base)) < 2:
+        return f"fewer than two samples measured a {words} (Ollama reported no such timing)"
+    return f"a sample's {words} is not a positive number, so no ratio can be formed"
 
 
 def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
@@ -459,7 +518,7 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
     if plan.threads not in sweep.results:
         return unavailable(f"{plan.threads} threads were not measured")
     result = sweep.results[plan.threads]
-    if plan.quantity in (SPEEDUP, EFFICIENCY):
+    if plan.kind in (SPEEDUP, EFFICIENCY):
         if plan.threads == base:
             return unavailable(
                 f"{plan.quantity} is measured against the smallest thread count, {base}: "
@@ -475,8 +534,9 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
                 cause="; ".join(busy_cause(r) for r in busy),
                 baseline=base,
             )
-        scale = 1.0 if plan.quantity == SPEEDUP else base / plan.threads
-        now, before = _tokens(result), _tokens(sweep.results[base])
+        scale = 1.0 if plan.kind == SPEEDUP else base / plan.threads
+        now = _goodness(result, plan.rate)
+        before = _goodness(sweep.results[base], plan.rate)
         bounds = ratio_bounds(now, before, alpha)
         if bounds is None:
             return _RatioCheck(
@@ -484,7 +544,12 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
                 plan.threads,
                 plan.threshold,
                 "inconclusive",
-                cause=_why_no_ratio(now, before),
+                cause=_why_no_ratio(
+                    now,
+                    before,
+                    plan.rate,
+                    (len(result.undisturbed), len(sweep.results[base].undisturbed)),
+                ),
                 baseline=base,
             )
         # estimate and bounds are of the same statistic: the ratio of geometric means
@@ -555,7 +620,11 @@ def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | No
     candidates: list[int] = []  # not shown to be more than 5% slower than another count
     for result in measured:
         bounds = [
-            ratio_bounds(_tokens(result), _tokens(other), per_pair)
+            ratio_bounds(
+                _goodness(result, GENERATION_RATE.name),
+                _goodness(other, GENERATION_RATE.name),
+                per_pair,
+            )
             for other in measured
             if other is not result
         ]

@@ -458,3 +458,27 @@ def test_ttft(ollama_cpu):
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*test_ttft*2*ttft:10%*+*%*REGRESSION (> 10% higher)"])
+
+
+def test_a_real_prefill_threshold_passes_on_two_cpus_and_fails_on_one(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    pytester.makepyfile(
+        f"""
+import pytest
+
+PROMPT = {LONG_PROMPT!r}
+
+@pytest.mark.threads(1, 2, rounds=4, min_speedup={{"prefill": 1.5}})
+def test_prefill_scales(ollama_cpu):
+    ollama_cpu.generate(PROMPT)
+"""
+    )
+    result = run(pytester, embedded_ollama)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*ok  num_thread=2: prefill speedup 1.* not below 1.5"])
+    result = run(pytester, embedded_ollama, "--ollama-cpu-cpus=0")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*FAILED  num_thread=2: prefill speedup * below 1.5*"])

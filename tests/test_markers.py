@@ -63,3 +63,22 @@ def test_cpu_lists():
     for bad, message in (("x", "not a CPU number"), ("3-1", "from low to high"), ("", "no CPUs")):
         with pytest.raises(ValueError, match=message):
             parse_cpu_list(bad)
+
+
+def test_speedup_and_efficiency_thresholds_may_name_a_phase() -> None:
+    from pytest_ollama_cpu.markers import check_threshold
+
+    assert check_threshold("min_speedup", {"prefill": 1.6, "generation": {2: 1.2}}) == {
+        "prompt_tokens_per_second": 1.6,
+        "tokens_per_second": {2: 1.2},
+    }
+    assert check_threshold("min_efficiency", {"ttft": 0.8}) == {"time_to_first_token": 0.8}
+    assert check_threshold("min_speedup", {4: 2.0}) == {4: 2.0}
+    with pytest.raises(MarkerError, match="'colour' is not a phase or a rate to scale; use one"):
+        check_threshold("min_speedup", {"colour": 2})
+    with pytest.raises(MarkerError, match="utilization"):
+        check_threshold("min_efficiency", {"utilization": 0.5})
+    with pytest.raises(MarkerError, match="keys of min_efficiency are phases"):
+        check_threshold("min_efficiency", {2: 0.5})
+    with pytest.raises(MarkerError, match=r"min_speedup\['prefill'\]=0 must be a number above 0"):
+        check_threshold("min_speedup", {"prefill": 0})

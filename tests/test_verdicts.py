@@ -557,7 +557,9 @@ def test_a_check_that_cannot_compute_says_why():
     data = {1: [sample(1, 40.0), sample(1, 40.5)], 2: [sample(2, 70.0), zero]}
     (check,) = evaluate(sweep_of(data), Thresholds(min_efficiency=0.5)).checks
     assert check.outcome == "inconclusive"
-    assert check.cause == "a sample's tokens/s is not a positive number, so no ratio can be formed"
+    assert check.cause == (
+        "a sample's generation rate is not a positive number, so no ratio can be formed"
+    )
     data = {1: [sample(1, 40.0), sample(1, 40.5)], 2: [sample(2, 70.0)]}
     (check,) = evaluate(sweep_of(data), Thresholds(min_efficiency=0.5)).checks
     assert check.cause == "fewer than two undisturbed samples"
@@ -589,3 +591,46 @@ def test_counts_the_recommendation_cannot_tell_apart_get_samples_while_the_loop_
         sweep_of({t: sim.draw(t, 3) for t in (1, 2, 4)}), Thresholds(), 3, 12, take_more
     )
     assert asked == []
+
+
+def prefilled(threads: int, tps: float, prefill: float) -> Sample:
+    """A sample whose 256-token prompt was processed at ``prefill`` tokens/s."""
+    from dataclasses import replace
+
+    return replace(
+        sample(threads, tps), timings=Timings(1.0, 0.0, 256, 256 / prefill, 64, 64 / tps)
+    )
+
+
+def test_speedup_and_efficiency_thresholds_per_phase():
+    # generation flat (memory-bound), prefill nearly doubling (compute-bound)
+    data = {
+        1: [prefilled(1, 60.0 + d, 300.0 + 3 * d) for d in (-0.4, 0.0, 0.3, 0.5, -0.2)],
+        2: [prefilled(2, 60.5 + d, 570.0 + 5 * d) for d in (-0.4, 0.0, 0.3, 0.5, -0.2)],
+    }
+    sweep = sweep_of(data)
+    verdict = evaluate(sweep, Thresholds(min_speedup={"prefill": 1.6, "generation": 1.3}))
+    outcomes = {(c.quantity, c.threads): c.outcome for c in verdict.checks}
+    assert outcomes == {("prefill speedup", 2): "pass", ("speedup", 2): "fail"}
+    prefill = next(c for c in verdict.checks if c.quantity == "prefill speedup")
+    assert prefill.estimate == pytest.approx(1.9, abs=0.01)
+    # per thread count, and efficiency, and a time: its speedup is the inverse ratio
+    verdict = evaluate(
+        sweep,
+        Thresholds(
+            min_speedup={"pp": {2: 2.2}},
+            min_efficiency={"prefill": 0.9, "ttft": 0.9},
+        ),
+    )
+    outcomes = {(c.quantity, c.threads): c.outcome for c in verdict.checks}
+    assert outcomes == {
+        ("prefill speedup", 2): "fail",
+        ("prefill efficiency", 2): "pass",
+        ("ttft efficiency", 2): "pass",
+    }
+    assert "prefill speedup" in verdict.message() and "below 2.2" in verdict.message()
+    # the saved thresholds read back the same
+    again = Thresholds.from_dict(Thresholds(min_speedup={"prefill": {2: 1.6}}).to_dict())
+    assert again.min_speedup == {"prompt_tokens_per_second": {2: 1.6}} or again.min_speedup == {
+        "prefill": {2: 1.6}
+    }
