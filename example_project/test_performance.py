@@ -34,6 +34,28 @@ def test_the_threads_keep_the_cpus_busy(ollama_cpu):
     ollama_cpu.generate("Explain what a CPU cache is.")
 
 
+#: A long context, as a RAG prompt or a chat history would be: several hundred tokens that
+#: the model must process (prefill) before its first token. Each request starts with a
+#: line of its own, so Ollama's prompt cache never serves a sample. Ask for something the
+#: model writes at length about: a reply that stops at once has no generation rate.
+CONTEXT = (
+    "The processor reads data from memory through a hierarchy of caches. Each level is "
+    "larger and slower than the one before it, and a miss at every level costs a trip to "
+    "main memory. "
+) * 10 + "\nExplain the text above."
+
+
+@pytest.mark.threads(1, 2, min_speedup={"prefill": 1.3})
+def test_a_long_prompt_is_processed_faster_with_more_threads(ollama_cpu):
+    # prefill is compute-bound: where generation barely scales, prompt processing
+    # should, and time to first token falls with it
+    sweep = ollama_cpu.generate(CONTEXT)
+    for result in sweep:
+        if not result.busy:
+            assert result.summary("prefill").median > 1
+            assert result.summary("ttft").median > 0
+
+
 @pytest.mark.threads("auto", rounds=3)
 def test_chat_across_usable_cpus(ollama_cpu):
     sweep = ollama_cpu.chat(

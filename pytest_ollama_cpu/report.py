@@ -11,10 +11,11 @@ from .client import ModelFacts
 from .comparison import Comparison
 from .disturbance import MARGIN_CORES
 from .machine import MachineFacts, cpus_text
-from .quantities import PREFILL_RATE, TIME_TO_FIRST_TOKEN
+from .quantities import PREFILL_RATE, REQUEST_SECONDS, TIME_TO_FIRST_TOKEN
 from .records import RecordedSweep, by_machine
 from .results import Sweep, ThreadResult, stopped_because
 from .statistics import Summary, format_interval
+from .verdicts import Recommendation, Verdict
 
 COLUMNS = (
     "threads",
@@ -80,6 +81,55 @@ def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> list[s
     return lines
 
 
+def _workload_lines(sweep: Sweep, verdict: Verdict) -> list[str]:
+    """The count that makes this test's whole request quickest, and whether prefill and
+    generation agree on it."""
+    request = verdict.for_quantity(REQUEST_SECONDS.name)
+    if request is None or len(sweep.results) < 2:
+        return []
+    times = ", ".join(
+        f"{summary.median:.3f} s at {r.threads}"
+        for r in sweep
+        if not r.busy and (summary := r.summary(REQUEST_SECONDS)) is not None
+    )
+    if request.shown:
+        text = f"whole request: num_thread {request.threads} is quickest ({times} threads)"
+    else:
+        counts = " or ".join(str(t) for t in sorted({*request.unsettled, request.threads}))
+        text = f"whole request: no num_thread shown quickest ({times} threads; {counts} alike)"
+    lines = [f"  {text}"]
+    prefill, generation = verdict.for_quantity(PREFILL_RATE.name), verdict.recommendation
+    if prefill is not None and generation is not None and _disagree(prefill, generation):
+        lines.append(
+            f"  the phases disagree: prefill {_said(prefill)}, generation {_said(generation)}; "
+            "for this prompt and reply length the whole request decides"
+        )
+    return lines
+
+
+def _alike(r: Recommendation) -> set[int]:
+    """The counts ``r`` cannot tell from its pick, the pick included."""
+    return {r.threads, *r.unsettled}
+
+
+def _disagree(a: Recommendation, b: Recommendation) -> bool:
+    """Whether one phase is shown best at a count the other is shown to do worse at."""
+    if a.shown and b.shown:
+        return a.threads != b.threads
+    if a.shown:
+        return a.threads not in _alike(b)
+    if b.shown:
+        return b.threads not in _alike(a)
+    return False
+
+
+def _said(r: Recommendation) -> str:
+    if r.shown:
+        return f"is best at {r.threads} thread{'s' * (r.threads != 1)}"
+    counts = " or ".join(str(t) for t in sorted(_alike(r)))
+    return f"cannot tell {counts} threads apart"
+
+
 def _prompt_words(sweep: Sweep) -> str:
     counts = sorted({s.timings.prompt_eval_count for r in sweep for s in r.samples})
     if not counts or counts[-1] <= 0:
@@ -130,6 +180,7 @@ def sweep_lines(recorded: RecordedSweep) -> list[str]:
                 "  no recommended num_thread: no thread count got undisturbed samples "
                 "(the machine was busy)"
             )
+        lines += _workload_lines(sweep, verdict)
         for check in verdict.checks:
             mark = {
                 "pass": "ok",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .client import ModelFacts, OllamaCpuError, Timings
 from .disturbance import describe_load, excess_cores, spare_cpus
 from .machine import MachineFacts
-from .quantities import QUANTITIES, Quantity
+from .quantities import QUANTITIES, Quantity, lookup, names
 from .statistics import Summary, ratio
 
 if TYPE_CHECKING:
@@ -265,8 +265,14 @@ class ThreadResult:
     def wall_seconds(self) -> Summary | None:
         return _summary([s.wall_seconds for s in self.undisturbed])
 
-    def summary(self, quantity: Quantity) -> Summary | None:
-        """``quantity`` over the undisturbed samples; None where none measured it."""
+    def summary(self, quantity: Quantity | str) -> Summary | None:
+        """``quantity`` (or its name: ``"prefill"``, ``"ttft"``, ``"tokens_per_second"``,
+        see ``quantities.py``) over the undisturbed samples; None where none measured it."""
+        if isinstance(quantity, str):
+            found = lookup(quantity)
+            if found is None:
+                raise KeyError(f"{quantity!r} is not a quantity; use one of {names()}")
+            quantity = found
         return _summary([quantity.read(s.to_dict()) for s in self.undisturbed])
 
     @cached_property

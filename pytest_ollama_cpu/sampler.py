@@ -41,6 +41,10 @@ RELOAD_SECONDS = 0.25
 #: the first sample after it is no slower than the rest.
 WARMUP_TOKENS = 16
 
+#: Requests a sample may take when replies stop too short for a rate: each has its
+#: own first line, and what the model writes depends on it.
+SHORT_REPLY_TRIES = 3
+
 #: Defaults that make repeated requests do identical work.
 DETERMINISTIC_OPTIONS: Mapping[str, Any] = {"seed": 42, "temperature": 0.0}
 
@@ -143,11 +147,22 @@ class SweepRunner:
         return self.client.generate(workload.model, workload.prompt, options)
 
     def _sample(self, workload: Workload, threads: int, round_: int) -> Sample:
-        # a failed request leaves the runner's state unknown
-        self._loaded = None
-        sample = self._measure(workload, threads, round_)
-        self._loaded = threads
-        return sample
+        """One sample; a reply too short for a rate is asked again, with another unique
+        first line (which changes what the model writes), up to ``SHORT_REPLY_TRIES``."""
+        for attempt in range(1, SHORT_REPLY_TRIES + 1):
+            # a failed request leaves the runner's state unknown
+            self._loaded = None
+            try:
+                sample = self._measure(workload, threads, round_)
+            except ShortReply as exc:
+                if workload.prompt_cache or attempt == SHORT_REPLY_TRIES:
+                    tries = "" if workload.prompt_cache else f" ({attempt} requests in a row)"
+                    raise ShortReply(f"{exc}{tries}") from None
+                self._loaded = threads
+                continue
+            self._loaded = threads
+            return sample
+        raise AssertionError("unreachable")
 
     def _measure(self, workload: Workload, threads: int, round_: int) -> Sample:
         server = self.server

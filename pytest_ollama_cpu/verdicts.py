@@ -19,7 +19,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .machine import cpus_text
-from .quantities import GENERATION_RATE, QUANTITIES, lookup
+from .quantities import (
+    GENERATION_RATE,
+    PREFILL_RATE,
+    QUANTITIES,
+    REQUEST_SECONDS,
+    Quantity,
+    lookup,
+)
 from .results import Sweep, ThreadResult
 from .statistics import Bounds, format_interval, mean_bounds, ratio_bounds, spent_alpha
 
@@ -204,6 +211,16 @@ class Recommendation:
     #: whether ``threads`` was shown within 5% of every other count; if not, it is
     #: only the fastest by median, and the samples cannot tell it from ``unsettled``
     shown: bool = True
+    #: what the recommendation is best at (a name in ``quantities.QUANTITIES``); the
+    #: two figures above are its medians (for a time, lower is better)
+    quantity: str = GENERATION_RATE.name
+
+    @property
+    def _measure(self) -> Quantity:
+        return QUANTITIES[self.quantity]
+
+    def _figure(self, value: float) -> str:
+        return f"{self._measure.format(value)} {self._measure.unit}"
 
     @property
     def modelfile_line(self) -> str:
@@ -221,20 +238,20 @@ class Recommendation:
         threads = f"{self.threads} thread{'' if self.threads == 1 else 's'}"
         return (
             f"no num_thread shown best: {threads} measured fastest "
-            f"({self.tokens_per_second:.1f} tokens/s; Modelfile: {self.modelfile_line}), "
+            f"({self._figure(self.tokens_per_second)}; Modelfile: {self.modelfile_line}), "
             f"but the samples cannot tell {counts} threads apart within "
             f"{1 - EQUIVALENT_SHARE:.0%} (more rounds would)"
         )
 
     def _describe_shown(self) -> str:
         text = (
-            f"recommended num_thread {self.threads} ({self.tokens_per_second:.1f} tokens/s; "
+            f"recommended num_thread {self.threads} ({self._figure(self.tokens_per_second)}; "
             f"Modelfile: {self.modelfile_line})"
         )
         if self.best_threads != self.threads:
             text += (
                 f": as fast as the best within {1 - EQUIVALENT_SHARE:.0%}, "
-                f"{self.best_threads} threads at {self.best_tokens_per_second:.1f} tokens/s"
+                f"{self.best_threads} threads at {self._figure(self.best_tokens_per_second)}"
             )
         if self.unsettled:
             counts = " or ".join(str(t) for t in self.unsettled)
@@ -255,6 +272,7 @@ class Recommendation:
             "busy": list(self.busy),
             "shown": self.shown,
             "modelfile": self.modelfile_line,
+            "quantity": self.quantity,
         }
 
     @classmethod
@@ -267,6 +285,7 @@ class Recommendation:
             tuple(int(t) for t in data.get("unsettled", ())),
             tuple(int(t) for t in data.get("busy", ())),
             bool(data.get("shown", True)),
+            str(data.get("quantity", GENERATION_RATE.name)),
         )
 
 
@@ -280,6 +299,14 @@ class Verdict:
     looks: int
     recommendation: Recommendation | None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: the best count for the other sides of the workload: its prefill rate and the
+    #: whole request's time (this test's prompt length and reply length)
+    by_phase: tuple[Recommendation, ...] = ()
+
+    def for_quantity(self, name: str) -> Recommendation | None:
+        """The recommendation by ``name`` (a quantity's name), if one was made."""
+        found = [r for r in (self.recommendation, *self.by_phase) if r and r.quantity == name]
+        return found[0] if found else None
 
     @property
     def failed(self) -> tuple[Check, ...]:
@@ -336,6 +363,7 @@ class Verdict:
             "recommendation": None
             if self.recommendation is None
             else self.recommendation.to_dict(),
+            "by_phase": [r.to_dict() for r in self.by_phase],
             "notes": list(self.notes),
         }
 
@@ -349,6 +377,7 @@ class Verdict:
             int(data["planned_looks"]),
             None if recommendation is None else Recommendation.from_dict(recommendation),
             tuple(data.get("notes", ())),
+            tuple(Recommendation.from_dict(r) for r in data.get("by_phase", ())),
         )
 
 
@@ -600,31 +629,37 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
     )
 
 
-def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | None:
-    """The smallest thread count shown to be within 5% of every other count measured.
+def recommend(
+    sweep: Sweep, alpha: float = DEFAULT_ALPHA, rate: str = GENERATION_RATE.name
+) -> Recommendation | None:
+    """The smallest thread count shown to be within 5% of every other count measured,
+    at ``rate`` (the generation rate unless told; for a time, lower is better).
 
     "Not significantly slower" would favour too few threads whenever samples are
     noisy (nothing is significant then), so a count must *show* that it is within
     ``EQUIVALENT_SHARE`` of each other count, the faster ones and the larger ones
-    alike: the lower bound of its tokens/s ratio to each is at least 0.95 (alpha
-    shared over every ordered pair). Where no count shows it, none is shown best:
-    the fastest by median is named, with the counts the samples cannot tell apart.
+    alike: the lower bound of its ratio to each is at least 0.95 (alpha shared over
+    every ordered pair). Where no count shows it, none is shown best: the best by
+    median is named, with the counts the samples cannot tell apart.
     """
-    measured = [r for r in sweep if r.undisturbed and not r.busy]
+    quantity = QUANTITIES[rate]
     busy = tuple(r.threads for r in sweep if r.busy)
+    medians = {
+        r.threads: summary.median
+        for r in sweep
+        if r.undisturbed and not r.busy and (summary := r.summary(quantity)) is not None
+    }
+    measured = [r for r in sweep if r.threads in medians]
     if not measured:
         return None
-    best = max(measured, key=lambda r: r.tokens_per_second.median)
+    sign = 1.0 if quantity.higher_is_better else -1.0
+    best = max(measured, key=lambda r: sign * medians[r.threads])
     per_pair = alpha / max(1, len(measured) * (len(measured) - 1))
     chosen: ThreadResult | None = None
-    candidates: list[int] = []  # not shown to be more than 5% slower than another count
+    candidates: list[int] = []  # not shown to be more than 5% worse than another count
     for result in measured:
         bounds = [
-            ratio_bounds(
-                _goodness(result, GENERATION_RATE.name),
-                _goodness(other, GENERATION_RATE.name),
-                per_pair,
-            )
+            ratio_bounds(_goodness(result, rate), _goodness(other, rate), per_pair)
             for other in measured
             if other is not result
         ]
@@ -638,12 +673,13 @@ def recommend(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> Recommendation | No
     )
     return Recommendation(
         pick.threads,
-        pick.tokens_per_second.median,
+        medians[pick.threads],
         best.threads,
-        best.tokens_per_second.median,
+        medians[best.threads],
         unsettled,
         busy,
         shown=chosen is not None,
+        quantity=rate,
     )
 
 
@@ -688,7 +724,17 @@ def evaluate(
         looks,
         recommend(sweep, thresholds.alpha) if with_recommendation else None,
         tuple(notes),
+        recommend_by_phase(sweep, thresholds.alpha) if with_recommendation else (),
     )
+
+
+def recommend_by_phase(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> tuple[Recommendation, ...]:
+    """The best count for prefill and for the whole request, where they were measured."""
+    found = (
+        recommend(sweep, alpha, PREFILL_RATE.name),
+        recommend(sweep, alpha, REQUEST_SECONDS.name),
+    )
+    return tuple(r for r in found if r is not None)
 
 
 def _with_look(check: Check, look: int) -> Check:
@@ -751,4 +797,8 @@ def decide_adaptively(
             sweep, thresholds, look, looks, previous=verdict, with_recommendation=False
         )
         undecided = undecided_now()
-    return replace(verdict, recommendation=recommend(sweep, thresholds.alpha))
+    return replace(
+        verdict,
+        recommendation=recommend(sweep, thresholds.alpha),
+        by_phase=recommend_by_phase(sweep, thresholds.alpha),
+    )

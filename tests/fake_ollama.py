@@ -44,6 +44,7 @@ class Behaviour:
     hang_seconds: float = 0.0
     error_status: int | None = None
     stop_after: int | None = None  # replies end (done_reason "stop") after N tokens
+    short_on: tuple[int, ...] = ()  # request numbers (1-based) whose reply ends after 1 token
     reload_on: tuple[int, ...] = ()  # request numbers (1-based) whose reply carries a load
     jitter: float = 0.0  # sd of log throughput between requests
     fault: str | None = None  # one of FAULTS
@@ -144,6 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
         threads = int(options.get("num_thread", 1))
         asked = int(options.get("num_predict", 16))
         count = asked if b.stop_after is None else min(asked, b.stop_after)
+        if len(b.requests) in b.short_on:
+            count = 1
         rate = b.base_rate * threads**b.exponent
         if b.jitter:
             rate *= math.exp(self.server.rng.gauss(0.0, b.jitter))

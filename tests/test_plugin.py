@@ -539,6 +539,20 @@ def test_a_reply_too_short_for_a_rate_is_an_error_that_says_why(
     result.stdout.no_fnmatch_line("*recommended num_thread*")
 
 
+def test_a_reply_that_stops_short_once_is_asked_again(pytester: pytest.Pytester) -> None:
+    # what the model writes depends on the request's unique first line: one early stop
+    # is retaken with another; three in a row end the sweep
+    pytester.makepyfile(SWEEP_TEST)
+    with FakeOllama(Behaviour(short_on=(2, 5))) as fake:
+        result = run(pytester, fake)
+        assert len(fake.behaviour.requests) == 6 + 2
+    result.assert_outcomes(passed=1)
+    with FakeOllama(Behaviour(short_on=(2, 3, 4))) as fake:
+        result = run(pytester, fake)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*stopped after 1 of the 8 tokens asked*(3 requests in a row)*"])
+
+
 def test_replies_that_stop_short_but_give_a_rate_are_named_in_the_summary(
     pytester: pytest.Pytester,
 ) -> None:

@@ -22,6 +22,7 @@ from pytest_ollama_cpu.statistics import mean_bounds, ratio_bounds, spent_alpha,
 from pytest_ollama_cpu.verdicts import (
     Recommendation,
     Thresholds,
+    Verdict,
     decide_adaptively,
     evaluate,
     planned_looks,
@@ -634,3 +635,41 @@ def test_speedup_and_efficiency_thresholds_per_phase():
     assert again.min_speedup == {"prompt_tokens_per_second": {2: 1.6}} or again.min_speedup == {
         "prefill": {2: 1.6}
     }
+
+
+def test_the_whole_request_decides_when_the_phases_disagree():
+    from dataclasses import replace
+
+    from pytest_ollama_cpu.records import RecordedSweep
+    from pytest_ollama_cpu.report import sweep_lines
+
+    jitter = (-0.4, 0.0, 0.3, 0.5, -0.2)
+    # generation clearly faster at 1 thread, prefill clearly faster at 2; a long prompt
+    # and a short reply make the request quickest at 2
+    data = {
+        1: [
+            replace(prefilled(1, 60.0 + d, 300.0 + 3 * d), wall_seconds=1.50 + d / 100)
+            for d in jitter
+        ],
+        2: [
+            replace(prefilled(2, 45.0 + d, 570.0 + 5 * d), wall_seconds=0.90 + d / 100)
+            for d in jitter
+        ],
+    }
+    sweep = sweep_of(data)
+    verdict = evaluate(sweep, Thresholds())
+    assert verdict.recommendation is not None and verdict.recommendation.threads == 1
+    prefill = verdict.for_quantity("prompt_tokens_per_second")
+    request = verdict.for_quantity("request_seconds")
+    assert prefill is not None and prefill.threads == 2 and prefill.shown
+    assert request is not None and request.threads == 2 and request.shown
+    assert request.tokens_per_second == pytest.approx(0.90, abs=0.01)
+    lines = sweep_lines(RecordedSweep("t.py::test_a", sweep, verdict))
+    assert "  whole request: num_thread 2 is quickest (1.500 s at 1, 0.900 s at 2 threads)" in lines
+    assert (
+        "  the phases disagree: prefill is best at 2 threads, generation is best at 1 thread; "
+        "for this prompt and reply length the whole request decides"
+    ) in lines
+    # saved and read back
+    again = Verdict.from_dict(verdict.to_dict())
+    assert again.for_quantity("request_seconds") == request
