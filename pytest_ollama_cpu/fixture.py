@@ -8,8 +8,8 @@ alone, since a traceback into the plugin would not help anyone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NoReturn
 
 import pytest
@@ -18,10 +18,25 @@ from .client import ModelFacts, OllamaCpuError
 from .locking import LockTimeout, taking_turns
 from .markers import AUTO, ThreadSpec, expand_threads
 from .options import Settings
+from .quantities import GENERATION_RATE, PREFILL_RATE
 from .results import MIN_RATE_TOKENS, MachineBusy, Sweep
-from .sampler import RESERVED_OPTIONS, SweepInterrupted, SweepRunner, Workload
+from .sampler import (
+    DETERMINISTIC_OPTIONS,
+    RESERVED_OPTIONS,
+    SweepInterrupted,
+    SweepRunner,
+    UniqueLines,
+    Workload,
+)
 from .session import Connection, CpuSetRefused, RunState
 from .verdicts import Thresholds, Verdict, decide_adaptively
+from .workloads import (
+    FILLER_TEXT,
+    MIN_PREFILL_TOKENS,
+    WRITING_PROMPT,
+    CalibrationError,
+    prefill_prompt,
+)
 
 #: Longest wait for other sweeps (other xdist workers, another pytest) to finish.
 LOCK_TIMEOUT = 3600.0
@@ -117,6 +132,68 @@ class OllamaCpu:
             )
         return self._run("chat", model, num_predict, options, prompt_cache, messages=list(messages))
 
+    def prefill(
+        self,
+        tokens: int = 512,
+        *,
+        model: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Sweep:
+        """Sweep prompt processing, as llama-bench's ``pp512``: a prompt that Ollama
+        counts as ``tokens`` prompt tokens (calibrated with its own counts), and the
+        fewest generated tokens a rate is taken from (8; llama-bench generates none).
+        The recommendation and a plain ``min_speedup`` are about the prefill rate."""
+        if isinstance(tokens, bool) or not isinstance(tokens, int):
+            raise TypeError(f"tokens={tokens!r} must be a whole number, e.g. 512")
+        model_name = self._model(model)
+        connection = self._connection()
+        unique = UniqueLines()
+        counts = [*self.threads, 1]
+
+        def count(prompt: str) -> int:
+            request = dict(DETERMINISTIC_OPTIONS, **(options or {}))
+            request.update(num_thread=max(counts), num_predict=1)
+            timings = connection.client.generate(model_name, unique.next() + prompt, request)
+            return timings.prompt_eval_count
+
+        if tokens < MIN_PREFILL_TOKENS:
+            raise ValueError(
+                f"tokens={tokens!r}: a prefill workload needs {MIN_PREFILL_TOKENS} prompt "
+                "tokens or more (the chat template and the request's unique first line take "
+                "about 15)"
+            )
+        return self._run(
+            "generate",
+            model_name,
+            MIN_RATE_TOKENS,
+            options,
+            False,
+            prompt=FILLER_TEXT,  # until calibrated, with the server held for this sweep
+            focus=PREFILL_RATE.name,
+            calibrate=lambda: prefill_prompt(count, tokens)[0],
+        )
+
+    def generation(
+        self,
+        tokens: int = 128,
+        *,
+        model: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Sweep:
+        """Sweep generation, as llama-bench's ``tg128``: a short prompt the model writes
+        at length about, and ``tokens`` generated tokens a request."""
+        return self.generate(WRITING_PROMPT, model=model, num_predict=tokens, options=options)
+
+    def _model(self, model: str | None) -> str:
+        name = model or self.settings.model
+        if not name:
+            pytest.fail(
+                "no model given: pass --ollama-cpu-model NAME (or set OLLAMA_CPU_MODEL, or the "
+                "ini option ollama_cpu_model), or call generate(..., model=NAME)",
+                pytrace=False,
+            )
+        return name
+
     def _run(
         self,
         kind: str,
@@ -126,6 +203,8 @@ class OllamaCpu:
         prompt_cache: bool,
         prompt: str | None = None,
         messages: Sequence[Mapping[str, Any]] | None = None,
+        focus: str = GENERATION_RATE.name,
+        calibrate: Callable[[], str] | None = None,
     ) -> Sweep:
         reserved = sorted(set(options or {}) & set(RESERVED_OPTIONS))
         if reserved:
@@ -142,13 +221,7 @@ class OllamaCpu:
                 f"num_predict={num_predict!r} must be a whole number of {MIN_RATE_TOKENS} or "
                 "more: a rate from fewer tokens is mostly timer resolution"
             )
-        model_name = model or self.settings.model
-        if not model_name:
-            pytest.fail(
-                "no model given: pass --ollama-cpu-model NAME (or set OLLAMA_CPU_MODEL, or the "
-                "ini option ollama_cpu_model), or call generate(..., model=NAME)",
-                pytrace=False,
-            )
+        model_name = self._model(model)
         connection = self._connection()
         try:
             model_facts = connection.client.model_facts(model_name)
@@ -162,6 +235,7 @@ class OllamaCpu:
             messages=messages,
             options=options,
             prompt_cache=bool(prompt_cache),
+            focus=focus,
         )
         runner = SweepRunner(
             connection.client,
@@ -176,9 +250,11 @@ class OllamaCpu:
                 taking_turns(self.settings.host, cpus, LOCK_TIMEOUT) as waited,
                 connection.confined(),
             ):
+                if calibrate is not None:  # its requests must not overlap another sweep
+                    workload = replace(workload, prompt=_calibrated(calibrate))
                 sweep, verdict = self._sweep(runner, workload, model_facts)
             sweep.waited_seconds = waited
-        except (LockTimeout, CpuSetRefused) as exc:
+        except (LockTimeout, CpuSetRefused, CalibrationError) as exc:
             _fail(exc)
         except SweepInterrupted as exc:
             self._state.record(self._nodeid, exc.sweep, None, self.thresholds, self._order)
@@ -208,6 +284,15 @@ class OllamaCpu:
             sweep, self.thresholds, self.rounds, self.max_rounds, take_more, wanted
         )
         return sweep, verdict
+
+
+def _calibrated(calibrate: Callable[[], str]) -> str:
+    try:
+        return calibrate()
+    except CalibrationError:
+        raise
+    except OllamaCpuError as exc:
+        raise CalibrationError(f"while building the prompt: {exc}") from None
 
 
 def _fail(exc: Exception) -> NoReturn:

@@ -11,7 +11,7 @@ from .client import ModelFacts
 from .comparison import Comparison
 from .disturbance import MARGIN_CORES
 from .machine import MachineFacts, cpus_text
-from .quantities import PREFILL_RATE, REQUEST_SECONDS, TIME_TO_FIRST_TOKEN
+from .quantities import GENERATION_RATE, PREFILL_RATE, REQUEST_SECONDS, TIME_TO_FIRST_TOKEN
 from .records import RecordedSweep, by_machine
 from .results import Sweep, ThreadResult, stopped_because
 from .statistics import Summary, format_interval
@@ -98,7 +98,8 @@ def _workload_lines(sweep: Sweep, verdict: Verdict) -> list[str]:
         counts = " or ".join(str(t) for t in sorted({*request.unsettled, request.threads}))
         text = f"whole request: no num_thread shown quickest ({times} threads; {counts} alike)"
     lines = [f"  {text}"]
-    prefill, generation = verdict.for_quantity(PREFILL_RATE.name), verdict.recommendation
+    prefill = verdict.for_quantity(PREFILL_RATE.name)
+    generation = verdict.for_quantity(GENERATION_RATE.name)
     if prefill is not None and generation is not None and _disagree(prefill, generation):
         lines.append(
             f"  the phases disagree: prefill {_said(prefill)}, generation {_said(generation)}; "

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .client import ModelFacts, OllamaCpuError, Timings
 from .disturbance import describe_load, excess_cores, spare_cpus
 from .machine import MachineFacts
-from .quantities import QUANTITIES, Quantity, lookup, names
+from .quantities import GENERATION_RATE, QUANTITIES, Quantity, lookup, names
 from .statistics import Summary, ratio
 
 if TYPE_CHECKING:
@@ -373,6 +373,9 @@ class Sweep:
     #: whether requests were sent as given, so that a repeat could reuse Ollama's
     #: prompt cache; False: each began with a unique line and processed its whole prompt
     prompt_cache: bool = False
+    #: the rate the test is about: the main recommendation and plain speedup
+    #: thresholds use it (a prefill workload's is the prefill rate)
+    focus: str = GENERATION_RATE.name
 
     def __getitem__(self, threads: int) -> ThreadResult:
         try:
@@ -487,6 +490,7 @@ class Sweep:
             "error": self.error,
             "waited_seconds": self.waited_seconds,
             "prompt_cache": self.prompt_cache,
+            "focus": self.focus,
             "machine": self.machine.to_dict(),
             "server": self.server.to_dict(),
             "results": [
@@ -515,4 +519,5 @@ class Sweep:
             error=data.get("error"),
             waited_seconds=float(data.get("waited_seconds", 0.0)),
             prompt_cache=bool(data.get("prompt_cache", False)),
+            focus=str(data.get("focus", GENERATION_RATE.name)),
         )

@@ -24,6 +24,7 @@ from .client import ModelFacts, OllamaClient, OllamaCpuError, Timings
 from .disturbance import QUIET_WINDOW, RetakeBudget, is_disturbed, spare_cpus
 from .machine import MachineFacts
 from .processes import ServerProcess
+from .quantities import GENERATION_RATE
 from .results import MIN_RATE_TOKENS, Sample, ServerFacts, Sweep, ThreadResult, short_reply
 
 #: Options the plugin owns; a test may not set them through ``options``.
@@ -75,6 +76,9 @@ class Workload:
     #: Ollama's prompt cache cannot serve it and every sample processes the whole
     #: prompt; True: the prompt is sent as given, and a repeat reuses the cache
     prompt_cache: bool = False
+    #: the rate the test is about (a name in ``quantities.QUANTITIES``): the main
+    #: recommendation and plain speedup thresholds use it
+    focus: str = GENERATION_RATE.name
 
 
 #: Digits of the line that makes each request's prompt unique. Ollama reuses the
@@ -233,6 +237,7 @@ class SweepRunner:
             machine=self.machine,
             server=self.server_facts,
             prompt_cache=workload.prompt_cache,
+            focus=workload.focus,
         )
         # whatever ran before (another test, another client) may have left a runner
         # with these threads loaded in an unknown state: the first visit always warms up

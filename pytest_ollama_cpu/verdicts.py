@@ -399,8 +399,9 @@ class _Plan:
             object.__setattr__(self, "kind", self.quantity)
 
 
-def _per_rate(value: Any) -> dict[str, Any]:
-    """A speedup or efficiency threshold per rate: a plain one is the generation rate's."""
+def _per_rate(value: Any, focus: str = GENERATION_RATE.name) -> dict[str, Any]:
+    """A speedup or efficiency threshold per rate: a plain one is for the sweep's focus
+    (the generation rate, unless the workload is about another)."""
     if value is None:
         return {}
     if isinstance(value, Mapping) and value and all(isinstance(k, str) for k in value):
@@ -411,7 +412,7 @@ def _per_rate(value: Any) -> dict[str, Any]:
                 raise ValueError(f"{key!r} is not a rate whose speedup can be checked")
             rates[quantity.name] = minimum
         return rates
-    return {GENERATION_RATE.name: value}
+    return {focus: value}
 
 
 def check_name(kind: str, rate: str) -> str:
@@ -428,14 +429,14 @@ def plan_checks(sweep: Sweep, thresholds: Thresholds) -> list[_Plan]:
         return []
     base, largest = counts[0], counts[-1]
     plans: list[_Plan] = []
-    for rate, speedup in _per_rate(thresholds.min_speedup).items():
+    for rate, speedup in _per_rate(thresholds.min_speedup, sweep.focus).items():
         name = check_name(SPEEDUP, rate)
         if isinstance(speedup, Mapping):
             for t, minimum in sorted(speedup.items()):
                 plans.append(_Plan(name, int(t), float(minimum), SPEEDUP, rate))
         elif largest != base:
             plans.append(_Plan(name, largest, float(speedup), SPEEDUP, rate))
-    for rate, efficiency in _per_rate(thresholds.min_efficiency).items():
+    for rate, efficiency in _per_rate(thresholds.min_efficiency, sweep.focus).items():
         name = check_name(EFFICIENCY, rate)
         if isinstance(efficiency, Mapping):
             for t, minimum in sorted(efficiency.items()):
@@ -722,18 +723,17 @@ def evaluate(
         thresholds.alpha,
         look,
         looks,
-        recommend(sweep, thresholds.alpha) if with_recommendation else None,
+        recommend(sweep, thresholds.alpha, sweep.focus) if with_recommendation else None,
         tuple(notes),
         recommend_by_phase(sweep, thresholds.alpha) if with_recommendation else (),
     )
 
 
 def recommend_by_phase(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> tuple[Recommendation, ...]:
-    """The best count for prefill and for the whole request, where they were measured."""
-    found = (
-        recommend(sweep, alpha, PREFILL_RATE.name),
-        recommend(sweep, alpha, REQUEST_SECONDS.name),
-    )
+    """The best count for prefill and for the whole request, where they were measured
+    and are not the sweep's focus."""
+    rates = (GENERATION_RATE.name, PREFILL_RATE.name, REQUEST_SECONDS.name)
+    found = (recommend(sweep, alpha, rate) for rate in rates if rate != sweep.focus)
     return tuple(r for r in found if r is not None)
 
 
@@ -782,7 +782,7 @@ def decide_adaptively(
     undecided = undecided_now()
     while look < looks and undecided:
         look += 1
-        recommendation = recommend(sweep, thresholds.alpha)
+        recommendation = recommend(sweep, thresholds.alpha, sweep.focus)
         if recommendation is not None and not recommendation.shown:
             undecided |= {*recommendation.unsettled, recommendation.threads}
         more = {
@@ -799,6 +799,6 @@ def decide_adaptively(
         undecided = undecided_now()
     return replace(
         verdict,
-        recommendation=recommend(sweep, thresholds.alpha),
+        recommendation=recommend(sweep, thresholds.alpha, sweep.focus),
         by_phase=recommend_by_phase(sweep, thresholds.alpha),
     )

@@ -482,3 +482,37 @@ def test_prefill_scales(ollama_cpu):
     result = run(pytester, embedded_ollama, "--ollama-cpu-cpus=0")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*FAILED  num_thread=2: prefill speedup * below 1.5*"])
+
+
+def test_real_llama_bench_like_workloads_pp_and_tg(
+    pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
+) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads(1, 2, rounds=3)
+def test_pp256(ollama_cpu):
+    sweep = ollama_cpu.prefill(256)
+    for result in sweep:
+        assert all(250 <= s.timings.prompt_eval_count <= 262 for s in result.samples)
+    assert sweep.focus == "prompt_tokens_per_second"
+
+@pytest.mark.threads(1, rounds=3)
+def test_tg64(ollama_cpu):
+    sweep = ollama_cpu.generation(64)
+    assert all(s.timings.eval_count == 64 for s in sweep[1].samples)
+"""
+    )
+    out = pytester.path / "run.json"
+    result = run(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*::test_pp256: generate with gemma3-270m*, 8 tokens per request, 2*-token prompt*",
+            "*::test_tg64: generate with gemma3-270m*, 64 tokens per request*",
+        ]
+    )
+    pp, _ = json.loads(out.read_text())["sweeps"]
+    # the recommendation of a prefill workload is about its prefill rate
+    assert pp["verdict"]["recommendation"]["quantity"] == "prompt_tokens_per_second"

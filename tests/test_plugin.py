@@ -661,3 +661,31 @@ def test_a_cpu_set_for_a_server_elsewhere_says_it_cannot_be_applied(
         ["*--ollama-cpu-cpus 0 cannot be applied: * is not on this machine*taskset -c LIST*"]
     )
     assert fake_ollama.behaviour.requests == []
+
+
+def test_a_prefill_workload_the_server_cannot_count_fails_saying_so(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama
+) -> None:
+    # the fake counts every prompt as 8 tokens: no length reaches 512
+    pytester.makepyfile(
+        """
+import pytest
+
+@pytest.mark.threads(1, 2)
+def test_pp(ollama_cpu):
+    ollama_cpu.prefill(512)
+
+@pytest.mark.threads(1)
+def test_too_short(ollama_cpu):
+    ollama_cpu.prefill(16)
+"""
+    )
+    result = run(pytester, fake_ollama)
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*could not build a prompt of 512 tokens for this model: the nearest had 8 "
+            "(Ollama's prompt_eval_count)*",
+            "*tokens=16: a prefill workload needs 32 prompt tokens or more*",
+        ]
+    )
