@@ -280,16 +280,28 @@ class OllamaClient:
     # -- the measured requests ---------------------------------------------
 
     def generate(
-        self, model: str, prompt: str, options: Mapping[str, Any], keep_alive: str | None = None
+        self,
+        model: str,
+        prompt: str,
+        options: Mapping[str, Any],
+        keep_alive: str | None = None,
+        on_first: Callable[[], None] | None = None,
     ) -> Timings:
-        reply = self._call(
-            lambda: self._client.generate(
-                model=model, prompt=prompt, options=dict(options), keep_alive=keep_alive
-            ),
-            what=f"generating with {model}",
-            model=model,
-        )
-        return Timings.from_reply(self._finished(reply.model_dump(), f"generating with {model}"))
+        """One request's timings. With ``on_first``, the reply is streamed and
+        ``on_first`` is called when its first piece (the first token) arrives."""
+        what = f"generating with {model}"
+
+        def request(stream: bool) -> Any:
+            return self._client.generate(
+                model=model,
+                prompt=prompt,
+                options=dict(options),
+                keep_alive=keep_alive,
+                stream=stream,  # type: ignore[call-overload]
+            )
+
+        reply = self._reply(request, on_first, what, model)
+        return Timings.from_reply(self._finished(reply, what))
 
     def chat(
         self,
@@ -297,18 +309,48 @@ class OllamaClient:
         messages: Sequence[Mapping[str, Any]],
         options: Mapping[str, Any],
         keep_alive: str | None = None,
+        on_first: Callable[[], None] | None = None,
     ) -> Timings:
-        reply = self._call(
-            lambda: self._client.chat(
+        what = f"chatting with {model}"
+
+        def request(stream: bool) -> Any:
+            return self._client.chat(
                 model=model,
                 messages=[dict(m) for m in messages],
                 options=dict(options),
                 keep_alive=keep_alive,
-            ),
-            what=f"chatting with {model}",
-            model=model,
-        )
-        return Timings.from_reply(self._finished(reply.model_dump(), f"chatting with {model}"))
+                stream=stream,  # type: ignore[call-overload]
+            )
+
+        reply = self._reply(request, on_first, what, model)
+        return Timings.from_reply(self._finished(reply, what))
+
+    def _reply(
+        self,
+        request: Callable[[bool], Any],
+        on_first: Callable[[], None] | None,
+        what: str,
+        model: str,
+    ) -> dict[str, Any]:
+        """The finished reply as a dict; streamed when ``on_first`` wants the first piece."""
+        if on_first is None:
+            return dict(self._call(lambda: request(False), what=what, model=model).model_dump())
+
+        def streamed() -> Any:
+            last = None
+            for piece in request(True):
+                if last is None:
+                    on_first()
+                last = piece
+            return last
+
+        reply = self._call(streamed, what=what, model=model)
+        if reply is None:
+            raise BadReply(
+                f"the Ollama server at {self.host} ended its reply while {what} before "
+                "sending anything. Check its log."
+            )
+        return dict(reply.model_dump())
 
     def _finished(self, reply: dict[str, Any], what: str) -> dict[str, Any]:
         """``reply``, if it is a finished Ollama reply whose timings can be read.

@@ -69,6 +69,15 @@ def check_threshold(name: str, value: Any) -> Any:
             f"{name}={value!r}: the keys of min_efficiency are phases such as 'prefill' or "
             "'generation', not thread counts"
         )
+    if name == "min_utilization" and isinstance(value, Mapping):
+        phases = ("prefill", "generation")
+        bad = [k for k in value if k not in phases]
+        if not value or bad:
+            raise MarkerError(
+                f"min_utilization={value!r}: give a minimum for the whole request, or one per "
+                "phase: {'prefill': 0.8, 'generation': 0.8}"
+            )
+        return {k: _positive(f"{name}[{k!r}]", v) for k, v in value.items()}
     return _positive(name, value)
 
 

@@ -103,6 +103,28 @@ THREAD_UTILIZATION = Quantity(
     digits=3,
     aliases=("utilization",),
 )
+PREFILL_UTILIZATION = Quantity(
+    "prefill_thread_utilization",
+    "pp util",
+    "thread utilization while the prompt is processed",
+    "",
+    higher_is_better=True,
+    relative=False,
+    digits=3,
+    phase=PREFILL,
+    aliases=("prefill_utilization",),
+)
+GENERATION_UTILIZATION = Quantity(
+    "generation_thread_utilization",
+    "tg util",
+    "thread utilization while tokens are generated",
+    "",
+    higher_is_better=True,
+    relative=False,
+    digits=3,
+    phase=GENERATION,
+    aliases=("generation_utilization",),
+)
 MACHINE_UTILIZATION = Quantity(
     "machine_utilization",
     "machine util",
@@ -121,6 +143,8 @@ QUANTITIES: dict[str, Quantity] = {
         TIME_TO_FIRST_TOKEN,
         REQUEST_SECONDS,
         THREAD_UTILIZATION,
+        PREFILL_UTILIZATION,
+        GENERATION_UTILIZATION,
         MACHINE_UTILIZATION,
     )
 }

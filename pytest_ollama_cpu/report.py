@@ -11,7 +11,14 @@ from .client import ModelFacts
 from .comparison import Comparison
 from .disturbance import MARGIN_CORES
 from .machine import MachineFacts, cpus_text
-from .quantities import GENERATION_RATE, PREFILL_RATE, REQUEST_SECONDS, TIME_TO_FIRST_TOKEN
+from .quantities import (
+    GENERATION_RATE,
+    GENERATION_UTILIZATION,
+    PREFILL_RATE,
+    PREFILL_UTILIZATION,
+    REQUEST_SECONDS,
+    TIME_TO_FIRST_TOKEN,
+)
 from .records import RecordedSweep, by_machine
 from .results import Sweep, ThreadResult, stopped_because
 from .statistics import Summary, format_interval
@@ -31,6 +38,8 @@ COLUMNS = (
     "pp speedup",
     "TTFT s",
     "thread util",
+    "pp util",
+    "tg util",
     "machine util",
     "other cores",
 )
@@ -69,6 +78,8 @@ def _row(sweep: Sweep, result: ThreadResult) -> list[str]:
         _num(sweep.speedup_of(PREFILL_RATE, result.threads)),
         _median(result.summary(TIME_TO_FIRST_TOKEN), TIME_TO_FIRST_TOKEN.digits),
         _median(result.thread_utilization),
+        _median(result.summary(PREFILL_UTILIZATION)),
+        _median(result.summary(GENERATION_UTILIZATION)),
         _median(result.machine_utilization),
         _median(result.other_cores_busy),
     ]
@@ -282,9 +293,10 @@ def summary_lines(sweeps: Sequence[RecordedSweep]) -> list[str]:
         "other processes took CPU the server needed; tokens/s: median generation rate from "
         "Ollama's eval timings; prefill tok/s: median prompt processing rate (prompt_eval); "
         "pp speedup: its speedup; TTFT: median time to first token (load + prompt eval, from "
-        "Ollama's timings); util: median CPU use of the server's process tree per "
-        "requested thread / per usable CPU; other cores: CPU busy outside the server on its "
-        "CPUs, over all samples.",
+        "Ollama's timings); pp/tg util: thread utilization while the prompt is processed / "
+        "while tokens are generated ('-': a phase under a quarter second); util: median CPU "
+        "use of the server's process tree per requested thread / per usable CPU; other "
+        "cores: CPU busy outside the server on its CPUs, over all samples.",
     ]
     return lines
 

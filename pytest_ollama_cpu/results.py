@@ -81,6 +81,12 @@ class Sample:
     disturbed: bool = False
     started_at: float | None = None
     started_monotonic: float | None = None
+    #: seconds from sending the request to its first streamed piece (the first token),
+    #: and the server's CPU seconds before and after it: each phase's own CPU use;
+    #: None where a phase was too short for psutil's 10 ms ticks
+    first_token_seconds: float | None = None
+    prefill_cpu_seconds: float | None = None
+    generation_cpu_seconds: float | None = None
 
     @property
     def spare_cpus(self) -> float | None:
@@ -134,6 +140,21 @@ class Sample:
         return None if busy is None else busy / self.threads
 
     @property
+    def prefill_thread_utilization(self) -> float | None:
+        """Cores busy / threads while the prompt was processed (up to the first token)."""
+        if self.prefill_cpu_seconds is None or not self.first_token_seconds:
+            return None
+        return self.prefill_cpu_seconds / self.first_token_seconds / self.threads
+
+    @property
+    def generation_thread_utilization(self) -> float | None:
+        """Cores busy / threads while tokens were generated (after the first)."""
+        if self.generation_cpu_seconds is None or self.first_token_seconds is None:
+            return None
+        window = self.wall_seconds - self.first_token_seconds
+        return None if window <= 0 else self.generation_cpu_seconds / window / self.threads
+
+    @property
     def machine_utilization(self) -> float | None:
         """Cores busy / usable CPUs: how much of what the machine offers was used."""
         busy = self.cores_busy
@@ -158,6 +179,8 @@ class Sample:
             "cpu_seconds": self.cpu_seconds,
             "other_cpu_seconds": self.other_cpu_seconds,
             "thread_utilization": self.thread_utilization,
+            "prefill_thread_utilization": self.prefill_thread_utilization,
+            "generation_thread_utilization": self.generation_thread_utilization,
             "machine_utilization": self.machine_utilization,
             "usable_cpus": self.usable_cpus,
             "runner_threads": self.runner_threads,
@@ -168,6 +191,9 @@ class Sample:
             "disturbed": self.disturbed,
             "started_at": self.started_at,
             "started_monotonic": self.started_monotonic,
+            "first_token_seconds": self.first_token_seconds,
+            "prefill_cpu_seconds": self.prefill_cpu_seconds,
+            "generation_cpu_seconds": self.generation_cpu_seconds,
             "timings": self.timings.to_dict(),
         }
 
@@ -187,6 +213,9 @@ class Sample:
             disturbed=bool(data.get("disturbed", False)),
             started_at=data.get("started_at"),
             started_monotonic=data.get("started_monotonic"),
+            first_token_seconds=data.get("first_token_seconds"),
+            prefill_cpu_seconds=data.get("prefill_cpu_seconds"),
+            generation_cpu_seconds=data.get("generation_cpu_seconds"),
         )
 
 
@@ -451,7 +480,7 @@ class Sweep:
         *,
         min_speedup: float | Mapping[Any, Any] | None = None,
         min_efficiency: float | Mapping[str, Any] | None = None,
-        min_utilization: float | None = None,
+        min_utilization: float | Mapping[str, float] | None = None,
         min_machine_utilization: float | None = None,
         alpha: float = 0.01,
     ) -> Verdict:

@@ -23,7 +23,7 @@ from typing import Any
 from .client import ModelFacts, OllamaClient, OllamaCpuError, Timings
 from .disturbance import QUIET_WINDOW, RetakeBudget, is_disturbed, spare_cpus
 from .machine import MachineFacts
-from .processes import ServerProcess
+from .processes import CpuSnapshot, ServerProcess
 from .quantities import GENERATION_RATE
 from .results import MIN_RATE_TOKENS, Sample, ServerFacts, Sweep, ThreadResult, short_reply
 
@@ -140,15 +140,17 @@ class SweepRunner:
         self._loaded: int | None = None
         self._unique = UniqueLines()
 
-    def _request(self, workload: Workload, threads: int) -> Timings:
+    def _request(
+        self, workload: Workload, threads: int, on_first: Callable[[], None] | None = None
+    ) -> Timings:
         options = request_options(workload, threads)
         if not workload.prompt_cache:
             workload = unique_request(workload, self._unique.next())
         if workload.kind == "chat":
             assert workload.messages is not None
-            return self.client.chat(workload.model, workload.messages, options)
+            return self.client.chat(workload.model, workload.messages, options, on_first=on_first)
         assert workload.prompt is not None
-        return self.client.generate(workload.model, workload.prompt, options)
+        return self.client.generate(workload.model, workload.prompt, options, on_first=on_first)
 
     def _sample(self, workload: Workload, threads: int, round_: int) -> Sample:
         """One sample; a reply too short for a rate is asked again, with another unique
@@ -173,7 +175,12 @@ class SweepRunner:
         before = server.snapshot() if server else None
         started_at, started_monotonic = time.time(), time.monotonic()
         started = time.perf_counter()
-        timings = self._request(workload, threads)
+        first: list[tuple[float, CpuSnapshot | None]] = []
+
+        def on_first() -> None:  # the first token: prefill ends, generation begins
+            first.append((time.perf_counter(), server.snapshot() if server else None))
+
+        timings = self._request(workload, threads, on_first)
         wall = time.perf_counter() - started
         short = short_reply(timings, workload.num_predict)
         if short is not None:
@@ -187,12 +194,26 @@ class SweepRunner:
                 "stop sequence in options that ends the reply early."
             )
         cpu = other = None
+        # (seconds to the first token, prefill CPU seconds, generation CPU seconds)
+        phase_cpu: tuple[float | None, float | None, float | None] = (
+            first[0][0] - started if first else None,
+            None,
+            None,
+        )
         runner_threads = runner_pid = None
         if server is not None and before is not None:
             use = server.cpu_use(before, server.snapshot())
             # a process of the server that ended mid-request took its CPU time with it
             if wall >= MIN_CPU_WINDOW and use.lost_processes == 0:
                 cpu, other = use.server, use.other
+            if first and first[0][1] is not None and use.lost_processes == 0:
+                at, middle = first[0][0] - started, first[0][1]
+                prefill_cpu = server.cpu_use(before, middle).server
+                # each phase's CPU only where it lasted long enough for psutil's ticks
+                if at >= MIN_CPU_WINDOW:
+                    phase_cpu = (at, prefill_cpu, None)
+                if wall - at >= MIN_CPU_WINDOW and cpu is not None:
+                    phase_cpu = (at, phase_cpu[1], cpu - prefill_cpu)
             runner = server.runner()
             if runner is not None:
                 runner_threads, runner_pid = runner.threads, runner.pid
@@ -209,6 +230,9 @@ class SweepRunner:
             server_cpus=len(self.machine.affinity) if server is not None else None,
             started_at=started_at,
             started_monotonic=started_monotonic,
+            first_token_seconds=phase_cpu[0],
+            prefill_cpu_seconds=phase_cpu[1],
+            generation_cpu_seconds=phase_cpu[2],
         )
         return replace(sample, disturbed=is_disturbed(sample.other_cores_busy, sample.spare_cpus))
 

@@ -54,7 +54,8 @@ class Thresholds:
     #: per rate: {"prompt_tokens_per_second": 1.6, "tokens_per_second": 1.1}
     min_speedup: float | Mapping[Any, Any] | None = None
     min_efficiency: float | Mapping[str, Any] | None = None
-    min_utilization: float | None = None
+    #: a minimum for the whole request, or per phase: {"prefill": 0.8, "generation": 0.8}
+    min_utilization: float | Mapping[str, float] | None = None
     min_machine_utilization: float | None = None
     alpha: float = DEFAULT_ALPHA
 
@@ -74,7 +75,7 @@ class Thresholds:
         return {
             "min_speedup": _keys_to_text(self.min_speedup),
             "min_efficiency": _keys_to_text(self.min_efficiency),
-            "min_utilization": self.min_utilization,
+            "min_utilization": _keys_to_text(self.min_utilization),
             "min_machine_utilization": self.min_machine_utilization,
             "alpha": self.alpha,
         }
@@ -84,7 +85,7 @@ class Thresholds:
         return cls(
             min_speedup=_keys_from_text(data.get("min_speedup")),
             min_efficiency=_keys_from_text(data.get("min_efficiency")),
-            min_utilization=data.get("min_utilization"),
+            min_utilization=_keys_from_text(data.get("min_utilization")),
             min_machine_utilization=data.get("min_machine_utilization"),
             alpha=float(data.get("alpha", DEFAULT_ALPHA)),
         )
@@ -445,10 +446,23 @@ def plan_checks(sweep: Sweep, thresholds: Thresholds) -> list[_Plan]:
             plans += [
                 _Plan(name, t, float(efficiency), EFFICIENCY, rate) for t in counts if t != base
             ]
-    if thresholds.min_utilization is not None:
-        plans += [_Plan(THREAD_UTILIZATION, t, thresholds.min_utilization) for t in counts]
+    for used, minimum in _per_phase_utilization(thresholds.min_utilization).items():
+        name = (
+            THREAD_UTILIZATION
+            if used == UTILIZATION_BY_PHASE[None]
+            else (f"{QUANTITIES[used].phase} {THREAD_UTILIZATION}")
+        )
+        plans += [_Plan(name, t, float(minimum), THREAD_UTILIZATION, used) for t in counts]
     if thresholds.min_machine_utilization is not None:
-        plans.append(_Plan(MACHINE_UTILIZATION, largest, thresholds.min_machine_utilization))
+        plans.append(
+            _Plan(
+                MACHINE_UTILIZATION,
+                largest,
+                thresholds.min_machine_utilization,
+                MACHINE_UTILIZATION,
+                "machine_utilization",
+            )
+        )
     return plans
 
 
@@ -461,11 +475,31 @@ def _classify(bounds: Bounds, threshold: float) -> Outcome:
 
 
 def _values(result: ThreadResult, quantity: str) -> list[float]:
-    if quantity == THREAD_UTILIZATION:
-        raw = [s.thread_utilization for s in result.undisturbed]
-    else:
-        raw = [s.machine_utilization for s in result.undisturbed]
+    """``quantity`` (a name in ``QUANTITIES``) in the undisturbed samples that measured it."""
+    raw = [QUANTITIES[quantity].read(s.to_dict()) for s in result.undisturbed]
     return [v for v in raw if v is not None]
+
+
+#: What ``min_utilization`` reads, per phase named in it (None: the whole request).
+UTILIZATION_BY_PHASE: dict[str | None, str] = {
+    None: "thread_utilization",
+    "prefill": "prefill_thread_utilization",
+    "generation": "generation_thread_utilization",
+}
+
+
+def _per_phase_utilization(value: Any) -> dict[str, Any]:
+    """``min_utilization`` per quantity read: a plain one is the whole request's."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        found = {}
+        for phase, minimum in value.items():
+            if phase not in UTILIZATION_BY_PHASE or phase is None:
+                raise ValueError(f"{phase!r} is not a phase: use 'prefill' or 'generation'")
+            found[UTILIZATION_BY_PHASE[phase]] = minimum
+        return found
+    return {UTILIZATION_BY_PHASE[None]: value}
 
 
 def _goodness(result: ThreadResult, rate: str) -> list[float]:
@@ -512,7 +546,7 @@ def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str:
             f"threads ({', '.join(limits)})"
         )
     util = None if result is None else result.thread_utilization
-    if quantity in (THREAD_UTILIZATION, MACHINE_UTILIZATION):
+    if quantity.endswith((THREAD_UTILIZATION, MACHINE_UTILIZATION)):
         return (
             f"no cause shown: the server may use {machine.usable_cpus:g} CPUs and other "
             "processes left it the CPUs it needed, yet its threads were not all running"
@@ -599,12 +633,19 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
         )
     if result.busy:
         return Check(plan.quantity, plan.threads, plan.threshold, "busy", cause=busy_cause(result))
-    values = _values(result, plan.quantity)
+    values = _values(result, plan.rate)
     if not values:
         if sweep.server.local:
+            phase = QUANTITIES[plan.rate].phase
+            if phase == "prefill":
+                return unavailable(
+                    "every prompt was processed in under a quarter second, too short to "
+                    "measure CPU time; use a longer prompt (ollama_cpu.prefill(512))"
+                )
+            took = "generated its tokens in" if phase else "took"
             return unavailable(
-                "every request took under a quarter second, too short to measure CPU time; "
-                "raise num_predict"
+                f"every request {took} under a quarter second, too short to measure CPU "
+                "time; raise num_predict"
             )
         return unavailable(sweep.server.utilization_note)
     bounds_ = mean_bounds(values, alpha)

@@ -420,6 +420,14 @@ def test_cached(ollama_cpu):
         assert max(rates) / min(rates) < 1.15, rates
         ttft = [s["time_to_first_token"] for s in result_["samples"]]
         assert all(0.1 < t < 5 for t in ttft), ttft
+        # the client saw the first token a little after Ollama's timings say it was ready
+        for s in result_["samples"]:
+            assert (
+                s["time_to_first_token"] < s["first_token_seconds"] < s["time_to_first_token"] + 0.2
+            )
+        # each phase's own CPU use: prefill keeps its threads busy
+        pp_util = result_["summary"]["prefill_thread_utilization"]["median"]
+        assert 0.7 < pp_util < 1.3, pp_util
     cached_rate = cached["results"][0]["summary"]["prompt_tokens_per_second"]["median"]
     fresh_rate = one["summary"]["prompt_tokens_per_second"]["median"]
     assert cached_rate > 10 * fresh_rate  # what the plugin reported before

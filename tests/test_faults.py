@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import tracemalloc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -230,10 +230,16 @@ def test_a_fault_while_taking_more_keeps_the_earlier_samples_and_the_new() -> No
     from .test_sampler import MODEL, SERVER, TWO_CPUS, WORKLOAD, StubClient
 
     class FailingClient(StubClient):
-        def generate(self, model: str, prompt: str, options: Mapping[str, Any]) -> Timings:
+        def generate(
+            self,
+            model: str,
+            prompt: str,
+            options: Mapping[str, Any],
+            on_first: Callable[[], None] | None = None,
+        ) -> Timings:
             if len(self.requests) == 7:  # round 2 of the extra rounds at 2 threads
                 raise ServerFailed("the server failed")
-            return super().generate(model, prompt, options)
+            return super().generate(model, prompt, options, on_first)
 
     client = FailingClient()
     runner = SweepRunner(client, None, SERVER, TWO_CPUS)  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ kept its CPUs during each request and each look while waiting for quiet."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -30,12 +30,21 @@ class StubClient:
         self.loaded: int | None = None
         self.requests: list[int] = []
 
-    def generate(self, model: str, prompt: str, options: Mapping[str, Any]) -> Timings:
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        options: Mapping[str, Any],
+        on_first: Callable[[], None] | None = None,
+    ) -> Timings:
         threads = int(options["num_thread"])
         load = 0.5 if threads != self.loaded else 0.0
         self.loaded = threads
         self.requests.append(threads)
-        time.sleep(0.02)  # long enough that the snapshots around it time the request
+        time.sleep(0.01)  # long enough that the snapshots around it time the request
+        if on_first is not None:
+            on_first()
+        time.sleep(0.01)
         return Timings(0.1 + load, load, 4, 0.01, 8, 0.1)
 
 
@@ -47,6 +56,7 @@ class StubServer:
     def __init__(self, during: Sequence[float], idle: Sequence[float] = ()) -> None:
         self._during: Iterator[float] = iter(during)
         self._idle = list(idle)
+        self._loads: dict[float, float] = {}
         self.looks = 0
 
     def snapshot(self) -> CpuSnapshot:
@@ -54,7 +64,10 @@ class StubServer:
 
     def cpu_use(self, before: CpuSnapshot, after: CpuSnapshot) -> CpuUse:
         wall = after.at - before.at
-        load = next(self._during, 0.0)
+        # one load per request: its phases (from the same start) share it
+        if before.at not in self._loads:
+            self._loads[before.at] = next(self._during, 0.0)
+        load = self._loads[before.at]
         return CpuUse(wall, 1.0 * wall, load * wall, 0)
 
     def other_load(self, window: float) -> float:

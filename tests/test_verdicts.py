@@ -16,6 +16,7 @@ import pytest
 from pytest_ollama_cpu.client import ModelFacts, Timings
 from pytest_ollama_cpu.fixture import test_outcome
 from pytest_ollama_cpu.machine import MachineFacts
+from pytest_ollama_cpu.markers import MarkerError, check_threshold
 from pytest_ollama_cpu.options import merge_thresholds
 from pytest_ollama_cpu.results import Sample, ServerFacts, Sweep, ThreadResult
 from pytest_ollama_cpu.statistics import mean_bounds, ratio_bounds, spent_alpha, t_quantile
@@ -673,3 +674,37 @@ def test_the_whole_request_decides_when_the_phases_disagree():
     # saved and read back
     again = Verdict.from_dict(verdict.to_dict())
     assert again.for_quantity("request_seconds") == request
+
+
+def test_utilization_thresholds_per_phase():
+    from dataclasses import replace
+
+    def phased(threads: int, prefill_util: float, generation_util: float) -> Sample:
+        # 1 s to the first token, then 1 s of generation, in a 2 s request
+        return replace(
+            sample(threads, 60.0),
+            wall_seconds=2.0,
+            cpu_seconds=(prefill_util + generation_util) * threads,
+            first_token_seconds=1.0,
+            prefill_cpu_seconds=prefill_util * threads,
+            generation_cpu_seconds=generation_util * threads,
+        )
+
+    jitter = (-0.01, 0.0, 0.01, 0.005, -0.005)
+    # prefill keeps both threads busy; generation leaves one waiting half the time
+    data = {2: [phased(2, 0.97 + d, 0.5 + d) for d in jitter]}
+    verdict = evaluate(
+        sweep_of(data), Thresholds(min_utilization={"prefill": 0.8, "generation": 0.8})
+    )
+    outcomes = {c.quantity: c.outcome for c in verdict.checks}
+    assert outcomes == {
+        "prefill thread utilization": "pass",
+        "generation thread utilization": "fail",
+    }
+    # a prompt processed too quickly for psutil's ticks is not measured, and says so
+    data = {2: [replace(s, prefill_cpu_seconds=None) for s in data[2]]}
+    (check,) = evaluate(sweep_of(data), Thresholds(min_utilization={"prefill": 0.8})).checks
+    assert check.outcome == "unavailable"
+    assert check.cause is not None and "use a longer prompt" in check.cause
+    with pytest.raises(MarkerError, match="one per phase"):
+        check_threshold("min_utilization", {"decode": 0.8})
