@@ -35,6 +35,8 @@ from pathlib import Path
 
 import httpx
 
+from .processes import process_started
+
 DEFAULT_ROOT = Path(".ollama-embedded")
 MODEL_NAME = "gemma3-270m"
 GGUF_SIZE = 253_113_024
@@ -240,18 +242,6 @@ def _ends_with_parent() -> Callable[[], None]:
     return child
 
 
-def _process_started(pid: int) -> float | None:
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return float(process.create_time())
-    except psutil.Error:
-        return None
-
-
 def clean_up_after_killed_starts(installation: Installation) -> list[int]:
     """Stop what earlier, killed starts of this installation left running; returns the pids.
 
@@ -276,11 +266,11 @@ def clean_up_after_killed_starts(installation: Installation) -> list[int]:
             server, server_started = int(record["server"]), record["server_started"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if owner_started is not None and _process_started(owner) == owner_started:
+        if owner_started is not None and process_started(owner) == owner_started:
             continue  # its starter is alive: its server is in use
         # the server is the leader of its process group; its runners are in it too,
         # and keep the group (and so its id) alive after the server is gone
-        if _process_started(server) in (server_started, None):
+        if process_started(server) in (server_started, None):
             stale_groups.add(server)
         with contextlib.suppress(OSError):
             note.unlink()
@@ -373,9 +363,9 @@ class EmbeddedServer:
         assert self.process is not None
         record = {
             "owner": os.getpid(),
-            "owner_started": _process_started(os.getpid()),
+            "owner_started": process_started(os.getpid()),
             "server": self.process.pid,
-            "server_started": _process_started(self.process.pid),
+            "server_started": process_started(self.process.pid),
             "port": self.port,
         }
         with contextlib.suppress(OSError):

@@ -24,10 +24,10 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import psutil
 from filelock import FileLock, Timeout
 
 from .client import OllamaCpuError
+from .processes import process_started
 
 LOCK_DIR_ENV = "PYTEST_OLLAMA_CPU_LOCK_DIR"
 
@@ -70,18 +70,6 @@ def taking_turns(
         yield time.perf_counter() - started
 
 
-def _process_started(pid: int) -> float | None:
-    """When the live process ``pid`` started; None when there is none (a killed one
-    its parent has not waited for yet, a zombie, is none)."""
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return float(process.create_time())
-    except psutil.Error:
-        return None
-
-
 def confinement_note(folder: Path, server_pid: int, server_started: float) -> Path:
     """Where a sweep notes the server's mask while it keeps the server confined."""
     return folder / f"confined-{server_pid}-{server_started:.2f}.json"
@@ -91,7 +79,7 @@ def note_confinement(note: Path, original: set[int], confined: set[int]) -> None
     """Note ``original`` (best effort: no note means only a killed run is not undone)."""
     record = {
         "pid": os.getpid(),
-        "started": _process_started(os.getpid()),
+        "started": process_started(os.getpid()),
         "original": sorted(original),
         "confined": sorted(confined),
     }
@@ -113,7 +101,7 @@ def left_confined(note: Path, current: set[int]) -> set[int] | None:
         original, confined = set(record["original"]), set(record["confined"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if started is not None and _process_started(pid) == started:
+    if started is not None and process_started(pid) == started:
         return None  # its sweep is still running
     if current != confined or not original:
         clear_confinement(note)  # changed since by someone else: theirs stays

@@ -352,3 +352,16 @@ def locate_server(host: str) -> Located:
         return Located(ServerProcess(pid), f"server pid {pid}")
     except psutil.Error as exc:
         return Located(None, f"cannot watch process {pid}: {exc}")
+
+
+def process_started(pid: int) -> float | None:
+    """When the live process ``pid`` started; None when there is none (a killed one
+    its parent has not waited for yet, a zombie, is none). With the pid it names one
+    process for good: a pid is reused, a pid and its start time are not."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(process.create_time())
+    except psutil.Error:
+        return None

@@ -79,6 +79,26 @@ class Neighbour:
         self.process.wait(timeout=10)
 
 
+def assert_usage_error(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    ini: str,
+    message: str,
+) -> None:
+    """Settings from the command line, environment and ini file stop a plain run before
+    it starts, with ``message``."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if ini:
+        pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
 def busy_cores(seconds: float = 1.0) -> float:
     """Cores kept busy on this machine, watched for ``seconds``."""
     import psutil

@@ -36,6 +36,7 @@ from pytest_ollama_cpu.options import (
     resolve_settings,
 )
 
+from .conftest import assert_usage_error
 from .fake_ollama import FakeOllama
 
 SWEEP = """
@@ -214,14 +215,7 @@ def test_a_bad_number_stops_the_run_before_it_starts(
     ini: str,
     message: str,
 ) -> None:
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    if ini:
-        pytester.makeini(f"[pytest]\n{ini}\n")
-    pytester.makepyfile("def test_plain():\n    pass\n")
-    result = pytester.runpytest(*args)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert_usage_error(pytester, monkeypatch, args, env, ini, message)
 
 
 def test_a_threshold_of_inf_in_a_marker_is_refused() -> None:

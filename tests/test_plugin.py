@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from .conftest import assert_usage_error
 from .fake_ollama import Behaviour, FakeOllama
 
 SWEEP_TEST = """
@@ -251,14 +252,7 @@ def test_bad_settings_say_where_they_came_from(
     ini: str,
     message: str,
 ) -> None:
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    if ini:
-        pytester.makeini(f"[pytest]\n{ini}\n")
-    pytester.makepyfile("def test_plain():\n    pass\n")
-    result = pytester.runpytest(*args)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert_usage_error(pytester, monkeypatch, args, env, ini, message)
 
 
 def test_the_retake_budget_comes_from_the_options(pytester: pytest.Pytester) -> None:
