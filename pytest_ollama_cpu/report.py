@@ -37,6 +37,7 @@ COLUMNS = (
     "prefill tok/s",
     "pp speedup",
     "TTFT s",
+    "request s",
     "thread util",
     "pp util",
     "tg util",
@@ -77,6 +78,7 @@ def _row(sweep: Sweep, result: ThreadResult) -> list[str]:
         _median(result.summary(PREFILL_RATE), PREFILL_RATE.digits),
         _num(sweep.speedup_of(PREFILL_RATE, result.threads)),
         _median(result.summary(TIME_TO_FIRST_TOKEN), TIME_TO_FIRST_TOKEN.digits),
+        _median(result.summary(REQUEST_SECONDS), REQUEST_SECONDS.digits),
         _median(result.thread_utilization),
         _median(result.summary(PREFILL_UTILIZATION)),
         _median(result.summary(GENERATION_UTILIZATION)),
@@ -293,8 +295,9 @@ def summary_lines(sweeps: Sequence[RecordedSweep]) -> list[str]:
         "other processes took CPU the server needed; tokens/s: median generation rate from "
         "Ollama's eval timings; prefill tok/s: median prompt processing rate (prompt_eval); "
         "pp speedup: its speedup; TTFT: median time to first token (load + prompt eval, from "
-        "Ollama's timings); pp/tg util: thread utilization while the prompt is processed / "
-        "while tokens are generated ('-': a phase under a quarter second); util: median CPU "
+        "Ollama's timings); request s: median time of the whole request; pp/tg util: "
+        "thread utilization while the prompt is processed / while tokens are generated "
+        "('-': a phase under a quarter second); util: median CPU "
         "use of the server's process tree per requested thread / per usable CPU; other "
         "cores: CPU busy outside the server on its CPUs, over all samples.",
     ]
