@@ -417,7 +417,8 @@ class OllamaClient:
                 "plugin stopped reading. Check --ollama-cpu-host points at an Ollama server, "
                 "and its log."
             ) from None
-        except ConnectionError:  # the ollama client's word for a refused connection
+        except (ConnectionError, httpx.ConnectError):  # refused (the ollama client's word,
+            # or httpx's where a streamed reply is read outside the ollama client's catch)
             raise ServerUnreachable(
                 f"lost the Ollama server at {self.host} while {what}: the connection was "
                 "refused, nothing listens there any more (the server stopped or crashed). "

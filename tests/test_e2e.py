@@ -173,7 +173,7 @@ def test_the_example_project_passes(
 ) -> None:
     shutil.copy(ROOT / "example_project" / "test_performance.py", pytester.path)
     result = run(pytester, embedded_ollama, "--ollama-cpu-rounds=2")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
 
 
 def test_real_thresholds_the_machine_meets_pass(
@@ -323,15 +323,16 @@ def test_generation(ollama_cpu):
 def test_a_real_reply_that_stops_at_once_is_named_not_measured(
     pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
 ) -> None:
-    # Gemma's reply starts with a new line: a stop sequence "\n" ends it after 1 token,
-    # 2 ms, which would read as "500 tokens/s"; the warm-up already shows it
+    # Gemma's reply mostly starts with a new line: a stop sequence "\n" ends it after 1
+    # token, 2 ms, which would read as "500 tokens/s"; a space or a full stop ends any
+    # other start within a few tokens, whatever the request's unique first line made of it
     pytester.makepyfile(
         """
 import pytest
 
 @pytest.mark.threads(1, 2)
 def test_stops(ollama_cpu):
-    ollama_cpu.generate("Explain what a CPU cache is.", options={"stop": ["\\n"]})
+    ollama_cpu.generate("Explain what a CPU cache is.", options={"stop": ["\\n", " ", "."]})
 """
     )
     out = pytester.path / "run.json"
@@ -339,7 +340,7 @@ def test_stops(ollama_cpu):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*gemma3-270m at 1 thread (warm-up) stopped after 1 of the 16 tokens asked "
+            "*gemma3-270m at 1 thread (warm-up) stopped after * of the 16 tokens asked "
             "(done_reason 'stop': the model ended its answer, or a stop sequence matched): "
             "a rate from so few tokens is not a generation rate*",
         ]
@@ -360,14 +361,16 @@ import pytest
 @pytest.mark.threads(1, rounds=3)
 def test_stops(ollama_cpu):
     sweep = ollama_cpu.generate("Explain what a CPU cache is.", options={"stop": ["?"]})
-    assert all(8 <= s.timings.eval_count < 32 for s in sweep[1].samples)
+    # what the model writes depends on each request's unique first line: most stop at
+    # the "?" after 10 tokens
+    assert any(8 <= s.timings.eval_count < 32 for s in sweep[1].samples)
 """
     )
     result = run(pytester, embedded_ollama)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*short replies: 3 of 3 samples stopped after * of the 32 tokens asked (done_reason "
+            "*short replies: * of 3 samples stopped after * of the 32 tokens asked (done_reason "
             "'stop': *); their rates are over the tokens generated*",
         ]
     )
@@ -416,8 +419,10 @@ def test_cached(ollama_cpu):
         rates = [s["prompt_tokens_per_second"] for s in result_["samples"] if not s["disturbed"]]
         counts = {s["timings"]["prompt_eval_count"] for s in result_["samples"]}
         assert len(counts) == 1 and counts.pop() > 200
-        # no cache hit among them: within a few percent of each other
-        assert max(rates) / min(rates) < 1.15, rates
+        # no cache hit among them (one reads 14,000 tokens/s here, 25 times the rest):
+        # within a few percent of each other at 1 thread; 2 threads share both cores with
+        # everything else, and spread more
+        assert max(rates) / min(rates) < (1.1 if result_["threads"] == 1 else 1.5), rates
         ttft = [s["time_to_first_token"] for s in result_["samples"]]
         assert all(0.1 < t < 5 for t in ttft), ttft
         # the client saw the first token a little after Ollama's timings say it was ready

@@ -34,11 +34,14 @@ def thread_masks(pid: int) -> dict[tuple[int, int], set[int]]:
 
 
 def runners(pid: int) -> list[psutil.Process]:
-    return [
-        child
-        for child in psutil.Process(pid).children(recursive=True)
-        if "runner" in child.cmdline()[1:2]
-    ]
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:  # a runner replaced at a change of thread count may be gone, or a zombie
+            if "runner" in child.cmdline()[1:2]:
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
 
 
 @pytest.fixture
