@@ -41,6 +41,11 @@ class Quantity:
         value = sample.get(self.name)
         return None if value is None else float(value)
 
+    def of(self, sample: Any) -> float | None:
+        """This quantity of a live ``Sample``: the property its saved key is named after."""
+        value = getattr(sample, self.name)
+        return None if value is None else float(value)
+
     def format(self, value: float | None) -> str:
         return "-" if value is None else f"{value:.{self.digits}f}"
 

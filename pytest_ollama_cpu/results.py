@@ -302,7 +302,7 @@ class ThreadResult:
             if found is None:
                 raise KeyError(f"{quantity!r} is not a quantity; use one of {names()}")
             quantity = found
-        return _summary([quantity.read(s.to_dict()) for s in self.undisturbed])
+        return _summary([quantity.of(s) for s in self.undisturbed])
 
     @cached_property
     def thread_utilization(self) -> Summary | None:

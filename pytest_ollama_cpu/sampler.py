@@ -194,26 +194,22 @@ class SweepRunner:
                 "stop sequence in options that ends the reply early."
             )
         cpu = other = None
-        # (seconds to the first token, prefill CPU seconds, generation CPU seconds)
-        phase_cpu: tuple[float | None, float | None, float | None] = (
-            first[0][0] - started if first else None,
-            None,
-            None,
-        )
+        first_token = first[0][0] - started if first else None
+        prefill_cpu = generation_cpu = None
         runner_threads = runner_pid = None
         if server is not None and before is not None:
             use = server.cpu_use(before, server.snapshot())
             # a process of the server that ended mid-request took its CPU time with it
             if wall >= MIN_CPU_WINDOW and use.lost_processes == 0:
                 cpu, other = use.server, use.other
-            if first and first[0][1] is not None and use.lost_processes == 0:
-                at, middle = first[0][0] - started, first[0][1]
-                prefill_cpu = server.cpu_use(before, middle).server
+            middle = first[0][1] if first else None
+            if first_token is not None and middle is not None and use.lost_processes == 0:
+                up_to_first = server.cpu_use(before, middle).server
                 # each phase's CPU only where it lasted long enough for psutil's ticks
-                if at >= MIN_CPU_WINDOW:
-                    phase_cpu = (at, prefill_cpu, None)
-                if wall - at >= MIN_CPU_WINDOW and cpu is not None:
-                    phase_cpu = (at, phase_cpu[1], cpu - prefill_cpu)
+                if first_token >= MIN_CPU_WINDOW:
+                    prefill_cpu = up_to_first
+                if wall - first_token >= MIN_CPU_WINDOW and cpu is not None:
+                    generation_cpu = cpu - up_to_first
             runner = server.runner()
             if runner is not None:
                 runner_threads, runner_pid = runner.threads, runner.pid
@@ -230,9 +226,9 @@ class SweepRunner:
             server_cpus=len(self.machine.affinity) if server is not None else None,
             started_at=started_at,
             started_monotonic=started_monotonic,
-            first_token_seconds=phase_cpu[0],
-            prefill_cpu_seconds=phase_cpu[1],
-            generation_cpu_seconds=phase_cpu[2],
+            first_token_seconds=first_token,
+            prefill_cpu_seconds=prefill_cpu,
+            generation_cpu_seconds=generation_cpu,
         )
         return replace(sample, disturbed=is_disturbed(sample.other_cores_busy, sample.spare_cpus))
 

@@ -476,7 +476,7 @@ def _classify(bounds: Bounds, threshold: float) -> Outcome:
 
 def _values(result: ThreadResult, quantity: str) -> list[float]:
     """``quantity`` (a name in ``QUANTITIES``) in the undisturbed samples that measured it."""
-    raw = [QUANTITIES[quantity].read(s.to_dict()) for s in result.undisturbed]
+    raw = [QUANTITIES[quantity].of(s) for s in result.undisturbed]
     return [v for v in raw if v is not None]
 
 
@@ -505,7 +505,7 @@ def _per_phase_utilization(value: Any) -> dict[str, Any]:
 def _goodness(result: ThreadResult, rate: str) -> list[float]:
     """``rate`` in the undisturbed samples, higher is better: a time by its inverse."""
     quantity = QUANTITIES[rate]
-    values = [quantity.read(s.to_dict()) for s in result.undisturbed]
+    values = [quantity.of(s) for s in result.undisturbed]
     if quantity.higher_is_better:
         return [v for v in values if v is not None]
     return [1 / v if v > 0 else 0.0 for v in values if v is not None]
