@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_ollama_cpu.bandwidth import read_bandwidth  # noqa: E402
+from pytest_ollama_cpu.limits import read_bandwidth  # noqa: E402
 
 
 def sysbench_read(threads: int) -> float | None:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pytest_ollama_cpu.bandwidth import read_bandwidth
+from pytest_ollama_cpu.limits import read_bandwidth
 
 
 def test_workers_pinned_to_cpus_read_together_and_report_bytes_a_second() -> None:
