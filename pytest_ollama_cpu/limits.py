@@ -38,20 +38,24 @@ machine and is not taken while an undisturbed window exists, and a count with
 no undisturbed window is marked ``disturbed``. That is seen inside the worker,
 with no measurement of the rest of the machine.
 
+A count costs about two seconds (six windows and its workers' start), so the
+results are cached (pytest's cache) per machine, as the server sees it, for a day.
+
 numpy is imported inside the workers only: importing the plugin stays cheap.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import math
 import multiprocessing as mp
 import os
 import queue
 import signal
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +82,9 @@ MATRIX = 512
 
 #: A window is disturbed when a worker got less than this part of its share of its CPU.
 UNDISTURBED_SHARE = 0.9
+
+CACHE_KEY = "ollama_cpu/limits"
+CACHE_VERSION = 1
 
 #: Set to "1" in each worker before numpy loads: k single-threaded workers are timed.
 _ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -580,3 +587,66 @@ def probe_limits(
         cost_seconds=time.perf_counter() - begun,
         method=method,
     )
+
+
+def _stored_machines(value: Any) -> dict[str, Any]:
+    """The machines of a cached value; anything damaged is left out (and so overwritten)."""
+    if not isinstance(value, dict) or value.get("version") != CACHE_VERSION:
+        return {}
+    machines = value.get("machines")
+    if not isinstance(machines, dict):
+        return {}
+    return {k: v for k, v in machines.items() if isinstance(k, str) and isinstance(v, dict)}
+
+
+def _fresh_entry(entry: Any, now: float, max_age: float) -> tuple[MachineLimits, float] | None:
+    """A cached machine's limits and when they were probed, if readable and young enough."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        probed_at = _rate(entry["probed_at"])
+        limits = MachineLimits.from_dict(entry["limits"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if not 0 <= now - probed_at <= max_age:  # older, or from a clock that went back
+        return None
+    return limits, probed_at
+
+
+def cached_limits(
+    cache: Any | None,
+    key_facts: Mapping[str, Any],
+    counts: Sequence[int],
+    probe: Callable[[Sequence[int]], MachineLimits],
+    max_age: float = 86400.0,
+    now: Callable[[], float] = time.time,
+) -> MachineLimits:
+    """The limits for ``counts``, from ``cache`` where it has them, else from ``probe``.
+
+    ``cache`` has ``get(key, default)`` and ``set(key, value)`` (pytest's
+    ``config.cache``; None: probe every time). ``key_facts`` identify the
+    machine as the server sees it (hostname, CPU model, affinity, cgroup quota
+    and path): other facts, other limits. Only the counts the cache lacks are
+    probed, and merged into its entry, which keeps its first probing time: an
+    entry is as old as its oldest figure. A damaged cache value is ignored and
+    overwritten.
+    """
+    wanted = _check_counts(counts)
+    if cache is None:
+        probed = probe(wanted)
+        return replace(probed, limits={k: probed[k] for k in wanted})
+    fingerprint = json.dumps(dict(key_facts), sort_keys=True, default=str)
+    machines = _stored_machines(cache.get(CACHE_KEY, None))
+    found = _fresh_entry(machines.get(fingerprint), now(), max_age)
+    cached = None if found is None else found[0]
+    missing = [k for k in wanted if cached is None or k not in cached.limits]
+    if cached is not None and not missing:
+        return replace(cached, limits={k: cached[k] for k in wanted}, cost_seconds=0.0)
+    probed = probe(missing)
+    merged = {**(cached.limits if cached is not None else {}), **probed.limits}
+    machines[fingerprint] = {
+        "probed_at": found[1] if found is not None else now(),
+        "limits": replace(probed, limits=merged).to_dict(),
+    }
+    cache.set(CACHE_KEY, {"version": CACHE_VERSION, "machines": machines})
+    return replace(probed, limits={k: merged[k] for k in wanted})

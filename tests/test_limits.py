@@ -1,4 +1,4 @@
-"""The limits probe: plumbing, disturbed windows, the server's cgroup.
+"""The limits probe and its cache: plumbing, disturbed windows, the server's cgroup.
 
 Real probes with small arrays and short windows (the figures themselves are
 benchmarks/limits_probe.py's); the cgroup joining also on a fake tree.
@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,12 @@ import pytest
 
 from pytest_ollama_cpu import limits as limits_module
 from pytest_ollama_cpu.limits import (
+    CACHE_KEY,
     Joined,
     Limit,
     LimitsProbeError,
     MachineLimits,
+    cached_limits,
     join_cgroup,
     probe_limits,
 )
@@ -294,3 +296,129 @@ def test_under_the_servers_cpu_quota_the_probe_gets_what_the_server_gets() -> No
                 break
             except OSError:
                 time.sleep(0.1)
+
+
+# --- the cache ------------------------------------------------------------------
+
+
+class FakeCache:
+    """pytest's config.cache as far as cached_limits uses it: JSON in, JSON out."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def get(self, key: str, default: Any) -> Any:
+        return json.loads(self.values[key]) if key in self.values else default
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = json.dumps(value)
+
+    def stored(self) -> Any:
+        return json.loads(self.values[CACHE_KEY])
+
+
+FACTS = {"hostname": "box", "cpu_model": "AMD EPYC", "affinity": [0, 1], "quota": None}
+
+
+class FakeProbe:
+    """Figures that say which call made them: read 10 GB/s x threads + the call number."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def __call__(self, counts: Sequence[int]) -> MachineLimits:
+        self.calls.append(list(counts))
+        call = len(self.calls)
+        return MachineLimits(
+            limits={k: Limit(k, 10e9 * k + call, 100e9 * k, False) for k in counts},
+            cpus=(0, 1),
+            cgroup=None,
+            note=None,
+            cost_seconds=1.5 * len(counts),
+            method="fake",
+        )
+
+
+def test_a_cache_hit_probes_nothing_and_costs_nothing() -> None:
+    cache, probe = FakeCache(), FakeProbe()
+    first = cached_limits(cache, FACTS, [1, 2], probe, now=lambda: 1000.0)
+    second = cached_limits(cache, FACTS, [2, 1], probe, now=lambda: 2000.0)
+    assert probe.calls == [[1, 2]]
+    assert first.cost_seconds == 3.0 and second.cost_seconds == 0
+    assert second.limits == first.limits and list(second.limits) == [2, 1]
+    assert "(from the cache)" in second.describe()
+    stored = cache.stored()
+    assert stored["version"] == 1
+    (entry,) = stored["machines"].values()
+    assert entry["probed_at"] == 1000.0
+    assert json.loads(next(iter(stored["machines"]))) == FACTS
+
+
+def test_a_partial_hit_probes_only_the_missing_counts_and_merges_them() -> None:
+    cache, probe = FakeCache(), FakeProbe()
+    cached_limits(cache, FACTS, [1], probe, now=lambda: 1000.0)
+    both = cached_limits(cache, FACTS, [1, 2], probe, now=lambda: 1100.0)
+    assert probe.calls == [[1], [2]]
+    assert both[1].read_bytes_per_second == 10e9 + 1  # from the cache (call 1)
+    assert both[2].read_bytes_per_second == 20e9 + 2  # fresh (call 2)
+    assert both.cost_seconds == 1.5  # what was probed now
+    (entry,) = cache.stored()["machines"].values()
+    assert sorted(entry["limits"]["limits"]) == ["1", "2"]
+    assert entry["probed_at"] == 1000.0  # as old as its oldest figure
+    cached_limits(cache, FACTS, [2, 1], probe, now=lambda: 1200.0)
+    assert len(probe.calls) == 2
+
+
+def test_old_entries_are_probed_again() -> None:
+    cache, probe = FakeCache(), FakeProbe()
+    cached_limits(cache, FACTS, [1], probe, max_age=60, now=lambda: 1000.0)
+    cached_limits(cache, FACTS, [1], probe, max_age=60, now=lambda: 1059.0)
+    assert len(probe.calls) == 1
+    fresh = cached_limits(cache, FACTS, [1], probe, max_age=60, now=lambda: 1061.0)
+    assert len(probe.calls) == 2 and fresh.cost_seconds == 1.5
+    assert cache.stored()["machines"][json.dumps(FACTS, sort_keys=True)]["probed_at"] == 1061.0
+
+
+def test_another_machine_has_its_own_entry() -> None:
+    cache, probe = FakeCache(), FakeProbe()
+    cached_limits(cache, FACTS, [1], probe, now=lambda: 1000.0)
+    cached_limits(cache, {**FACTS, "quota": 0.5}, [1], probe, now=lambda: 1000.0)
+    assert len(probe.calls) == 2 and len(cache.stored()["machines"]) == 2
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        "not a dict",
+        [1, 2],
+        {"version": 2, "machines": {}},
+        {"version": 1, "machines": []},
+        {"version": 1, "machines": {json.dumps(FACTS, sort_keys=True): "x"}},
+        {"version": 1, "machines": {json.dumps(FACTS, sort_keys=True): {"probed_at": "x"}}},
+        {
+            "version": 1,
+            "machines": {
+                json.dumps(FACTS, sort_keys=True): {
+                    "probed_at": 1000.0,
+                    "limits": {"limits": {"1": {"threads": "one"}}},
+                }
+            },
+        },
+    ],
+)
+def test_a_damaged_cache_value_is_ignored_and_overwritten(damaged: Any) -> None:
+    cache, probe = FakeCache(), FakeProbe()
+    cache.set(CACHE_KEY, damaged)
+    got = cached_limits(cache, FACTS, [1], probe, now=lambda: 1000.0)
+    assert probe.calls == [[1]] and got.cost_seconds == 1.5
+    entry = cache.stored()["machines"][json.dumps(FACTS, sort_keys=True)]
+    assert MachineLimits.from_dict(entry["limits"])[1] == got[1]
+
+
+def test_without_a_cache_every_call_probes() -> None:
+    probe = FakeProbe()
+    cached_limits(None, FACTS, [1, 2], probe)
+    cached_limits(None, FACTS, [1, 2], probe)
+    assert probe.calls == [[1, 2], [1, 2]]
+    with pytest.raises(ValueError, match="thread count 0"):
+        cached_limits(None, FACTS, [0], probe)
