@@ -1,11 +1,15 @@
-"""The memory bandwidth probe beside a reference tool, per number of readers.
+"""The limits probe beside a reference tool, per thread count.
 
-    .venv/bin/python benchmarks/bandwidth_probe.py [--workers 1,2] [--seconds 0.5]
+    .venv/bin/python benchmarks/limits_probe.py [--threads 1,2] [--runs 1]
 
-Prints the probe's read bandwidth (``pytest_ollama_cpu.bandwidth``) and its cost
-for each number of workers, pinned to the first CPUs this process may use, and,
-where ``sysbench`` is installed (``apt-get install sysbench``, for the check
-only), ``sysbench memory --memory-oper=read`` with as many threads.
+Runs ``pytest_ollama_cpu.limits.probe_limits`` with its defaults (256 MiB a
+worker, 0.25 s windows, best of 3), the workers pinned round robin to the CPUs
+this process may use, and prints per thread count the memory read bandwidth
+beside ``sysbench memory --memory-oper=read --memory-block-size=256M`` with as
+many threads (where sysbench is installed: ``apt-get install sysbench``, for
+the check only), the fp32 multiply-add rate, whether the count was disturbed,
+and what each probe cost. ``--runs 2`` probes twice, to show the spread and
+the cost of each run.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_ollama_cpu.limits import read_bandwidth  # noqa: E402
+from pytest_ollama_cpu.limits import probe_limits  # noqa: E402
 
 
 def sysbench_read(threads: int) -> float | None:
@@ -47,18 +51,24 @@ def sysbench_read(threads: int) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", default="1,2")
-    parser.add_argument("--seconds", type=float, default=0.5)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
+    counts = [int(t) for t in args.threads.split(",")]
     cpus = sorted(os.sched_getaffinity(0))
-    for workers in (int(w) for w in args.workers.split(",")):
-        probe = read_bandwidth(workers, cpus[:workers], seconds=args.seconds)
-        reference = sysbench_read(workers)
-        beside = "" if reference is None else f"; sysbench memory read {reference:.1f} GB/s"
-        print(
-            f"{workers} reader(s) on CPUs {probe.cpus}: probe {probe.gb_per_second:.1f} GB/s "
-            f"in {probe.cost_seconds:.2f} s{beside}"
-        )
+    for run in range(1, args.runs + 1):
+        probed = probe_limits(counts, cpus)
+        print(f"run {run}: {probed.describe()}")
+        for threads in counts:
+            limit = probed[threads]
+            reference = sysbench_read(threads) if run == 1 else None
+            beside = "" if reference is None else f" (sysbench memory read {reference:.1f})"
+            print(
+                f"  {threads} thread(s): read {limit.gb_per_second:.1f} GB/s{beside}, "
+                f"fp32 {limit.gflops:.0f} GFLOP/s, disturbed {limit.disturbed}"
+            )
+        print(f"  probe cost {probed.cost_seconds:.2f} s")
+    print(f"method: {probed.method}")
     return 0
 
 
