@@ -39,7 +39,7 @@ from pytest_benchmark.utils import get_machine_id as _machine_id
 
 from . import __version__
 from .quantities import QUANTITIES
-from .records import RecordedSweep, by_machine
+from .records import RecordedSweep, by_machine, merged_limits
 from .results import Sweep
 from .storage import advice, reason
 
@@ -179,6 +179,9 @@ def _entries(
                     "machine": sweep.machine.to_dict(),
                     "speedup": sweep.speedup(result.threads),
                     "efficiency": sweep.efficiency(result.threads),
+                    # the machine's limits at this count and the rates they allow
+                    "limits": sweep.limits_at(result.threads),
+                    "model_cost": None if sweep.roofline is None else sweep.roofline.cost.to_dict(),
                     "complete": sweep.complete,
                     "busy": result.busy,
                     "set_aside": len(result.set_aside),
@@ -197,9 +200,11 @@ def machine_info(recorded: Sequence[RecordedSweep]) -> dict[str, Any]:
     info = benchmark_machine_info()
     if recorded:
         sweep = recorded[0].sweep
+        limits = merged_limits(recorded)
         info[EXTRA_KEY] = {
             "machine": sweep.machine.to_dict(),
             "server": sweep.server.to_dict(),
+            "limits": None if limits is None else limits.to_dict(),
         }
     return info
 

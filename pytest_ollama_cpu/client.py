@@ -277,6 +277,13 @@ class OllamaClient:
             quantization=details.quantization_level if details else None,
         )
 
+    def model_info(self, model: str) -> dict[str, Any]:
+        """The model's facts from ``/api/show`` (``general.parameter_count``, its
+        architecture's block shapes), for the roofline (``roofline.model_cost``)."""
+        reply = self._call(lambda: self._client.show(model), what="reading the model's facts")
+        info = getattr(reply, "modelinfo", None)
+        return dict(info) if isinstance(info, Mapping) else {}
+
     # -- the measured requests ---------------------------------------------
 
     def generate(

@@ -15,11 +15,13 @@ from typing import Any, Literal, NoReturn
 import pytest
 
 from .client import ModelFacts, OllamaCpuError
+from .limits import LimitsProbeError
 from .locking import LockTimeout, taking_turns
 from .markers import AUTO, ThreadSpec, expand_threads
 from .options import Settings
 from .quantities import GENERATION_RATE, PREFILL_RATE
 from .results import MIN_RATE_TOKENS, MachineBusy, Sweep
+from .roofline import ModelFactsMissing, Roofline, model_cost
 from .sampler import (
     DETERMINISTIC_OPTIONS,
     RESERVED_OPTIONS,
@@ -252,6 +254,10 @@ class OllamaCpu:
             ):
                 if calibrate is not None:  # its requests must not overlap another sweep
                     workload = replace(workload, prompt=_calibrated(calibrate))
+                # probed with the server idle and confined as it is measured
+                runner.roofline, runner.roofline_note = self._roofline(
+                    connection, model_facts, self.threads
+                )
                 sweep, verdict = self._sweep(runner, workload, model_facts)
             sweep.waited_seconds = waited
         except (LockTimeout, CpuSetRefused, CalibrationError) as exc:
@@ -263,6 +269,33 @@ class OllamaCpu:
         self.verdicts.append(verdict)
         self.sweeps.append(sweep)
         return sweep
+
+    def _roofline(
+        self, connection: Connection, model: ModelFacts, counts: Sequence[int]
+    ) -> tuple[Roofline | None, str | None]:
+        """The model's cost of a token against the machine's limits at ``counts``, or
+        None and why not: the roofline is a reading aid, never a reason to fail a sweep."""
+        if self.settings.roofline == "off":
+            return None, "the probe is off (--ollama-cpu-roofline off)"
+        if connection.server is None:
+            return None, (
+                "the server's processes are not visible from here (another machine or user), "
+                "so its machine's limits cannot be probed"
+            )
+        try:
+            cost = model_cost(connection.client.model_info(model.name), model.size)
+        except (OllamaCpuError, ModelFactsMissing) as exc:
+            return None, f"the model's facts could not be read: {exc}"
+        try:
+            limits = self._state.machine_limits(connection, counts)
+        except LimitsProbeError as exc:
+            return None, f"the probe failed: {exc}"
+        note = None
+        if cost.block_parameters is None:
+            note = f"no compute roofline: {cost.note}"
+        if limits.note:
+            note = f"{note}; {limits.note}" if note else limits.note
+        return Roofline(cost, limits), note
 
     def _sweep(
         self, runner: SweepRunner, workload: Workload, model_facts: ModelFacts

@@ -46,13 +46,23 @@ numpy is imported inside the workers only: importing the plugin stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import multiprocessing as mp
+
+# Loaded with the plugin, not at the first probe: a module multiprocessing loads late
+# can be loaded twice in one process (pytest's in-process runs restore sys.modules),
+# and its objects then no longer pickle ("not the same object as ...").
+import multiprocessing.connection
+import multiprocessing.queues
+import multiprocessing.reduction
+import multiprocessing.synchronize
 import os
 import queue
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -650,3 +660,52 @@ def cached_limits(
     }
     cache.set(CACHE_KEY, {"version": CACHE_VERSION, "machines": machines})
     return replace(probed, limits={k: merged[k] for k in wanted})
+
+
+#: How long probed limits are kept: a machine's memory and arithmetic do not change
+#: between runs, and a reboot (a new BIOS setting, another VM host) empties the folder.
+DAY = 86400.0
+
+#: Where the limits are kept, one file a machine; tests point it elsewhere.
+CACHE_ENV = "PYTEST_OLLAMA_CPU_LIMITS_CACHE"
+
+
+def limits_cache_path() -> Path:
+    """The machine's cache file: in the temporary folder, shared by every project and
+    pytest run of this user on the machine, so that a suite pays the probe once."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured)
+    return Path(tempfile.gettempdir()) / f"pytest-ollama-cpu-{os.getuid()}" / "limits.json"
+
+
+class LimitsFile:
+    """A ``get``/``set`` cache (as ``cached_limits`` takes) kept in one JSON file.
+
+    Written whole to a temporary file and renamed over, so a reader never sees
+    half a file; a file that cannot be read or written is treated as empty, as
+    the limits can always be probed again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def get(self, key: str, default: Any) -> Any:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return default
+        return data.get(key, default) if isinstance(data, dict) else default
+
+    def set(self, key: str, value: Any) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            data = {key: value}
+            with tempfile.NamedTemporaryFile(
+                "w", dir=self.path.parent, prefix=".limits-", suffix=".tmp", delete=False
+            ) as file:
+                json.dump(data, file)
+            os.replace(file.name, self.path)
+        except OSError:
+            with contextlib.suppress(OSError, UnboundLocalError):
+                os.unlink(file.name)

@@ -20,7 +20,8 @@ from .quantities import QUANTITIES, lookup
 MARKER_NAME = "threads"
 MARKER_HELP = (
     "threads(*counts, rounds=None, max_rounds=None, min_speedup=None, min_efficiency=None, "
-    "min_utilization=None, min_machine_utilization=None, alpha=None): sweep these num_thread "
+    "min_utilization=None, min_machine_utilization=None, min_roofline=None, alpha=None): sweep "
+    "these num_thread "
     "values with the ollama_cpu fixture; counts are ints, ranges or 'auto' (1, 2, 4, ... up to "
     "the usable CPUs). rounds: measured requests per thread count; the min_* thresholds fail "
     "the test when the samples show, at confidence 1 - alpha, that the value is below them."
@@ -34,6 +35,7 @@ THRESHOLD_KEYWORDS = (
     "min_efficiency",
     "min_utilization",
     "min_machine_utilization",
+    "min_roofline",
 )
 _KEYWORDS = ("rounds", "max_rounds", *THRESHOLD_KEYWORDS, "alpha")
 
@@ -69,13 +71,14 @@ def check_threshold(name: str, value: Any) -> Any:
             f"{name}={value!r}: the keys of min_efficiency are phases such as 'prefill' or "
             "'generation', not thread counts"
         )
-    if name == "min_utilization" and isinstance(value, Mapping):
+    if name in ("min_utilization", "min_roofline") and isinstance(value, Mapping):
         phases = ("prefill", "generation")
         bad = [k for k in value if k not in phases]
         if not value or bad:
+            whole = "the whole request" if name == "min_utilization" else "the workload's rate"
             raise MarkerError(
-                f"min_utilization={value!r}: give a minimum for the whole request, or one per "
-                "phase: {'prefill': 0.8, 'generation': 0.8}"
+                f"{name}={value!r}: give a minimum for {whole}, or one per "
+                "phase: {'prefill': 0.5, 'generation': 0.5}"
             )
         return {k: _positive(f"{name}[{k!r}]", v) for k, v in value.items()}
     return _positive(name, value)

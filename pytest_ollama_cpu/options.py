@@ -138,6 +138,20 @@ MIN_MACHINE_UTILIZATION = OptionSpec(
     "shown to be below this.",
     metavar="X",
 )
+MIN_ROOFLINE = OptionSpec(
+    "--ollama-cpu-min-roofline",
+    "Fail when a thread count's rate is shown to reach less than this share of the machine's "
+    "limit: generation against memory bandwidth, prefill (for a prefill workload) against "
+    "arithmetic peak, e.g. 0.5.",
+    metavar="X",
+)
+ROOFLINE_PROBE = OptionSpec(
+    "--ollama-cpu-roofline",
+    "Probe the machine's memory bandwidth and arithmetic peak per thread count (a few seconds, "
+    "cached per machine for a day): on, fresh (probe again now) or off. Default: on.",
+    env="OLLAMA_CPU_ROOFLINE",
+    metavar="on|fresh|off",
+)
 ALPHA = OptionSpec(
     "--ollama-cpu-alpha",
     "Significance of the verdicts: the most a test may fail by chance when every threshold is "
@@ -228,8 +242,10 @@ ALL_OPTIONS = (
     MIN_EFFICIENCY,
     MIN_UTILIZATION,
     MIN_MACHINE_UTILIZATION,
+    MIN_ROOFLINE,
     ALPHA,
     INCONCLUSIVE,
+    ROOFLINE_PROBE,
     RETAKES,
     QUIET_WAIT,
     CPUS,
@@ -246,6 +262,7 @@ THRESHOLD_OPTIONS = {
     "min_efficiency": MIN_EFFICIENCY,
     "min_utilization": MIN_UTILIZATION,
     "min_machine_utilization": MIN_MACHINE_UTILIZATION,
+    "min_roofline": MIN_ROOFLINE,
 }
 #: what a bad value's message suggests instead
 THRESHOLD_EXAMPLES = {
@@ -253,8 +270,10 @@ THRESHOLD_EXAMPLES = {
     "min_efficiency": "0.7",
     "min_utilization": "0.8",
     "min_machine_utilization": "0.5",
+    "min_roofline": "0.5",
 }
 INCONCLUSIVE_CHOICES = ("pass", "fail", "skip")
+ROOFLINE_CHOICES = ("on", "fresh", "off")
 
 DEFAULT_ROUNDS = 5
 DEFAULT_NUM_PREDICT = 32
@@ -315,6 +334,8 @@ class Settings:
     retake_budget: RetakeBudget = RetakeBudget()
     #: the user and password the host's URL carried; ``host`` never holds them
     credentials: Credentials | None = None
+    #: probe the machine's limits: "on" (cached), "fresh" or "off"
+    roofline: str = "on"
 
     def rounds_limit(self, rounds: int, marker_max: int | None = None) -> int:
         """Most rounds a thread count may get: marker, then option, then 4 x rounds."""
@@ -335,6 +356,8 @@ class Settings:
         ]
         if self.cpus is not None:
             text += f", cpus {format_cpu_list(self.cpus)}"
+        if self.roofline != "on":
+            text += f", roofline probe {self.roofline}"
         if limits:
             text += f"; {', '.join(limits)}, alpha {self.thresholds.alpha:g}"
         return text
@@ -518,6 +541,14 @@ def resolve_settings(
             raise _usage_error(
                 raw_inconclusive, INCONCLUSIVE, f"expected one of {', '.join(INCONCLUSIVE_CHOICES)}"
             )
+    raw_roofline = lookup(ROOFLINE_PROBE)
+    roofline = "on"
+    if raw_roofline is not None:
+        roofline = raw_roofline.value.strip().lower()
+        if roofline not in ROOFLINE_CHOICES:
+            raise _usage_error(
+                raw_roofline, ROOFLINE_PROBE, f"expected one of {', '.join(ROOFLINE_CHOICES)}"
+            )
     raw_max = lookup(MAX_ROUNDS)
 
     raw_storage = lookup(STORAGE)
@@ -571,6 +602,7 @@ def resolve_settings(
         max_rounds=None if raw_max is None else _positive_int(raw_max, MAX_ROUNDS, 1),
         thresholds=Thresholds(alpha=alpha, **thresholds),
         inconclusive=inconclusive,
+        roofline=roofline,
         save=None if raw_save is None else raw_save.value,
         autosave=bool(getoption(AUTOSAVE.dest)) or bool(getini(AUTOSAVE.ini)),
         storage=storage,

@@ -139,6 +139,28 @@ MACHINE_UTILIZATION = Quantity(
     relative=False,
     digits=3,
 )
+GENERATION_ROOFLINE = Quantity(
+    "generation_roofline",
+    "tg roof",
+    "share of the memory limit that generation reaches",
+    "",
+    higher_is_better=True,
+    relative=False,
+    digits=3,
+    phase=GENERATION,
+    aliases=("roofline", "tg_roofline"),
+)
+PREFILL_ROOFLINE = Quantity(
+    "prefill_roofline",
+    "pp roof",
+    "share of the compute limit that prefill reaches",
+    "",
+    higher_is_better=True,
+    relative=False,
+    digits=3,
+    phase=PREFILL,
+    aliases=("pp_roofline",),
+)
 
 QUANTITIES: dict[str, Quantity] = {
     q.name: q
@@ -151,6 +173,8 @@ QUANTITIES: dict[str, Quantity] = {
         PREFILL_UTILIZATION,
         GENERATION_UTILIZATION,
         MACHINE_UTILIZATION,
+        GENERATION_ROOFLINE,
+        PREFILL_ROOFLINE,
     )
 }
 _BY_ALIAS = {alias: q for q in QUANTITIES.values() for alias in q.aliases}

@@ -8,9 +8,10 @@ the controller, and the report, the JSON file and the saved runs read them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from .limits import MachineLimits
 from .results import Sweep
 from .verdicts import Thresholds, Verdict
 
@@ -55,3 +56,13 @@ def by_machine(sweeps: Sequence[RecordedSweep]) -> dict[str, list[RecordedSweep]
     for recorded in sweeps:
         groups.setdefault(recorded.sweep.where, []).append(recorded)
     return groups
+
+
+def merged_limits(recorded: Sequence[RecordedSweep]) -> MachineLimits | None:
+    """The machine's limits at every thread count the sweeps probed (the first
+    sweep's probe facts, with the counts of all)."""
+    probed = [r.sweep.roofline.machine for r in recorded if r.sweep.roofline is not None]
+    if not probed:
+        return None
+    counts = {t: limit for machine in probed for t, limit in machine.limits.items()}
+    return replace(probed[0], limits=counts, cost_seconds=sum(m.cost_seconds for m in probed))

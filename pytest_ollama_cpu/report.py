@@ -13,16 +13,19 @@ from .disturbance import MARGIN_CORES
 from .machine import MachineFacts, cpus_text
 from .quantities import (
     GENERATION_RATE,
+    GENERATION_ROOFLINE,
     GENERATION_UTILIZATION,
     PREFILL_RATE,
+    PREFILL_ROOFLINE,
     PREFILL_UTILIZATION,
     REQUEST_SECONDS,
     TIME_TO_FIRST_TOKEN,
 )
-from .records import RecordedSweep, by_machine
+from .records import RecordedSweep, by_machine, merged_limits
 from .results import Sweep, ThreadResult, stopped_because
+from .roofline import OVER_LIMIT
 from .statistics import Summary, format_interval
-from .verdicts import Recommendation, Verdict
+from .verdicts import Recommendation, Verdict, roofline_cause
 
 COLUMNS = (
     "threads",
@@ -42,6 +45,8 @@ COLUMNS = (
     "pp util",
     "tg util",
     "machine util",
+    "tg roof",
+    "pp roof",
     "other cores",
 )
 
@@ -83,8 +88,66 @@ def _row(sweep: Sweep, result: ThreadResult) -> list[str]:
         _median(result.summary(PREFILL_UTILIZATION)),
         _median(result.summary(GENERATION_UTILIZATION)),
         _median(result.machine_utilization),
+        _share(result.summary(GENERATION_ROOFLINE)),
+        _share(result.summary(PREFILL_ROOFLINE)),
         _median(result.other_cores_busy),
     ]
+
+
+def _share(summary: Summary | None) -> str:
+    """A share of the roofline as a percentage; one above the limit is not believed."""
+    if summary is None:
+        return "-"
+    if summary.median > OVER_LIMIT:
+        return "over!"
+    return f"{summary.median:.0%}"
+
+
+def _counts_text(values: dict[int, float], digits: int, unit: str) -> str:
+    """'133 tokens/s at 1 thread, 193 at 2'."""
+    parts = []
+    for i, (threads, value) in enumerate(sorted(values.items())):
+        text = f"{value:.{digits}f}"
+        if i == 0:
+            text += f" {unit} at {threads} thread{'s' * (threads != 1)}"
+        else:
+            text += f" at {threads}"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def roofline_lines(sweep: Sweep) -> list[str]:
+    """The model's cost of a token, the rates the machine's limits allow per thread
+    count, and what the roofline shows about each count (``verdicts.roofline_cause``)."""
+    if sweep.roofline is None:
+        return [f"  roofline: not measured ({sweep.roofline_note})"] if sweep.roofline_note else []
+    lines = [f"  roofline: {sweep.roofline.cost.describe()}"]
+    limits = {r.threads: sweep.limits_at(r.threads) for r in sweep}
+    allowed = []
+    for key, what, per_second, scale, unit in (
+        ("generation_limit", "generation", "read_bytes_per_second", 1e9, "GB/s memory read"),
+        ("prefill_limit", "prefill", "flops_per_second", 1e9, "GFLOP/s fp32 multiply-add"),
+    ):
+        rates = {t: v for t, lim in limits.items() if (v := lim.get(key)) is not None}
+        peaks = {t: v / scale for t, lim in limits.items() if (v := lim.get(per_second))}
+        if rates:
+            allowed.append(
+                f"{what} {_counts_text(rates, 0, 'tokens/s')} ({_counts_text(peaks, 1, unit)})"
+            )
+    if allowed:
+        lines.append(f"  limits: {'; '.join(allowed)}")
+    disturbed = [t for t, lim in limits.items() if lim.get("probe_disturbed")]
+    if disturbed:
+        lines.append(
+            f"  limits at {', '.join(map(str, disturbed))} threads were probed while other "
+            "processes took CPU: they may be low, and the shares high"
+        )
+    phase = "prefill" if sweep.focus == PREFILL_RATE.name else "generation"
+    for result in sweep:
+        found = roofline_cause(sweep, result.threads, phase)
+        if found is not None:
+            lines.append(f"  {found}")
+    return lines
 
 
 def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> list[str]:
@@ -178,6 +241,7 @@ def sweep_lines(recorded: RecordedSweep) -> list[str]:
         lines.append(
             f"  note: asked for {r.threads} threads, the runner was started with {r.runner_threads}"
         )
+    lines += roofline_lines(sweep)
     lines += _short_reply_lines(sweep)
     lines += _disturbance_lines(sweep)
     if sweep.waited_seconds >= 0.1:
@@ -284,6 +348,9 @@ def summary_lines(sweeps: Sequence[RecordedSweep]) -> list[str]:
                 f"--- machine {first.machine.hostname}, server {first.server.host} "
                 f"(Ollama {first.server.version}): {first.machine.describe()}"
             )
+        limits = merged_limits(recorded_group)
+        if limits is not None:
+            lines.append(f"machine limits: {limits.describe()}")
         for recorded in recorded_group:
             if lines:
                 lines.append("")
@@ -298,7 +365,11 @@ def summary_lines(sweeps: Sequence[RecordedSweep]) -> list[str]:
         "Ollama's timings); request s: median time of the whole request; pp/tg util: "
         "thread utilization while the prompt is processed / while tokens are generated "
         "('-': a phase under a quarter second); util: median CPU "
-        "use of the server's process tree per requested thread / per usable CPU; other "
+        "use of the server's process tree per requested thread / per usable CPU; tg roof: "
+        "generation rate as a share of the memory limit (the read bandwidth probed at that "
+        "thread count / bytes read per token); pp roof: prefill rate as a share of the compute "
+        "limit (arithmetic peak probed at that thread count / operations per prompt token); "
+        "other "
         "cores: CPU busy outside the server on its CPUs, over all samples.",
     ]
     return lines

@@ -15,6 +15,7 @@ from .client import ModelFacts, OllamaCpuError, Timings
 from .disturbance import describe_load, excess_cores, spare_cpus
 from .machine import MachineFacts
 from .quantities import GENERATION_RATE, QUANTITIES, Quantity, lookup, names
+from .roofline import Roofline, share
 from .statistics import Summary, ratio
 
 if TYPE_CHECKING:
@@ -87,6 +88,13 @@ class Sample:
     first_token_seconds: float | None = None
     prefill_cpu_seconds: float | None = None
     generation_cpu_seconds: float | None = None
+    #: the roofline (``roofline.py``): bytes this request read per generated token and
+    #: operations per prompt token (both grow with its positions), and the machine's
+    #: read bandwidth and arithmetic peak at its thread count; None where not known
+    bytes_per_token: float | None = None
+    flops_per_token: float | None = None
+    read_bytes_per_second: float | None = None
+    flops_per_second: float | None = None
 
     @property
     def spare_cpus(self) -> float | None:
@@ -155,6 +163,18 @@ class Sample:
         return None if window <= 0 else self.generation_cpu_seconds / window / self.threads
 
     @property
+    def generation_roofline(self) -> float | None:
+        """The generation rate as a share of the memory roofline at this thread count:
+        read bandwidth / bytes per token. 1.0: memory gives no more."""
+        return share(self.tokens_per_second, self.bytes_per_token, self.read_bytes_per_second)
+
+    @property
+    def prefill_roofline(self) -> float | None:
+        """The prefill rate as a share of the compute roofline at this thread count:
+        peak operations a second / operations per prompt token."""
+        return share(self.prompt_tokens_per_second, self.flops_per_token, self.flops_per_second)
+
+    @property
     def machine_utilization(self) -> float | None:
         """Cores busy / usable CPUs: how much of what the machine offers was used."""
         busy = self.cores_busy
@@ -194,6 +214,12 @@ class Sample:
             "first_token_seconds": self.first_token_seconds,
             "prefill_cpu_seconds": self.prefill_cpu_seconds,
             "generation_cpu_seconds": self.generation_cpu_seconds,
+            "bytes_per_token": self.bytes_per_token,
+            "flops_per_token": self.flops_per_token,
+            "read_bytes_per_second": self.read_bytes_per_second,
+            "flops_per_second": self.flops_per_second,
+            "generation_roofline": self.generation_roofline,
+            "prefill_roofline": self.prefill_roofline,
             "timings": self.timings.to_dict(),
         }
 
@@ -216,6 +242,10 @@ class Sample:
             first_token_seconds=data.get("first_token_seconds"),
             prefill_cpu_seconds=data.get("prefill_cpu_seconds"),
             generation_cpu_seconds=data.get("generation_cpu_seconds"),
+            bytes_per_token=data.get("bytes_per_token"),
+            flops_per_token=data.get("flops_per_token"),
+            read_bytes_per_second=data.get("read_bytes_per_second"),
+            flops_per_second=data.get("flops_per_second"),
         )
 
 
@@ -405,6 +435,10 @@ class Sweep:
     #: the rate the test is about: the main recommendation and plain speedup
     #: thresholds use it (a prefill workload's is the prefill rate)
     focus: str = GENERATION_RATE.name
+    #: the model's cost of a token against the machine's limits (None where either is
+    #: not known; ``roofline_note`` says why)
+    roofline: Roofline | None = None
+    roofline_note: str | None = None
 
     def __getitem__(self, threads: int) -> ThreadResult:
         try:
@@ -461,6 +495,30 @@ class Sweep:
             return None
         return speedup / (threads / self.baseline.threads)
 
+    def limits_at(self, threads: int) -> dict[str, float | None]:
+        """The machine's limits at ``threads`` and the rates they allow this workload
+        (medians over the undisturbed samples' own costs per token); ``{}`` where
+        there is no roofline."""
+        limit = None if self.roofline is None else self.roofline.limit(threads)
+        result = self.results.get(threads)
+        if limit is None or result is None:
+            return {}
+
+        def allowed(per_second: float, costs: list[float | None]) -> float | None:
+            present = sorted(c for c in costs if c)
+            return per_second / present[len(present) // 2] if present else None
+
+        kept = result.undisturbed
+        return {
+            "read_bytes_per_second": limit.read_bytes_per_second,
+            "flops_per_second": limit.flops_per_second,
+            "probe_disturbed": limit.disturbed,
+            "generation_limit": allowed(
+                limit.read_bytes_per_second, [s.bytes_per_token for s in kept]
+            ),
+            "prefill_limit": allowed(limit.flops_per_second, [s.flops_per_token for s in kept]),
+        }
+
     def short_replies(self) -> list[Sample]:
         """Samples whose reply stopped before the tokens asked for (yet gave a rate)."""
         return [s for r in self for s in r.samples if s.timings.eval_count < self.num_predict]
@@ -482,6 +540,7 @@ class Sweep:
         min_efficiency: float | Mapping[str, Any] | None = None,
         min_utilization: float | Mapping[str, float] | None = None,
         min_machine_utilization: float | None = None,
+        min_roofline: float | Mapping[str, float] | None = None,
         alpha: float = 0.01,
     ) -> Verdict:
         """Apply thresholds to the samples as they are (no more are taken).
@@ -499,6 +558,7 @@ class Sweep:
             "min_efficiency": min_efficiency,
             "min_utilization": min_utilization,
             "min_machine_utilization": min_machine_utilization,
+            "min_roofline": min_roofline,
         }
         try:
             checked: dict[str, Any] = {
@@ -522,12 +582,15 @@ class Sweep:
             "focus": self.focus,
             "machine": self.machine.to_dict(),
             "server": self.server.to_dict(),
+            "roofline": None if self.roofline is None else self.roofline.to_dict(),
+            "roofline_note": self.roofline_note,
             "results": [
                 {
                     **r.to_dict(),
                     "speedup": self.speedup(r.threads) if r.samples else None,
                     "efficiency": self.efficiency(r.threads) if r.samples else None,
                     "busy": r.busy,
+                    "limits": self.limits_at(r.threads),
                 }
                 for r in self
             ],
@@ -536,6 +599,7 @@ class Sweep:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Sweep:
         results = [ThreadResult.from_dict(r) for r in data["results"]]
+        roofline = data.get("roofline")
         return cls(
             kind=data["kind"],
             model=ModelFacts.from_dict(data["model"]),
@@ -549,4 +613,6 @@ class Sweep:
             waited_seconds=float(data.get("waited_seconds", 0.0)),
             prompt_cache=bool(data.get("prompt_cache", False)),
             focus=str(data.get("focus", GENERATION_RATE.name)),
+            roofline=None if roofline is None else Roofline.from_dict(roofline),
+            roofline_note=data.get("roofline_note"),
         )

@@ -26,6 +26,7 @@ from .machine import MachineFacts
 from .processes import CpuSnapshot, ServerProcess
 from .quantities import GENERATION_RATE
 from .results import MIN_RATE_TOKENS, Sample, ServerFacts, Sweep, ThreadResult, short_reply
+from .roofline import Roofline
 
 #: Options the plugin owns; a test may not set them through ``options``.
 RESERVED_OPTIONS = ("num_thread", "num_predict")
@@ -130,12 +131,17 @@ class SweepRunner:
         machine: MachineFacts,
         on_progress: Callable[[str], None] | None = None,
         budget: RetakeBudget | None = None,
+        roofline: Roofline | None = None,
+        roofline_note: str | None = None,
     ) -> None:
         self.client = client
         self.server = server
         self.server_facts = server_facts
         self.machine = machine
         self.budget = budget or RetakeBudget()
+        #: the model's cost and the machine's limits each sample is read against
+        self.roofline = roofline
+        self.roofline_note = roofline_note
         self._progress = on_progress or (lambda _message: None)
         self._loaded: int | None = None
         self._unique = UniqueLines()
@@ -213,6 +219,7 @@ class SweepRunner:
             runner = server.runner()
             if runner is not None:
                 runner_threads, runner_pid = runner.threads, runner.pid
+        cost = None if self.roofline is None else self.roofline.for_sample(threads, timings)
         sample = Sample(
             threads=threads,
             round=round_,
@@ -229,6 +236,10 @@ class SweepRunner:
             first_token_seconds=first_token,
             prefill_cpu_seconds=prefill_cpu,
             generation_cpu_seconds=generation_cpu,
+            bytes_per_token=None if cost is None else cost.bytes_per_token,
+            flops_per_token=None if cost is None else cost.flops_per_token,
+            read_bytes_per_second=None if cost is None else cost.read_bytes_per_second,
+            flops_per_second=None if cost is None else cost.flops_per_second,
         )
         return replace(sample, disturbed=is_disturbed(sample.other_cores_busy, sample.spare_cpus))
 
@@ -258,6 +269,8 @@ class SweepRunner:
             server=self.server_facts,
             prompt_cache=workload.prompt_cache,
             focus=workload.focus,
+            roofline=self.roofline,
+            roofline_note=self.roofline_note,
         )
         # whatever ran before (another test, another client) may have left a runner
         # with these threads loaded in an unknown state: the first visit always warms up

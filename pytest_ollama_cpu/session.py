@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .baseline import SavedRun, entry_of
 from .client import OllamaClient, OllamaCpuError
 from .comparison import Gate
+from .limits import DAY, LimitsFile, MachineLimits, cached_limits, limits_cache_path, probe_limits
 from .locking import (
     LockTimeout,
     clear_confinement,
@@ -24,7 +26,7 @@ from .locking import (
     note_confinement,
     taking_turns,
 )
-from .machine import MachineFacts, read_machine_facts
+from .machine import MachineFacts, parse_proc_cgroup, read_machine_facts
 from .markers import format_cpu_list
 from .options import Settings
 from .processes import ServerProcess, locate_server
@@ -93,6 +95,9 @@ class RunState:
     _error: OllamaCpuError | None = None
     #: how many of ``sweeps`` and ``warnings`` a worker has handed to the controller
     _handed_over: tuple[int, int] = (0, 0)
+    #: when the run began (epoch seconds): ``--ollama-cpu-roofline fresh`` probes again
+    #: what was probed before it
+    started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -129,6 +134,34 @@ class RunState:
             return {r.threads for r in sweep if len(r.undisturbed) < need(sweep, r.threads)}
 
         return wanted
+
+    def machine_limits(self, connection: Connection, counts: Sequence[int]) -> MachineLimits:
+        """The limits of the server's machine at ``counts``, as the server may use it
+        (its CPUs, its cgroup quota): from the machine's cache file where probed
+        within a day (``fresh``: within this run), else probed now and kept there."""
+        server, machine = connection.server, connection.machine
+        assert server is not None
+        cgroups = parse_proc_cgroup(_read_text(f"/proc/{server.pid}/cgroup"))
+        facts = {
+            "hostname": machine.hostname,
+            "cpu_model": machine.cpu_model,
+            "cpus": list(machine.affinity),
+            "quota_cpus": machine.cgroup_quota_cpus,
+            "cgroup": cgroups.get("cpu", cgroups.get("")),
+        }
+        fresh = self.settings.roofline == "fresh"
+        return cached_limits(
+            LimitsFile(limits_cache_path()),
+            facts,
+            counts,
+            lambda missing: probe_limits(
+                missing,
+                machine.affinity,
+                server_pid=server.pid,
+                quota_cpus=machine.cgroup_quota_cpus,
+            ),
+            max_age=time.time() - self.started if fresh else DAY,
+        )
 
     def connect(self) -> Connection:
         """The connection, made on first call; raises the same error every time."""
@@ -175,6 +208,14 @@ class RunState:
     def ordered(self) -> list[RecordedSweep]:
         """The sweeps in collection order, however they arrived."""
         return sorted(self.sweeps, key=lambda r: r.order)
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as file:
+            return file.read()
+    except OSError:
+        return ""
 
 
 def _connect(settings: Settings) -> Connection:

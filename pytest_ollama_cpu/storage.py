@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .records import RecordedSweep, by_machine
+from .records import RecordedSweep, by_machine, merged_limits
 
 FORMAT = "pytest-ollama-cpu"
 SCHEMA_VERSION = 1
@@ -86,12 +86,17 @@ def build_document(
 ) -> dict[str, Any]:
     groups = by_machine(sweeps)
     machines = [
-        {"machine": g[0].sweep.machine.to_dict(), "server": g[0].sweep.server.to_dict()}
+        {
+            "machine": g[0].sweep.machine.to_dict(),
+            "server": g[0].sweep.server.to_dict(),
+            "limits": None if (merged := merged_limits(g)) is None else merged.to_dict(),
+        }
         for g in groups.values()
     ]
     # one machine: its facts at the top; several: see "machines", and each sweep's own
     machine = machines[0]["machine"] if len(machines) == 1 else None
     server = machines[0]["server"] if len(machines) == 1 else None
+    limits = machines[0]["limits"] if len(machines) == 1 else None
     return {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -100,6 +105,7 @@ def build_document(
         "settings": settings,
         "machine": machine,
         "server": server,
+        "limits": limits,
         "machines": machines,
         "sweeps": [
             {

@@ -28,6 +28,7 @@ from .quantities import (
     lookup,
 )
 from .results import Sweep, ThreadResult
+from .roofline import NEAR_LIMIT, OVER_LIMIT
 from .statistics import Bounds, format_interval, mean_bounds, ratio_bounds, spent_alpha
 
 #: ``busy``: too few undisturbed samples, because other processes took the CPU the
@@ -44,6 +45,13 @@ SPEEDUP = "speedup"
 EFFICIENCY = "efficiency"
 THREAD_UTILIZATION = "thread utilization"
 MACHINE_UTILIZATION = "machine utilization"
+ROOFLINE = "roofline"
+
+#: What ``min_roofline`` reads per phase, and what its check is called.
+ROOFLINE_BY_PHASE: dict[str, tuple[str, str]] = {
+    "generation": ("generation_roofline", "memory roofline"),
+    "prefill": ("prefill_roofline", "compute roofline"),
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,9 @@ class Thresholds:
     #: a minimum for the whole request, or per phase: {"prefill": 0.8, "generation": 0.8}
     min_utilization: float | Mapping[str, float] | None = None
     min_machine_utilization: float | None = None
+    #: the least share of the machine's limit (the roofline) a rate must reach: a
+    #: plain one is for the workload's rate, or per phase: {"prefill": 0.3, "generation": 0.5}
+    min_roofline: float | Mapping[str, float] | None = None
     alpha: float = DEFAULT_ALPHA
 
     @property
@@ -68,6 +79,7 @@ class Thresholds:
                 self.min_efficiency,
                 self.min_utilization,
                 self.min_machine_utilization,
+                self.min_roofline,
             )
         )
 
@@ -77,6 +89,7 @@ class Thresholds:
             "min_efficiency": _keys_to_text(self.min_efficiency),
             "min_utilization": _keys_to_text(self.min_utilization),
             "min_machine_utilization": self.min_machine_utilization,
+            "min_roofline": _keys_to_text(self.min_roofline),
             "alpha": self.alpha,
         }
 
@@ -87,6 +100,7 @@ class Thresholds:
             min_efficiency=_keys_from_text(data.get("min_efficiency")),
             min_utilization=_keys_from_text(data.get("min_utilization")),
             min_machine_utilization=data.get("min_machine_utilization"),
+            min_roofline=_keys_from_text(data.get("min_roofline")),
             alpha=float(data.get("alpha", DEFAULT_ALPHA)),
         )
 
@@ -453,6 +467,9 @@ def plan_checks(sweep: Sweep, thresholds: Thresholds) -> list[_Plan]:
             else (f"{QUANTITIES[used].phase} {THREAD_UTILIZATION}")
         )
         plans += [_Plan(name, t, float(minimum), THREAD_UTILIZATION, used) for t in counts]
+    for phase, minimum in _per_phase_roofline(thresholds.min_roofline, sweep.focus).items():
+        used, name = ROOFLINE_BY_PHASE[phase]
+        plans += [_Plan(name, t, float(minimum), ROOFLINE, used) for t in counts]
     if thresholds.min_machine_utilization is not None:
         plans.append(
             _Plan(
@@ -502,6 +519,18 @@ def _per_phase_utilization(value: Any) -> dict[str, Any]:
     return {UTILIZATION_BY_PHASE[None]: value}
 
 
+def _per_phase_roofline(value: Any, focus: str) -> dict[str, Any]:
+    """``min_roofline`` per phase: a plain one is for the phase of the sweep's focus."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        bad = [k for k in value if k not in ROOFLINE_BY_PHASE]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a phase: use 'prefill' or 'generation'")
+        return dict(value)
+    return {QUANTITIES[focus].phase or "generation": value}
+
+
 def _goodness(result: ThreadResult, rate: str) -> list[float]:
     """``rate`` in the undisturbed samples, higher is better: a time by its inverse."""
     quantity = QUANTITIES[rate]
@@ -545,19 +574,94 @@ def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str:
             f"cause: the server may use only {cpus_text(machine.usable_cpus)} for {threads} "
             f"threads ({', '.join(limits)})"
         )
-    util = None if result is None else result.thread_utilization
     if quantity.endswith((THREAD_UTILIZATION, MACHINE_UTILIZATION)):
         return (
             f"no cause shown: the server may use {machine.usable_cpus:g} CPUs and other "
             "processes left it the CPUs it needed, yet its threads were not all running"
         )
+    phase = "prefill" if quantity.startswith(("prefill", "pp", "compute", "ttft")) else None
+    found = roofline_cause(sweep, threads, phase or "generation")
+    if found is not None:
+        return f"cause: {found}"
+    util = None if result is None else result.thread_utilization
     if util is not None and util.median >= 0.8:
+        why = sweep.roofline_note or "the machine's limits were not measured"
         return (
             f"no cause shown: every thread was busy (thread utilization {util.median:.2f}) and "
             "other processes left the CPUs free, yet throughput did not grow with the threads; "
-            "the limit is not the CPUs offered (memory bandwidth often is; not measured here)"
+            f"the limit is not the CPUs offered ({why})"
         )
     return "no cause shown by these samples"
+
+
+def roofline_cause(sweep: Sweep, threads: int, phase: str) -> str | None:
+    """What the roofline shows about ``phase`` at ``threads``: at the machine's limit
+    (the resource is the cause), well below it with every thread busy (compute or
+    overhead), or above it (a figure is wrong); None where it is not measured."""
+    result = sweep.results.get(threads)
+    if result is None or result.busy:
+        return None
+    used, _ = ROOFLINE_BY_PHASE[phase]
+    summary = result.summary(used)
+    if summary is None:
+        return None
+    share = summary.median
+    memory = phase == "generation"
+    limit = "memory limit" if memory else "compute limit"
+    what = "generation" if memory else "prefill"
+    allowed = sweep.limits_at(threads).get("generation_limit" if memory else "prefill_limit")
+    rate = f" (limit {allowed:.0f} tokens/s)" if allowed else ""
+    at = f"at {threads} thread{'s' * (threads != 1)}"
+    if share > OVER_LIMIT:
+        source = (
+            "the bandwidth probe or the bytes per token"
+            if memory
+            else ("the arithmetic probe or the operations per token")
+        )
+        return (
+            f"{what} {at} measured above the {limit}{rate}: {source} is wrong, so no share is shown"
+        )
+    util = result.thread_utilization
+    busy = util is not None and util.median >= 0.8
+    if share >= NEAR_LIMIT:
+        resource = "memory bandwidth" if memory else "the CPUs' arithmetic"
+        return (
+            f"{what} reaches {share:.0%} of the {limit} {at}{rate}: {resource}, "
+            "not threads, is the limit"
+        )
+    if busy:
+        assert util is not None
+        return (
+            f"{what} reaches {share:.0%} of the {limit} {at}{rate} with every thread busy "
+            f"(thread utilization {util.median:.2f}): the limit is compute or overhead "
+            "(the runner's kernels, its threads waiting on each other), not "
+            + ("memory bandwidth" if memory else "the CPUs' peak arithmetic")
+            + _scaling_advice(sweep, threads, phase)
+        )
+    return (
+        f"{what} reaches {share:.0%} of the {limit} {at}{rate}"
+        + ("" if util is None else f" with threads busy {util.median:.0%} of the time")
+        + ": neither the limit nor busy threads: the threads wait"
+    )
+
+
+def _scaling_advice(sweep: Sweep, threads: int, phase: str) -> str:
+    """Whether more threads paid at ``threads`` against the next smaller count: where
+    they did, more cores would; where they did not, the overhead grew with them."""
+    smaller = [t for t in sweep.results if t < threads and not sweep.results[t].busy]
+    if not smaller:
+        return ""
+    rate = GENERATION_RATE if phase == "generation" else PREFILL_RATE
+    now = sweep.results[threads].summary(rate)
+    before = sweep.results[max(smaller)].summary(rate)
+    if now is None or before is None or before.median <= 0:
+        return ""
+    if now.median >= 1.1 * before.median:
+        return f"; more threads paid ({max(smaller)} -> {threads}): more cores would help"
+    return (
+        f"; more threads did not pay ({max(smaller)} -> {threads} threads: "
+        f"{before.median:.1f} -> {now.median:.1f} tokens/s)"
+    )
 
 
 def _why_no_ratio(
@@ -634,6 +738,13 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
     if result.busy:
         return Check(plan.quantity, plan.threads, plan.threshold, "busy", cause=busy_cause(result))
     values = _values(result, plan.rate)
+    if plan.kind == ROOFLINE:
+        if not values:
+            why = sweep.roofline_note or f"the limit at {plan.threads} threads is not known"
+            return unavailable(f"no roofline: {why}")
+        if sorted(values)[len(values) // 2] > OVER_LIMIT:
+            named = "prefill" if plan.rate == ROOFLINE_BY_PHASE["prefill"][0] else "generation"
+            return unavailable(roofline_cause(sweep, plan.threads, named) or "above the limit")
     if not values:
         if sweep.server.local:
             phase = QUANTITIES[plan.rate].phase
