@@ -144,6 +144,9 @@ class Row:
     tests: int = 1
     #: undisturbed samples the test read: (baseline, now)
     samples: tuple[int, int] = (0, 0)
+    #: the generation rate's mean share of the memory roofline: (baseline, now); None
+    #: where a run probed no limits
+    roofline: tuple[float | None, float | None] = (None, None)
 
     @property
     def p_adjusted(self) -> float | None:
@@ -321,6 +324,15 @@ def undisturbed(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [s for s in _samples(entry) if not s.get("disturbed")]
 
 
+#: the share of the machine's limit each compared row shows beside its rule
+ROOFLINE_FIELD = "generation_roofline"
+
+
+def _mean_of(entry: Mapping[str, Any], field_name: str) -> float | None:
+    values = _values(entry, field_name)
+    return mean(values) if values else None
+
+
 def _field(samples: Sequence[Mapping[str, Any]], field_name: str) -> list[float]:
     return [float(s[field_name]) for s in samples if s.get(field_name) is not None]
 
@@ -421,6 +433,7 @@ def compare(old: SavedRun, new: SavedRun, rules: Sequence[Rule], alpha: float) -
                     per_test,
                     max(1, len(common) * len(shown)),
                     (len(b), len(a)),
+                    (_mean_of(before, ROOFLINE_FIELD), _mean_of(after, ROOFLINE_FIELD)),
                 )
             )
     return Comparison(

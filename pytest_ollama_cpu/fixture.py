@@ -21,7 +21,7 @@ from .markers import AUTO, ThreadSpec, expand_threads
 from .options import Settings
 from .quantities import GENERATION_RATE, PREFILL_RATE
 from .results import MIN_RATE_TOKENS, MachineBusy, Sweep
-from .roofline import ModelFactsMissing, Roofline, model_cost
+from .roofline import ModelFactsMissing, Roofline
 from .sampler import (
     DETERMINISTIC_OPTIONS,
     RESERVED_OPTIONS,
@@ -283,7 +283,7 @@ class OllamaCpu:
                 "so its machine's limits cannot be probed"
             )
         try:
-            cost = model_cost(connection.client.model_info(model.name), model.size)
+            cost = connection.cost_of(model)
         except (OllamaCpuError, ModelFactsMissing) as exc:
             return None, f"the model's facts could not be read: {exc}"
         try:

@@ -623,6 +623,23 @@ def _fresh_entry(entry: Any, now: float, max_age: float) -> tuple[MachineLimits,
     return limits, probed_at
 
 
+def peek_limits(
+    cache: Any | None,
+    key_facts: Mapping[str, Any],
+    max_age: float = 86400.0,
+    now: Callable[[], float] = time.time,
+) -> MachineLimits | None:
+    """Whatever limits ``cache`` holds for this machine, probing nothing (for the
+    report header, before any sweep has run)."""
+    if cache is None:
+        return None
+    fingerprint = json.dumps(dict(key_facts), sort_keys=True, default=str)
+    found = _fresh_entry(
+        _stored_machines(cache.get(CACHE_KEY, None)).get(fingerprint), now(), max_age
+    )
+    return None if found is None else replace(found[0], cost_seconds=0.0)
+
+
 def cached_limits(
     cache: Any | None,
     key_facts: Mapping[str, Any],

@@ -6,6 +6,7 @@ samples and summaries (results, statistics) -> report and JSON (report, storage)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Iterable, Iterator
 
 import pytest
@@ -17,6 +18,7 @@ from .options import ENABLE, MODEL, add_options, merge_thresholds, resolve_setti
 from .outputs import Outputs
 from .report import comparison_lines, describe_model, header_lines, summary_lines
 from .results import MachineBusy
+from .roofline import ModelFactsMissing
 from .session import RunState
 from .xdist import (
     WORKER_OUTPUT_KEY,
@@ -87,17 +89,25 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         f"NO MODEL GIVEN: pass {MODEL.flag} NAME or set {MODEL.env}; each test that does not "
         "call generate(..., model=NAME) fails until then"
     )
+    cost = None
     if state.settings.model:
         try:
-            model = describe_model(connection.client.model_facts(state.settings.model))
+            facts = connection.client.model_facts(state.settings.model)
+            model = describe_model(facts)
         except OllamaCpuError as exc:
             model = f"MODEL NOT AVAILABLE: {exc}"
+        else:
+            if connection.server is not None and state.settings.roofline != "off":
+                with contextlib.suppress(OllamaCpuError, ModelFactsMissing):
+                    cost = connection.cost_of(facts)
     return header_lines(
         state.settings.describe(),
         connection.facts.version,
         connection.machine,
         connection.facts.utilization_note,
         model,
+        cost,
+        state.known_limits(connection),
     )
 
 

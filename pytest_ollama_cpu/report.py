@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from .client import ModelFacts
 from .comparison import Comparison
 from .disturbance import MARGIN_CORES
+from .limits import MachineLimits
 from .machine import MachineFacts, cpus_text
 from .quantities import (
     GENERATION_RATE,
@@ -23,7 +24,7 @@ from .quantities import (
 )
 from .records import RecordedSweep, by_machine, merged_limits
 from .results import Sweep, ThreadResult, stopped_because
-from .roofline import OVER_LIMIT
+from .roofline import OVER_LIMIT, ModelCost
 from .statistics import Summary, format_interval
 from .verdicts import Recommendation, Verdict, roofline_cause
 
@@ -142,11 +143,16 @@ def roofline_lines(sweep: Sweep) -> list[str]:
             f"  limits at {', '.join(map(str, disturbed))} threads were probed while other "
             "processes took CPU: they may be low, and the shares high"
         )
-    phase = "prefill" if sweep.focus == PREFILL_RATE.name else "generation"
-    for result in sweep:
-        found = roofline_cause(sweep, result.threads, phase)
-        if found is not None:
-            lines.append(f"  {found}")
+    # the phase the workload is about; prefill too where its phase was long enough
+    # to measure (a long prompt), as its limit is another one
+    phases = ["prefill" if sweep.focus == PREFILL_RATE.name else "generation"]
+    if phases == ["generation"] and any(r.summary(PREFILL_UTILIZATION) for r in sweep):
+        phases.append("prefill")
+    for phase in phases:
+        for result in sweep:
+            found = roofline_cause(sweep, result.threads, phase)
+            if found is not None:
+                lines.append(f"  {found}")
     return lines
 
 
@@ -388,6 +394,8 @@ def header_lines(
     machine: MachineFacts | None,
     note: str,
     model: str | None = None,
+    cost: ModelCost | None = None,
+    limits: MachineLimits | None = None,
 ) -> list[str]:
     lines = [f"ollama-cpu: {settings_text}"]
     if version is not None:
@@ -396,8 +404,12 @@ def header_lines(
         lines.append(f"ollama-cpu: {note}")
     if model is not None:
         lines.append(f"ollama-cpu: {model}")
+    if cost is not None:
+        lines.append(f"ollama-cpu: roofline: {cost.describe()}")
     if machine is not None:
         lines.append(f"ollama-cpu: {machine.describe()}")
+    if limits is not None:
+        lines.append(f"ollama-cpu: machine limits: {limits.describe()}")
     return lines
 
 
@@ -414,6 +426,7 @@ COMPARISON_COLUMNS = (
     "interval",
     "p adj.",
     "detects",
+    "tg roof",
     "verdict",
 )
 
@@ -443,10 +456,18 @@ def _comparison_rows(comparison: Comparison) -> list[list[str]]:
                 row.interval,
                 "-" if row.p_adjusted is None else f"{row.p_adjusted:.2g}",
                 row.detectable_text,
+                _roofline_change(row.roofline),
                 row.verdict,
             ]
         )
     return rows
+
+
+def _roofline_change(shares: tuple[float | None, float | None]) -> str:
+    """'56% -> 35%': the generation rate's share of the memory limit, then and now."""
+    if shares == (None, None):
+        return "-"
+    return " -> ".join("-" if v is None else f"{v:.0%}" for v in shares)
 
 
 def _comparison_notes(comparison: Comparison) -> list[str]:
@@ -509,7 +530,9 @@ def _comparison_legend(comparison: Comparison) -> list[str]:
         "otherwise); n: the undisturbed samples compared, baseline/now (a compared run takes "
         "what its baseline's spread calls for); "
         f"interval: {1 - 2 * comparison.alpha:.0%} simultaneous interval of the "
-        f"change (each bound one-sided at {1 - comparison.alpha:.0%})",
+        f"change (each bound one-sided at {1 - comparison.alpha:.0%}); tg roof: the "
+        "generation rate's mean share of the memory limit, baseline -> now (a run that probed "
+        "no limits: -); a rule such as roofline:0.05 gates on it",
     ]
 
 

@@ -12,11 +12,20 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .baseline import SavedRun, entry_of
-from .client import OllamaClient, OllamaCpuError
+from .client import ModelFacts, OllamaClient, OllamaCpuError
 from .comparison import Gate
-from .limits import DAY, LimitsFile, MachineLimits, cached_limits, limits_cache_path, probe_limits
+from .limits import (
+    DAY,
+    LimitsFile,
+    MachineLimits,
+    cached_limits,
+    limits_cache_path,
+    peek_limits,
+    probe_limits,
+)
 from .locking import (
     LockTimeout,
     clear_confinement,
@@ -32,6 +41,7 @@ from .options import Settings
 from .processes import ServerProcess, locate_server
 from .records import RecordedSweep
 from .results import ServerFacts, Sweep
+from .roofline import ModelCost, model_cost
 from .verdicts import Thresholds, Verdict
 
 
@@ -42,6 +52,11 @@ class Connection:
     facts: ServerFacts
     machine: MachineFacts
     cpus: tuple[int, ...] | None = None
+
+    def cost_of(self, model: ModelFacts) -> ModelCost:
+        """The model's cost of a token, from its facts on the server; raises
+        ``OllamaCpuError`` or ``ModelFactsMissing`` where they cannot be read."""
+        return model_cost(self.client.model_info(model.name), model.size)
 
     @contextlib.contextmanager
     def confined(self) -> Iterator[None]:
@@ -141,18 +156,9 @@ class RunState:
         within a day (``fresh``: within this run), else probed now and kept there."""
         server, machine = connection.server, connection.machine
         assert server is not None
-        cgroups = parse_proc_cgroup(_read_text(f"/proc/{server.pid}/cgroup"))
-        facts = {
-            "hostname": machine.hostname,
-            "cpu_model": machine.cpu_model,
-            "cpus": list(machine.affinity),
-            "quota_cpus": machine.cgroup_quota_cpus,
-            "cgroup": cgroups.get("cpu", cgroups.get("")),
-        }
-        fresh = self.settings.roofline == "fresh"
         return cached_limits(
             LimitsFile(limits_cache_path()),
-            facts,
+            _limits_key(connection),
             counts,
             lambda missing: probe_limits(
                 missing,
@@ -160,8 +166,19 @@ class RunState:
                 server_pid=server.pid,
                 quota_cpus=machine.cgroup_quota_cpus,
             ),
-            max_age=time.time() - self.started if fresh else DAY,
+            max_age=self._limits_age(),
         )
+
+    def known_limits(self, connection: Connection) -> MachineLimits | None:
+        """The limits already probed for the server's machine, probing nothing."""
+        if connection.server is None or self.settings.roofline == "off":
+            return None
+        cache = LimitsFile(limits_cache_path())
+        return peek_limits(cache, _limits_key(connection), self._limits_age())
+
+    def _limits_age(self) -> float:
+        """How old probed limits may be: a day, or this run's age (``fresh``)."""
+        return time.time() - self.started if self.settings.roofline == "fresh" else DAY
 
     def connect(self) -> Connection:
         """The connection, made on first call; raises the same error every time."""
@@ -208,6 +225,21 @@ class RunState:
     def ordered(self) -> list[RecordedSweep]:
         """The sweeps in collection order, however they arrived."""
         return sorted(self.sweeps, key=lambda r: r.order)
+
+
+def _limits_key(connection: Connection) -> dict[str, Any]:
+    """What makes the machine's limits as the server sees them: other CPUs, another
+    quota or cgroup, another machine: other limits."""
+    machine, server = connection.machine, connection.server
+    assert server is not None
+    cgroups = parse_proc_cgroup(_read_text(f"/proc/{server.pid}/cgroup"))
+    return {
+        "hostname": machine.hostname,
+        "cpu_model": machine.cpu_model,
+        "cpus": list(machine.affinity),
+        "quota_cpus": machine.cgroup_quota_cpus,
+        "cgroup": cgroups.get("cpu", cgroups.get("")),
+    }
 
 
 def _read_text(path: str) -> str:

@@ -638,10 +638,16 @@ def roofline_cause(sweep: Sweep, threads: int, phase: str) -> str | None:
             + ("memory bandwidth" if memory else "the CPUs' peak arithmetic")
             + _scaling_advice(sweep, threads, phase)
         )
+    usable = sweep.machine.usable_cpus
+    why = (
+        f"its {threads} threads share {cpus_text(usable)}"
+        if threads > usable
+        else "neither the limit nor busy threads: the threads wait"
+    )
     return (
         f"{what} reaches {share:.0%} of the {limit} {at}{rate}"
         + ("" if util is None else f" with threads busy {util.median:.0%} of the time")
-        + ": neither the limit nor busy threads: the threads wait"
+        + f": {why}"
     )
 
 

@@ -21,12 +21,14 @@ from pytest_ollama_cpu.options import (
     MAX_ROUNDS,
     MIN_EFFICIENCY,
     MIN_MACHINE_UTILIZATION,
+    MIN_ROOFLINE,
     MIN_SPEEDUP,
     MIN_UTILIZATION,
     MODEL,
     NUM_PREDICT,
     QUIET_WAIT,
     RETAKES,
+    ROOFLINE_PROBE,
     ROUNDS,
     SAVE,
     STORAGE,
@@ -99,6 +101,7 @@ NUMERIC = {
     MIN_EFFICIENCY: None,
     MIN_UTILIZATION: None,
     MIN_MACHINE_UTILIZATION: None,
+    MIN_ROOFLINE: None,
     ALPHA: None,
     RETAKES: "0: at its first disturbed sample",
     QUIET_WAIT: "0 retakes at once",
@@ -116,6 +119,7 @@ NOT_NUMERIC = {
     STORAGE: "a path",
     COMPARE_MARKDOWN: "a path",
     INCONCLUSIVE: "pass, fail or skip",
+    ROOFLINE_PROBE: "on, fresh or off",
     SAVE: "a name",
     COMPARE: "a saved run's number, name or path, looked up among the saved runs",
 }
@@ -232,3 +236,17 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*--ollama-cpu-compare-fail=EXPR*", "*tokens_per_second:5% *"])
     for spec in ALL_OPTIONS:
         result.stdout.fnmatch_lines([f"*{spec.flag}*", f"*{spec.ini} (*"])
+
+
+@pytest.mark.parametrize("source", ["cli", "ini", "env"])
+def test_the_roofline_probe_takes_on_fresh_or_off(source: str) -> None:
+    def settings(value: str) -> object:
+        cli = {ROOFLINE_PROBE.dest: value} if source == "cli" else {}
+        ini = {ROOFLINE_PROBE.ini: value} if source == "ini" else {}
+        env = {"OLLAMA_CPU_ROOFLINE": value} if source == "env" else {}
+        return resolve_settings(cli.get, ini.get, env)
+
+    assert settings(" Fresh ").roofline == "fresh"  # type: ignore[attr-defined]
+    assert "roofline probe off" in settings("off").describe()  # type: ignore[attr-defined]
+    with pytest.raises(pytest.UsageError, match="'sometimes' .* expected one of on, fresh, off"):
+        settings("sometimes")
