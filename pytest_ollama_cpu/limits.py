@@ -656,7 +656,7 @@ def cached_limits(
     and path): other facts, other limits. Only the counts the cache lacks are
     probed, and merged into its entry, which keeps its first probing time: an
     entry is as old as its oldest figure. A damaged cache value is ignored and
-    overwritten.
+    overwritten. A count whose probe was disturbed is kept until probed again.
     """
     wanted = _check_counts(counts)
     if cache is None:
@@ -666,7 +666,8 @@ def cached_limits(
     machines = _stored_machines(cache.get(CACHE_KEY, None))
     found = _fresh_entry(machines.get(fingerprint), now(), max_age)
     cached = None if found is None else found[0]
-    missing = [k for k in wanted if cached is None or k not in cached.limits]
+    # a count probed while other processes took its CPUs is probed again next time
+    missing = [k for k in wanted if cached is None or k not in cached.limits or cached[k].disturbed]
     if cached is not None and not missing:
         return replace(cached, limits={k: cached[k] for k in wanted}, cost_seconds=0.0)
     probed = probe(missing)

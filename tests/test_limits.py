@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,17 @@ import pytest
 
 from pytest_ollama_cpu import limits as limits_module
 from pytest_ollama_cpu.limits import (
+    CACHE_ENV,
     CACHE_KEY,
     Joined,
     Limit,
+    LimitsFile,
     LimitsProbeError,
     MachineLimits,
     cached_limits,
     join_cgroup,
+    limits_cache_path,
+    peek_limits,
     probe_limits,
 )
 
@@ -422,3 +427,54 @@ def test_without_a_cache_every_call_probes() -> None:
     assert probe.calls == [[1, 2], [1, 2]]
     with pytest.raises(ValueError, match="thread count 0"):
         cached_limits(None, FACTS, [0], probe)
+
+
+def test_a_count_probed_under_load_is_probed_again_next_time() -> None:
+    cache, probe = FakeCache(), FakeProbe()
+
+    def busy(counts: Sequence[int]) -> MachineLimits:
+        found = probe(counts)
+        return replace(
+            found, limits={k: replace(v, disturbed=k == 2) for k, v in found.limits.items()}
+        )
+
+    first = cached_limits(cache, FACTS, [1, 2], busy, now=lambda: 1000.0)
+    assert first[2].disturbed and not first[1].disturbed
+    again = cached_limits(cache, FACTS, [1, 2], probe, now=lambda: 1100.0)
+    assert probe.calls == [[1, 2], [2]]  # only the disturbed count again
+    assert not again[2].disturbed and again[1] == first[1]
+
+
+def test_the_cache_file_keeps_values_and_survives_damage(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "limits.json"
+    cache = LimitsFile(path)
+    assert cache.get("k", "default") == "default"  # no file yet
+    cache.set("k", {"a": 1})
+    assert LimitsFile(path).get("k", None) == {"a": 1}
+    path.write_text("{half")
+    assert cache.get("k", None) is None  # damaged: as if empty, probed again
+    cache.set("k", [1])
+    assert cache.get("k", None) == [1]
+    assert [p.name for p in path.parent.iterdir()] == ["limits.json"]  # no temporary left
+
+
+def test_the_cache_file_is_per_user_in_the_temporary_folder_unless_told(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    assert limits_cache_path().name == "limits.json"
+    assert f"pytest-ollama-cpu-{os.getuid()}" in str(limits_cache_path())
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "x.json"))
+    assert limits_cache_path() == tmp_path / "x.json"
+
+
+def test_peeking_reads_the_cache_and_probes_nothing() -> None:
+    cache, probe = FakeCache(), FakeProbe()
+    assert peek_limits(cache, FACTS, now=lambda: 1000.0) is None
+    assert peek_limits(None, FACTS) is None
+    cached_limits(cache, FACTS, [1, 2], probe, now=lambda: 1000.0)
+    seen = peek_limits(cache, FACTS, now=lambda: 1500.0)
+    assert seen is not None and sorted(seen.limits) == [1, 2] and seen.cost_seconds == 0
+    assert peek_limits(cache, FACTS, max_age=100, now=lambda: 1500.0) is None  # too old
+    assert peek_limits(cache, {**FACTS, "hostname": "other"}, now=lambda: 1500.0) is None
+    assert probe.calls == [[1, 2]]
