@@ -207,3 +207,14 @@ def test_causes_from_the_roofline() -> None:
     # far below it with idle threads: the threads wait
     idle = roof_sweep({2: [roof_sample(2, 30.0, util=0.4) for _ in range(4)]})
     assert any("the threads wait" in line for line in roofline_lines(idle))
+
+
+def test_a_sweep_keeps_its_roofline_through_its_saved_form() -> None:
+    sweep = roof_sweep({1: _noisy(1, 60.0), 2: _noisy(2, 60.0, seed=2)})
+    again = Sweep.from_dict(sweep.to_dict())
+    assert again.roofline == sweep.roofline
+    assert again.limits_at(2) == sweep.limits_at(2)
+    assert again.limits_at(2)["generation_limit"] == pytest.approx(
+        50e9 / sweep.results[2].samples[0].bytes_per_token
+    )
+    assert sweep.to_dict()["results"][1]["summary"]["generation_roofline"]["median"] > 0
