@@ -475,6 +475,16 @@ def _positive_float(raw: _Raw | None, spec: OptionSpec, default: float, example:
     )
 
 
+def _choice(raw: _Raw | None, spec: OptionSpec, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first when not given), in any case and spacing."""
+    if raw is None:
+        return choices[0]
+    value = raw.value.strip().lower()
+    if value not in choices:
+        raise _usage_error(raw, spec, f"expected one of {', '.join(choices)}")
+    return value
+
+
 def resolve_settings(
     getoption: Callable[[str], Any],
     getini: Callable[[str], Any],
@@ -533,22 +543,8 @@ def resolve_settings(
             raise _usage_error(
                 raw_alpha, ALPHA, "expected a number between 0 and 0.5, e.g. 0.01"
             ) from None
-    raw_inconclusive = lookup(INCONCLUSIVE)
-    inconclusive = "pass"
-    if raw_inconclusive is not None:
-        inconclusive = raw_inconclusive.value.strip().lower()
-        if inconclusive not in INCONCLUSIVE_CHOICES:
-            raise _usage_error(
-                raw_inconclusive, INCONCLUSIVE, f"expected one of {', '.join(INCONCLUSIVE_CHOICES)}"
-            )
-    raw_roofline = lookup(ROOFLINE_PROBE)
-    roofline = "on"
-    if raw_roofline is not None:
-        roofline = raw_roofline.value.strip().lower()
-        if roofline not in ROOFLINE_CHOICES:
-            raise _usage_error(
-                raw_roofline, ROOFLINE_PROBE, f"expected one of {', '.join(ROOFLINE_CHOICES)}"
-            )
+    inconclusive = _choice(lookup(INCONCLUSIVE), INCONCLUSIVE, INCONCLUSIVE_CHOICES)
+    roofline = _choice(lookup(ROOFLINE_PROBE), ROOFLINE_PROBE, ROOFLINE_CHOICES)
     raw_max = lookup(MAX_ROUNDS)
 
     raw_storage = lookup(STORAGE)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pytest_ollama_cpu.embedded import (
@@ -150,3 +151,14 @@ def cpu_quota(pid: int, cpus: float) -> Iterator[Path]:
             yield group
     except QuotaUnavailable as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture
+def cpus(embedded_ollama: EmbeddedServer) -> int:
+    """The embedded server's CPUs, for tests that need two: one for the server's thread
+    and one for a neighbour, or one to confine the server to."""
+    assert embedded_ollama.process is not None
+    count = len(psutil.Process(embedded_ollama.process.pid).cpu_affinity())
+    if count < 2:
+        pytest.skip(f"needs two CPUs for the server; it may use {count}")
+    return count

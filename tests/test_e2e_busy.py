@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-import psutil
 import pytest
 
 from pytest_ollama_cpu.embedded import EmbeddedServer
@@ -29,16 +28,6 @@ def run(pytester: pytest.Pytester, server: EmbeddedServer, *args: str) -> pytest
         "--ollama-cpu-quiet-wait=2",
         *args,
     )
-
-
-@pytest.fixture
-def cpus(embedded_ollama: EmbeddedServer) -> int:
-    """The server's CPUs; these tests need two: one for a thread, one for the neighbour."""
-    assert embedded_ollama.process is not None
-    count = len(psutil.Process(embedded_ollama.process.pid).cpu_affinity())
-    if count < 2:
-        pytest.skip("needs two CPUs: one for the server's thread, one for the neighbour")
-    return count
 
 
 def test_a_healthy_server_beside_a_busy_neighbour_does_not_fail(

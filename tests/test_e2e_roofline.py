@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import psutil
 import pytest
 
 from pytest_ollama_cpu.embedded import EmbeddedServer
@@ -29,16 +28,6 @@ def _sweep(path: str) -> dict:  # type: ignore[type-arg]
     data = json.loads(Path(path).read_text())
     (sweep,) = data["sweeps"]
     return {"data": data, "sweep": sweep}
-
-
-@pytest.fixture
-def cpus(embedded_ollama: EmbeddedServer) -> int:
-    """The server's CPUs; these tests need two, to confine the server to one."""
-    assert embedded_ollama.process is not None
-    count = len(psutil.Process(embedded_ollama.process.pid).cpu_affinity())
-    if count < 2:
-        pytest.skip("needs two CPUs: confined to one, the server must lose one")
-    return count
 
 
 def test_a_free_server_gets_limits_per_thread_count_and_shares_per_row(
