@@ -536,6 +536,7 @@ def probe_limits(
     size: int = DEFAULT_BYTES,
     window: float | None = None,
     repeats: int = 3,
+    on_count: Callable[[int], None] | None = None,
 ) -> MachineLimits:
     """Probe both limits for each of ``counts`` workers, pinned round robin to ``cpus``.
 
@@ -547,7 +548,8 @@ def probe_limits(
     workers could not join the server's cgroup.
     ``size``: bytes each worker reads, shrunk (to no less than 64 MiB) when all
     of them would not fit in half the available memory. ``window``: seconds per
-    timed window (None: 0.25, or 1.0 under a quota).
+    timed window (None: 0.25, or 1.0 under a quota). ``on_count``: told each
+    count before it is probed (a few seconds each), for the progress display.
     """
     wanted = _check_counts(counts)
     pinned = tuple(_cpu(cpu) for cpu in cpus)
@@ -567,6 +569,8 @@ def probe_limits(
     joined: list[Joined] = []
     shrunk: list[str] = []
     for workers in wanted:
+        if on_count is not None:
+            on_count(workers)
         fitted = _fit_size(size, workers)
         if fitted != size:
             shrunk.append(f"{_mib(fitted)} at {workers}")

@@ -24,6 +24,7 @@ from .client import ModelFacts, OllamaClient, OllamaCpuError, Timings
 from .disturbance import QUIET_WINDOW, RetakeBudget, is_disturbed, spare_cpus
 from .machine import MachineFacts
 from .processes import CpuSnapshot, ServerProcess
+from .progress import Phase, Progress
 from .quantities import GENERATION_RATE
 from .results import MIN_RATE_TOKENS, Sample, ServerFacts, Sweep, ThreadResult, short_reply
 from .roofline import Roofline
@@ -129,7 +130,7 @@ class SweepRunner:
         server: ServerProcess | None,
         server_facts: ServerFacts,
         machine: MachineFacts,
-        on_progress: Callable[[str], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
         budget: RetakeBudget | None = None,
         roofline: Roofline | None = None,
         roofline_note: str | None = None,
@@ -142,7 +143,8 @@ class SweepRunner:
         #: the model's cost and the machine's limits each sample is read against
         self.roofline = roofline
         self.roofline_note = roofline_note
-        self._progress = on_progress or (lambda _message: None)
+        #: told where the sweep is before each request and wait (``progress.py``)
+        self._progress = on_progress or (lambda _event: None)
         self._loaded: int | None = None
         self._unique = UniqueLines()
 
@@ -314,14 +316,14 @@ class SweepRunner:
         count, budget = visit.count, self.budget
         last_disturbed = visit.earlier_disturbed_last
         if self._loaded != count:
-            self._progress(f"{count} threads: warm-up")
+            self._tell("warm-up", workload, visit)
             warmup = replace(workload, num_predict=min(workload.num_predict, WARMUP_TOKENS))
             visit.warmup = self._sample(warmup, count, 0)
             last_disturbed = visit.warmup.disturbed
         reloads = 0
         while visit.good < visit.rounds:
             if last_disturbed and budget.quiet_wait > 0:
-                self._progress(f"{count} threads: waiting for the CPUs to be quiet")
+                self._tell("waiting for quiet", workload, visit)
                 spent, quiet = self._wait_for_quiet(count, budget.quiet_wait - visit.waited)
                 visit.waited += spent
                 if not quiet:
@@ -330,7 +332,7 @@ class SweepRunner:
                         return
                     # not one sample yet: take one, so what the load did is on record
             round_ = visit.taken_before + len(visit.samples) + 1
-            self._progress(f"{count} threads: round {round_}")
+            self._tell("round", workload, visit, round_)
             sample = self._sample(workload, count, round_)
             if sample.timings.load_duration >= RELOAD_SECONDS and reloads < visit.rounds:
                 reloads += 1
@@ -345,6 +347,22 @@ class SweepRunner:
                 if visit.set_aside > budget.retakes:
                     visit.gave_up = True
                     return
+
+    def _tell(self, phase: Phase, workload: Workload, visit: _Visit, round_: int = 0) -> None:
+        """Say where the visit is, with the rates of its thread count's last sample."""
+        last = visit.last_sample
+        # a prompt the cache served was not processed: its prefill rate means nothing
+        prefill = None if last is None or workload.prompt_cache else last.prompt_tokens_per_second
+        self._progress(
+            Progress(
+                phase,
+                visit.count,
+                round=round_,
+                rounds=visit.planned,
+                generation_rate=None if last is None else last.tokens_per_second,
+                prefill_rate=prefill,
+            )
+        )
 
     @staticmethod
     def _store(sweep: Sweep, visit: _Visit) -> None:
@@ -392,6 +410,22 @@ class _Visit:
     @property
     def earlier_disturbed_last(self) -> bool:
         return bool(self.earlier and self.earlier.samples and self.earlier.samples[-1].disturbed)
+
+    @property
+    def planned(self) -> int:
+        """Rounds this thread count will have had in the sweep once the visit ends as
+        planned: the earlier ones, those asked for, and a retake per sample set aside."""
+        retakes = sum(1 for s in self.samples if s.disturbed)
+        return self.taken_before + self.rounds + retakes
+
+    @property
+    def last_sample(self) -> Sample | None:
+        """The latest sample at this thread count, the warm-up's included."""
+        if self.samples:
+            return self.samples[-1]
+        if self.warmup is not None:
+            return self.warmup
+        return self.earlier.samples[-1] if self.earlier and self.earlier.samples else None
 
     @property
     def good(self) -> int:

@@ -150,10 +150,16 @@ class RunState:
 
         return wanted
 
-    def machine_limits(self, connection: Connection, counts: Sequence[int]) -> MachineLimits:
+    def machine_limits(
+        self,
+        connection: Connection,
+        counts: Sequence[int],
+        on_probe: Callable[[int], None] | None = None,
+    ) -> MachineLimits:
         """The limits of the server's machine at ``counts``, as the server may use it
         (its CPUs, its cgroup quota): from the machine's cache file where probed
-        within a day (``fresh``: within this run), else probed now and kept there."""
+        within a day (``fresh``: within this run), else probed now and kept there;
+        ``on_probe`` is told each count as its probe begins."""
         server, machine = connection.server, connection.machine
         assert server is not None
         return cached_limits(
@@ -165,6 +171,7 @@ class RunState:
                 machine.affinity,
                 server_pid=server.pid,
                 quota_cpus=machine.cgroup_quota_cpus,
+                on_count=on_probe,
             ),
             max_age=self._limits_age(),
         )

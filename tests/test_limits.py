@@ -48,8 +48,9 @@ def first_cpus(count: int) -> list[int]:
 
 def test_probe_gives_both_limits_per_count_and_round_trips() -> None:
     cpus = first_cpus(2)
-    probed = probe_limits([1, 2], cpus, **SMALL)
-    assert sorted(probed.limits) == [1, 2]
+    told: list[int] = []  # the progress display is told each count as it begins
+    probed = probe_limits([1, 2], cpus, on_count=told.append, **SMALL)
+    assert sorted(probed.limits) == [1, 2] and told == [1, 2]
     assert probed.cpus == tuple(cpus) and probed.cgroup is None and probed.note is None
     for threads in (1, 2):
         limit = probed[threads]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from pytest_ollama_cpu.client import ModelFacts, Timings
 from pytest_ollama_cpu.disturbance import RetakeBudget, is_disturbed, spare_cpus
 from pytest_ollama_cpu.machine import MachineFacts
 from pytest_ollama_cpu.processes import CpuSnapshot, CpuUse
+from pytest_ollama_cpu.progress import Progress
 from pytest_ollama_cpu.results import ServerFacts
 from pytest_ollama_cpu.sampler import SweepRunner, Workload
 
@@ -176,3 +178,41 @@ def test_the_budget_is_per_thread_count_and_sweep() -> None:
     runner.extend(sweep, WORKLOAD, {2: 2})
     # the second disturbed sample went over the one retake the sweep allows at 2 threads
     assert len(sweep[2].set_aside) == 2 and sweep[2].gave_up
+
+
+def test_the_sweep_tells_where_it_is_as_it_goes() -> None:
+    # as in the retake test above: rounds 2 and 3 disturbed, one busy look, then quiet
+    server = StubServer(during=[0.0, 0.0, 1.0, 1.0, 0.0, 0.0], idle=[1.0, 0.0, 0.0])
+    events: list[Progress] = []
+    runner = SweepRunner(  # type: ignore[arg-type]
+        StubClient(),
+        server,
+        SERVER,
+        TWO_CPUS,
+        on_progress=events.append,
+        budget=RetakeBudget(retakes=5, quiet_wait=5.0),
+    )
+    runner.run(WORKLOAD, MODEL, [2], 3)
+    # each retake adds a round to the plan; rates are the last sample's (the warm-up's too)
+    assert [(e.phase, e.round, e.rounds) for e in events] == [
+        ("warm-up", 0, 3),
+        ("round", 1, 3),
+        ("round", 2, 3),
+        ("waiting for quiet", 0, 4),
+        ("round", 3, 4),
+        ("waiting for quiet", 0, 5),
+        ("round", 4, 5),
+        ("round", 5, 5),
+    ]
+    assert {e.threads for e in events} == {2} and {e.test for e in events} == {""}
+    assert events[0].generation_rate is None and events[0].prefill_rate is None
+    assert {(e.generation_rate, e.prefill_rate) for e in events[1:]} == {(80.0, 400.0)}
+    # a prompt the cache serves measures no prefill
+    events.clear()
+    cached = replace(WORKLOAD, prompt_cache=True)
+    runner = SweepRunner(StubClient(), None, SERVER, TWO_CPUS, on_progress=events.append)  # type: ignore[arg-type]
+    runner.run(cached, MODEL, [1], 1)
+    assert [(e.phase, e.generation_rate, e.prefill_rate) for e in events] == [
+        ("warm-up", None, None),
+        ("round", 80.0, None),
+    ]
