@@ -19,6 +19,7 @@ from .limits import LimitsProbeError
 from .locking import LockTimeout, taking_turns
 from .markers import AUTO, ThreadSpec, expand_threads
 from .options import Settings
+from .progress import Progress
 from .quantities import GENERATION_RATE, PREFILL_RATE
 from .results import MIN_RATE_TOKENS, MachineBusy, Sweep
 from .roofline import ModelFactsMissing, Roofline
@@ -56,6 +57,7 @@ class OllamaCpu:
         max_rounds: int,
         thresholds: Thresholds,
         order: int = 0,
+        on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self._state = state
         self._nodeid = nodeid
@@ -64,6 +66,7 @@ class OllamaCpu:
         self.max_rounds = max(rounds, max_rounds)
         self.thresholds = thresholds
         self._order = order
+        self._on_progress = on_progress
         #: verdicts of the sweeps run so far; the plugin applies them when the test ends
         self.verdicts: list[Verdict] = []
         #: the sweeps run so far, for the thread counts a busy machine left unmeasured
@@ -244,6 +247,7 @@ class OllamaCpu:
             connection.server,
             connection.facts,
             connection.machine,
+            on_progress=self._progress,
             budget=self.settings.retake_budget,
         )
         cpus = connection.machine.affinity if connection.server is not None else ()
@@ -270,6 +274,11 @@ class OllamaCpu:
         self.sweeps.append(sweep)
         return sweep
 
+    def _progress(self, event: Progress) -> None:
+        """Pass where the sweep is on to the display, named after this test."""
+        if self._on_progress is not None:
+            self._on_progress(replace(event, test=self._nodeid))
+
     def _roofline(
         self, connection: Connection, model: ModelFacts, counts: Sequence[int]
     ) -> tuple[Roofline | None, str | None]:
@@ -287,7 +296,9 @@ class OllamaCpu:
         except (OllamaCpuError, ModelFactsMissing) as exc:
             return None, f"the model's facts could not be read: {exc}"
         try:
-            limits = self._state.machine_limits(connection, counts)
+            limits = self._state.machine_limits(
+                connection, counts, lambda count: self._progress(Progress("probing limits", count))
+            )
         except LimitsProbeError as exc:
             return None, f"the probe failed: {exc}"
         note = None

@@ -7,7 +7,7 @@ samples and summaries (results, statistics) -> report and JSON (report, storage)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 import pytest
 
@@ -16,6 +16,7 @@ from .fixture import OllamaCpu, test_outcome
 from .markers import MARKER_HELP, MARKER_NAME, MarkerError, ThreadsMarker, parse_marker
 from .options import ENABLE, MODEL, add_options, merge_thresholds, resolve_settings
 from .outputs import Outputs
+from .progress import Progress, ProgressDisplay
 from .report import comparison_lines, describe_model, header_lines, summary_lines
 from .results import MachineBusy
 from .roofline import ModelFactsMissing
@@ -23,11 +24,13 @@ from .session import RunState
 from .xdist import (
     WORKER_OUTPUT_KEY,
     XDIST_GROUP,
+    ProgressRelay,
     XdistHooks,
     is_distributing,
     is_worker,
     test_id,
     worker_output,
+    worker_progress,
 )
 
 FIXTURE_NAME = "ollama_cpu"
@@ -36,6 +39,7 @@ MARKER_KEY = pytest.StashKey[ThreadsMarker]()
 FIXTURE_KEY = pytest.StashKey[OllamaCpu]()
 OUTPUTS_KEY = pytest.StashKey[Outputs]()
 ORDER_KEY = pytest.StashKey[int]()
+PROGRESS_KEY = pytest.StashKey["LiveProgress"]()
 
 
 class OllamaCpuWarning(pytest.PytestWarning):
@@ -63,11 +67,78 @@ def pytest_configure(config: pytest.Config) -> None:
     state = RunState(settings, baseline=outputs.baseline)
     config.stash[STATE_KEY] = state
     config.stash[OUTPUTS_KEY] = outputs
+    progress = LiveProgress(config)
+    config.stash[PROGRESS_KEY] = progress
+    config.pluginmanager.register(progress, "ollama_cpu_progress")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(state, config), "ollama_cpu_xdist")
+        if is_distributing(config) and settings.enabled:
+            relay = ProgressRelay(progress.display)
+            config.pluginmanager.register(relay, "ollama_cpu_progress_relay")
 
 
 _is_xdist_worker = is_worker
+
+
+class LiveProgress:
+    """This process's progress display (``progress.py``) and what keeps it out of pytest's way.
+
+    The display is made when first needed: pytest registers its terminal
+    reporter after this plugin's ``pytest_configure``. Sweeps run inside the
+    test, where pytest captures output, so the display writes with capture
+    suspended, as pytest's live logging does; its line is ended before pytest
+    writes a test's outcome.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self._config = config
+        self._display: ProgressDisplay | None = None
+        self._made = False
+
+    def display(self) -> ProgressDisplay | None:
+        """The display on pytest's terminal; None without one (``-p no:terminal``)."""
+        if not self._made:
+            self._made = True
+            reporter = self._config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                writer = self._config.get_terminal_writer()
+                self._display = ProgressDisplay(
+                    writer,
+                    verbosity=int(self._config.getoption("verbose")),
+                    # a controller's workers measure side by side: a line each, always
+                    tty=bool(reporter.isatty) and not is_distributing(self._config),
+                    width=lambda: writer.fullwidth,
+                    column=lambda: writer.width_of_current_line,
+                )
+        return self._display
+
+    def callback(self) -> Callable[[Progress], None] | None:
+        """What a sweep tells its progress to: the controller, from an xdist worker;
+        else the terminal; None where nobody would see it."""
+        if _is_xdist_worker(self._config):
+            return worker_progress(self._config)
+        display = self.display()
+        if display is None or display.silent:
+            return None
+        capture = self._config.pluginmanager.get_plugin("capturemanager")
+
+        def show(event: Progress) -> None:
+            with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+                display.show(event)
+
+        return show
+
+    def _end_line(self) -> None:
+        if self._display is not None:
+            self._display.end_line()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self) -> None:
+        self._end_line()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        self._end_line()  # a run stopped mid-sweep (Ctrl-C, -x) reports no outcome
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
@@ -193,6 +264,7 @@ def ollama_cpu(request: pytest.FixtureRequest) -> Iterator[OllamaCpu]:
         settings.rounds_limit(rounds, marker.max_rounds),
         merge_thresholds(settings.thresholds, marker.thresholds, marker.alpha),
         request.node.stash.get(ORDER_KEY, 0),
+        request.config.stash[PROGRESS_KEY].callback(),
     )
     request.node.stash[FIXTURE_KEY] = fixture
     yield fixture

@@ -7,20 +7,38 @@ loses none of the sweeps it finished. What is left at the end goes in
 and prints the summary, once, in collection order, as a run without xdist
 would. xdist is never imported here: these hooks are registered only when its
 plugin is active.
+
+Progress (``progress.py``) cannot wait for a report: a sweep is one test of
+minutes. Each worker gets a channel of its own back to the controller (an
+execnet channel of the worker's gateway, handed over in ``workerinput``: execnet
+carries channels inside data) and sends each event down it as it happens. It
+needs no files, so it works for workers on other hosts (``--tx ssh=...``) as
+for local ones. The controller shows what arrives at once, from execnet's
+receiver thread: its main thread sits in xdist's event loop until the next
+report, so waiting for that would show a sweep's progress only once it is
+over. The lines are whole (``[gw0] ollama-cpu: ...``), and a lock that the
+controller's own writing hooks hold too (``ProgressRelay``) keeps them out of
+the middle of xdist's lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Generator
+import threading
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
 
+from .progress import Progress, ProgressDisplay
 from .records import RecordedSweep
 from .session import RunState
 
 WORKER_OUTPUT_KEY = "pytest_ollama_cpu"
+
+#: The ``workerinput`` key of the channel a worker sends its progress down.
+PROGRESS_INPUT_KEY = "pytest_ollama_cpu_progress"
 
 #: ``--dist loadgroup`` keeps every test of this group in one worker, one after another.
 XDIST_GROUP = "ollama-cpu"
@@ -127,3 +145,94 @@ class XdistHooks:
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         take_worker_output(self.state, getattr(node, "workeroutput", {}).get(WORKER_OUTPUT_KEY))
+
+
+def worker_progress(config: pytest.Config) -> Callable[[Progress], None] | None:
+    """How a worker tells the controller where its sweeps are; None where the
+    controller shows no progress (``-q``)."""
+    channel = getattr(config, "workerinput", {}).get(PROGRESS_INPUT_KEY)
+    if channel is None:
+        return None
+
+    def send(event: Progress) -> None:
+        # OSError: the controller has gone, or dropped the channel; nobody to tell
+        with contextlib.suppress(OSError):
+            channel.send(event.to_dict())
+
+    return send
+
+
+Wrapped = Generator[None, object, object]
+
+
+class ProgressRelay:
+    """On an xdist controller that shows progress: a channel per worker, shown as lines.
+
+    ``display`` makes the controller's display when the first worker starts (the
+    terminal reporter is registered by then). The lines are written from
+    execnet's receiver threads; every hook through which the controller writes
+    while tests run holds ``_writing`` too, so a progress line never lands in the
+    middle of one of xdist's (``[gw0] [ 50%] PASSED ...``, the dots).
+    """
+
+    def __init__(self, display: Callable[[], ProgressDisplay | None]) -> None:
+        self._make_display = display
+        self._display: ProgressDisplay | None = None
+        self._writing = threading.RLock()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        if self._display is None:
+            self._display = self._make_display()
+        display = self._display
+        if display is None or display.silent:
+            return
+        worker = str(node.gateway.id)
+        channel = node.gateway.newchannel()
+
+        def show(data: Any) -> None:
+            # an exception here would land in execnet's receiver thread
+            try:
+                event = Progress.from_dict(data)
+            except (ValueError, TypeError, KeyError, AttributeError):
+                return
+            with self._writing:
+                display.show(event, worker=worker)
+
+        channel.setcallback(show)
+        node.workerinput[PROGRESS_INPUT_KEY] = channel
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_logstart(self) -> Wrapped:
+        with self._writing:
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_logreport(self) -> Wrapped:
+        with self._writing:
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_logfinish(self) -> Wrapped:
+        with self._writing:
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_collectreport(self) -> Wrapped:
+        with self._writing:
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True, optionalhook=True)
+    def pytest_testnodedown(self) -> Wrapped:
+        with self._writing:
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True, optionalhook=True)
+    def pytest_testnodeready(self) -> Wrapped:
+        with self._writing:
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True, optionalhook=True)
+    def pytest_xdist_node_collection_finished(self) -> Wrapped:
+        with self._writing:
+            return (yield)

@@ -1,12 +1,17 @@
-"""Live progress: the display on a terminal, in a log and under -q."""
+"""Live progress: the display on a terminal, in a log and under -q; a run's lines with and
+without pytest-xdist, against the fake server."""
 
 from __future__ import annotations
 
 import io
+import re
+from pathlib import Path
 
 import pytest
 
 from pytest_ollama_cpu.progress import Progress, ProgressDisplay
+
+from .fake_ollama import Behaviour, FakeOllama
 
 ROUND = Progress("round", 2, "t.py::test_x", 3, 5, 65.43, 409.2)
 WARMUP = Progress("warm-up", 4, "t.py::test_x")
@@ -85,3 +90,102 @@ def test_quiet_shows_nothing(tty: bool) -> None:
     display.show(ROUND)
     display.end_line()
     assert out.getvalue() == "" and display.silent
+
+
+SUITE = """
+import pytest
+
+@pytest.mark.threads(1, 2, rounds=2)
+def test_a(ollama_cpu):
+    ollama_cpu.generate("prompt a", num_predict=8)
+
+@pytest.mark.threads(3, rounds=3)
+def test_b(ollama_cpu):
+    ollama_cpu.chat([{"role": "user", "content": "prompt b"}], num_predict=8)
+
+def test_plain():
+    pass
+"""
+
+RATE = r"\d+\.\d tokens/s \(prefill \d+ tok/s\)"
+LINE = re.compile(
+    rf"^(\[gw\d\] )?ollama-cpu: test_\w+\.py::test_[ab]  \d threads?  "
+    rf"(warm-up|round \d/\d  {RATE})$"
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS"):
+        monkeypatch.delenv(name, raising=False)
+    # locks of this test only: other test runs on the machine must not interfere
+    monkeypatch.setenv("PYTEST_OLLAMA_CPU_LOCK_DIR", str(tmp_path / "locks"))
+
+
+def progress_lines(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.outlines if "ollama-cpu: test_" in line]
+
+
+def test_a_run_shows_a_line_per_round_in_a_log(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama
+) -> None:
+    pytester.makepyfile(SUITE)
+    result = pytester.runpytest(
+        "--ollama-cpu", f"--ollama-cpu-host={fake_ollama.host}", "--ollama-cpu-model=tiny"
+    )
+    result.assert_outcomes(passed=3)
+    lines = progress_lines(result)
+    for line in lines:
+        assert LINE.match(line), line
+    name = "test_a_run_shows_a_line_per_round_in_a_log.py"
+    shown = [line.removeprefix(f"ollama-cpu: {name}::").split("  ")[:3] for line in lines]
+    assert shown == [
+        ["test_a", "1 thread", "warm-up"],
+        ["test_a", "1 thread", "round 1/2"],
+        ["test_a", "1 thread", "round 2/2"],
+        ["test_a", "2 threads", "warm-up"],
+        ["test_a", "2 threads", "round 1/2"],
+        ["test_a", "2 threads", "round 2/2"],
+        ["test_b", "3 threads", "warm-up"],
+        ["test_b", "3 threads", "round 1/3"],
+        ["test_b", "3 threads", "round 2/3"],
+        ["test_b", "3 threads", "round 3/3"],
+    ]
+    # pytest's own line for the module goes on after the progress lines
+    result.stdout.fnmatch_lines([f"{name} ", "ollama-cpu: *", "*", ".", "ollama-cpu: *"])
+    assert re.search(r"^\.\.\s+\[100%\]$", result.stdout.str(), re.MULTILINE)
+
+
+def test_quiet_runs_show_no_progress(pytester: pytest.Pytester, fake_ollama: FakeOllama) -> None:
+    pytester.makepyfile(SUITE)
+    result = pytester.runpytest(
+        "-q", "--ollama-cpu", f"--ollama-cpu-host={fake_ollama.host}", "--ollama-cpu-model=tiny"
+    )
+    result.assert_outcomes(passed=3)
+    assert not progress_lines(result)
+
+
+def test_an_xdist_controller_shows_its_workers_progress_as_whole_lines(
+    pytester: pytest.Pytester,
+) -> None:
+    pytest.importorskip("xdist")
+    pytester.makepyfile(SUITE)
+    args = ["--ollama-cpu", "--ollama-cpu-model=tiny", "-n", "2"]
+    with FakeOllama(Behaviour(hang_seconds=0.05)) as fake:
+        result = pytester.runpytest_subprocess(f"--ollama-cpu-host={fake.host}", *args)
+        result.assert_outcomes(passed=3)
+        lines = progress_lines(result)
+        assert len(lines) == 10
+        for line in lines:
+            assert LINE.match(line) and line.count("ollama-cpu:") == 1, line
+        assert {line[:5] for line in lines} <= {"[gw0]", "[gw1]"}
+        # every other line is xdist's own and holds no progress
+        assert result.stdout.str().count("ollama-cpu: test_") == 10
+        for verbose in ("-v",):
+            result = pytester.runpytest_subprocess(f"--ollama-cpu-host={fake.host}", *args, verbose)
+            lines = progress_lines(result)
+            assert len(lines) == 10 and all(LINE.match(line) for line in lines), lines
+            result.stdout.fnmatch_lines(["*[[]gw?[]] *PASSED*::test_a*"])
+        result = pytester.runpytest_subprocess(f"--ollama-cpu-host={fake.host}", *args, "-q")
+        result.assert_outcomes(passed=3)
+        assert not progress_lines(result)
