@@ -179,13 +179,18 @@ class ProgressDisplay:
             self._out.write("\n")
             self._out.flush()
 
+    def _line_started(self) -> bool:
+        # pytest's writer counts a line holding a control character (its own \r
+        # rewrites, xdist's status line) as -1 columns wide: started, too
+        return self._column() != 0
+
     def _line(self, text: str) -> None:
-        if self._column() > 0:
+        if self._line_started():
             self._out.write("\n")
         self._out.write(text + "\n")
 
     def _rewrite(self, text: str) -> None:
-        if self._open is None and self._column() > 0:
+        if self._open is None and self._line_started():
             self._out.write("\n")
         self._out.write("\r" + text + " " * max((self._open or 0) - len(text), 0))
         self._open = len(text)

@@ -84,6 +84,14 @@ def test_a_log_gets_whole_lines() -> None:
 
 
 @pytest.mark.parametrize("tty", [True, False])
+def test_a_line_of_unknown_width_counts_as_started(tty: bool) -> None:
+    # pytest's writer gives -1 for a line with a control character (a \r status line)
+    out = FakeTerminal()
+    ProgressDisplay(out, verbosity=0, tty=tty, column=lambda: -1).show(WARMUP)
+    assert out.getvalue().startswith("\n")
+
+
+@pytest.mark.parametrize("tty", [True, False])
 def test_quiet_shows_nothing(tty: bool) -> None:
     out = FakeTerminal()
     display = ProgressDisplay(out, verbosity=-1, tty=tty)
