@@ -186,8 +186,13 @@ class OllamaCpu:
         options: Mapping[str, Any] | None = None,
     ) -> Sweep:
         """Sweep generation, as llama-bench's ``tg128``: a short prompt the model writes
-        at length about, and ``tokens`` generated tokens a request."""
-        return self.generate(WRITING_PROMPT, model=model, num_predict=tokens, options=options)
+        at length about, and ``tokens`` generated tokens a request (a reply that ends
+        sooner is asked again with another first line, up to 3 requests)."""
+        if isinstance(tokens, bool) or not isinstance(tokens, int):
+            raise TypeError(f"tokens={tokens!r} must be a whole number, e.g. 128")
+        return self._run(
+            "generate", model, tokens, options, False, prompt=WRITING_PROMPT, full_length=True
+        )
 
     def _model(self, model: str | None) -> str:
         name = model or self.settings.model
@@ -210,6 +215,7 @@ class OllamaCpu:
         messages: Sequence[Mapping[str, Any]] | None = None,
         focus: str = GENERATION_RATE.name,
         calibrate: Callable[[], str] | None = None,
+        full_length: bool = False,
     ) -> Sweep:
         reserved = sorted(set(options or {}) & set(RESERVED_OPTIONS))
         if reserved:
@@ -241,6 +247,7 @@ class OllamaCpu:
             options=options,
             prompt_cache=bool(prompt_cache),
             focus=focus,
+            full_length=full_length,
         )
         runner = SweepRunner(
             connection.client,

@@ -81,6 +81,10 @@ class Workload:
     #: the rate the test is about (a name in ``quantities.QUANTITIES``): the main
     #: recommendation and plain speedup thresholds use it
     focus: str = GENERATION_RATE.name
+    #: every reply must generate ``num_predict`` tokens, as llama-bench's tg N does: a
+    #: shorter one (the model ended its answer) is asked again with another first line,
+    #: up to ``SHORT_REPLY_TRIES`` requests, and kept (named as short) only after that
+    full_length: bool = False
 
 
 #: Digits of the line that makes each request's prompt unique. Ollama reuses the
@@ -162,7 +166,8 @@ class SweepRunner:
 
     def _sample(self, workload: Workload, threads: int, round_: int) -> Sample:
         """One sample; a reply too short for a rate is asked again, with another unique
-        first line (which changes what the model writes), up to ``SHORT_REPLY_TRIES``."""
+        first line (which changes what the model writes), up to ``SHORT_REPLY_TRIES``;
+        so is any reply short of ``num_predict`` in a ``full_length`` workload."""
         for attempt in range(1, SHORT_REPLY_TRIES + 1):
             # a failed request leaves the runner's state unknown
             self._loaded = None
@@ -175,6 +180,10 @@ class SweepRunner:
                 self._loaded = threads
                 continue
             self._loaded = threads
+            short = sample.timings.eval_count < workload.num_predict
+            if short and workload.full_length and not workload.prompt_cache:
+                if attempt < SHORT_REPLY_TRIES:
+                    continue
             return sample
         raise AssertionError("unreachable")
 

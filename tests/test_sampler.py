@@ -216,3 +216,36 @@ def test_the_sweep_tells_where_it_is_as_it_goes() -> None:
         ("warm-up", None, None),
         ("round", 80.0, None),
     ]
+
+
+class ShortThenFull(StubClient):
+    """Replies of 8 tokens (the model ended its answer early) ``short`` times, then 16."""
+
+    def __init__(self, short: int) -> None:
+        super().__init__()
+        self.short = short
+
+    def generate(self, *args: Any, **kwargs: Any) -> Timings:
+        timings = super().generate(*args, **kwargs)
+        tokens = 8 if self.short > 0 else 16
+        self.short -= 1
+        return replace(timings, eval_count=tokens, done_reason="stop" if tokens < 16 else "length")
+
+
+@pytest.mark.parametrize(("short", "requests", "kept"), [(1, 3, 16), (9, 6, 8)])
+def test_a_full_length_workload_asks_a_short_reply_again_then_keeps_it(
+    short: int, requests: int, kept: int
+) -> None:
+    """generation(N) is tg N: a reply that ends sooner is asked again (another first line),
+    up to 3 requests; a plain workload keeps it at once (and the summary names it)."""
+    client = ShortThenFull(short)
+    runner = SweepRunner(client, StubServer([0.0] * 20), SERVER, TWO_CPUS)  # type: ignore[arg-type]
+    full = replace(WORKLOAD, num_predict=16, full_length=True)
+    sweep = runner.run(full, MODEL, [1], 1)
+    # the warm-up's short reply is asked again as well; then the round's
+    assert len(client.requests) == requests
+    assert [s.timings.eval_count for s in sweep[1].samples] == [kept]
+    plain = ShortThenFull(5)
+    runner = SweepRunner(plain, StubServer([0.0] * 20), SERVER, TWO_CPUS)  # type: ignore[arg-type]
+    sweep = runner.run(replace(full, full_length=False), MODEL, [1], 1)
+    assert len(plain.requests) == 2 and sweep[1].samples[0].timings.eval_count == 8
