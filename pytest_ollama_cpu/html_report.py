@@ -360,15 +360,20 @@ def _session_table(sweeps: Sequence[RecordedSweep], facts: PageFacts) -> str:
     )
 
 
+#: columns of words, set flush left; figures are set flush right
+TEXT_COLUMNS = frozenset({"test", "rule", "verdict", "rate"})
+
+
 def _table(
     header: Sequence[str], rows: Iterable[Sequence[str]], classes: Sequence[str] = ()
 ) -> str:
     """A table of text cells; ``classes``: each row's class ('' for none)."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    words = [' class="text"' if h in TEXT_COLUMNS else "" for h in header]
+    head = "".join(f"<th{w}>{_e(h)}</th>" for h, w in zip(header, words, strict=True))
     body = []
     for i, row in enumerate(rows):
         css = classes[i] if i < len(classes) and classes[i] else ""
-        cells = "".join(f"<td>{_e(c)}</td>" for c in row)
+        cells = "".join(f"<td{w}>{_e(c)}</td>" for c, w in zip(row, words, strict=True))
         body.append(f'<tr class="{css}">{cells}</tr>' if css else f"<tr>{cells}</tr>")
     return f'<div class="table-wrap"><table><tr>{head}</tr>{"".join(body)}</table></div>'
 
