@@ -167,7 +167,10 @@ a { color: #0b57d0; }
 @media print {
   body { max-width: none; padding: 0; font-size: 10pt; }
   section { break-before: auto; }
-  .chart-box, tr, figure { break-inside: avoid; }
+  /* a chart a line on paper, at most its own size: side by side they print too small */
+  .charts { display: block; }
+  .chart-box { margin-bottom: .4rem; }
+  .chart-box, tr { break-inside: avoid; }
   .table-wrap { overflow: visible; }
   table { font-size: 7.5pt; }
   th, td { padding: .1rem .3rem; }
@@ -291,7 +294,7 @@ def _header(sweeps: Sequence[RecordedSweep], facts: PageFacts) -> str:
     return "\n".join(parts)
 
 
-def outcome_of(recorded: RecordedSweep) -> tuple[str, str]:
+def _outcome(recorded: RecordedSweep) -> tuple[str, str]:
     """(css class, words) of a sweep's verdict: failed, undecided, busy, passed, or none."""
     verdict = recorded.verdict
     if verdict is None or not verdict.checks:
@@ -327,7 +330,7 @@ def _session_table(sweeps: Sequence[RecordedSweep], facts: PageFacts) -> str:
     rows = []
     for index, recorded in enumerate(sweeps, 1):
         sweep = recorded.sweep
-        css, words = outcome_of(recorded)
+        css, words = _outcome(recorded)
         if facts.from_saved_runs:
             css, words = "saved", "not saved"
         counts = ", ".join(str(r.threads) for r in sweep)
@@ -701,6 +704,8 @@ def _history_section(history: History, charts: _Charts) -> str:
             + charts.draw(partial(plots.history_chart, history.labels, panels), width)
             + "</div>"
         )
-        parts.append(_table(["rate", "threads", *labels], rows))
+        # each run by its label's first line (its name); the subtitle has the rest
+        names = [label.split("\n")[0] for label in history.labels]
+        parts.append(_table(["rate", "threads", *names], rows))
     parts.append("</section>")
     return "\n".join(parts)

@@ -5,6 +5,7 @@ test_html_browser.py for the page as a browser draws it."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -321,8 +322,10 @@ def test_the_report_command_draws_the_history_of_three_runs(
     status = cli.main(["report", "1", "2", "3", "-o", str(out), "--storage", str(storage)])
     assert status == 0, capsys.readouterr().err
     part = section(out.read_text(), "history")
+    # each run named in the table, with its commit and date above it
     for name in ("0001_one", "0002_two", "0003_three"):
-        assert name in part
+        assert f"<th>{name}</th>" in part
+        assert re.search(rf"{name} (\w+\+? )?\d{{4}}-\d\d-\d\d \d\d:\d\d", part)
     # a chart per test, each with a value per run and thread count
     assert len(svgs(part)) == 2
     assert len(re.findall(r"tokens/s</td><td>\d</td>(?:<td>[\d.]+</td>){3}", part)) == 4
@@ -341,3 +344,20 @@ def test_the_report_command_refuses_bad_input(
     assert cli.main(["report", "7", "-o", str(pytester.path / "x.html"), *args]) == 2
     assert "no saved run '7'" in capsys.readouterr().err
     assert not (pytester.path / "x.html").exists()
+
+
+def test_a_saved_run_that_cannot_be_read_back_is_named(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = saved_runs(pytester, fake_ollama, ["one"])
+    [saved] = storage.glob("*/0001_one.json")
+    document = json.loads(saved.read_text())
+    entry = document["benchmarks"][0]
+    del entry["extra_info"]["ollama_cpu"]["samples"][0]["timings"]
+    saved.write_text(json.dumps(document))
+    out = pytester.path / "x.html"
+    assert cli.main(["report", "1", "-o", str(out), "--storage", str(storage)]) == 2
+    error = capsys.readouterr().err
+    assert f"{saved}: {entry['fullname']}: cannot be read back" in error
+    assert "damaged or was edited by hand" in error and "Traceback" not in error
+    assert not out.exists()

@@ -65,6 +65,7 @@ def test_ini_paths_are_relative_to_the_rootdir_from_any_folder(
     pytester.makeini(
         "[pytest]\n"
         "ollama_cpu_json = samples.json\n"
+        "ollama_cpu_html = report.html\n"
         "ollama_cpu_storage = runs\n"
         "ollama_cpu_compare_markdown = summary.md\n"
     )
@@ -82,9 +83,10 @@ def test_ini_paths_are_relative_to_the_rootdir_from_any_folder(
     )
     result.assert_outcomes(passed=1)
     assert (pytester.path / "samples.json").is_file()
+    assert (pytester.path / "report.html").is_file()
     assert list((pytester.path / "runs").glob("*/0001_first.json"))
     assert "no baseline yet" in (pytester.path / "summary.md").read_text()
-    for name in ("samples.json", "runs", "summary.md"):
+    for name in ("samples.json", "report.html", "runs", "summary.md"):
         assert not (sub / name).exists()
 
 
