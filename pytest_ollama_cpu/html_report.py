@@ -45,9 +45,9 @@ from .report import (
     describe_model,
     recommendation_lines,
     sweep_notes,
-    sweep_title,
     table_rows,
     verdict_summary,
+    workload_title,
 )
 from .statistics import Summary
 from .storage import OutputFile, write_text_atomic
@@ -397,12 +397,10 @@ def _sweep_section(
 ) -> str:
     sweep = recorded.sweep
     verdict = recorded.verdict
-    title = sweep_title(recorded)
-    workload = title[len(recorded.nodeid) + 2 :]
     parts = [
         f'<section class="sweep" id="sweep-{index}">',
         f"<h2>{_e(recorded.nodeid)}</h2>",
-        f'<p class="subtitle">{_e(workload)}</p>',
+        f'<p class="subtitle">{_e(workload_title(sweep))}</p>',
     ]
     figures = []
     panels = _rate_panels(recorded)
@@ -445,9 +443,10 @@ def _sweep_section(
 def _checks_table(recorded: RecordedSweep) -> str:
     verdict = recorded.verdict
     assert verdict is not None
+    names = ("outcome", "num_thread", "check", "estimate", "interval", "threshold", "cause")
     head = "<tr>" + "".join(
-        f"<th{' class=text' if h in ('check', 'cause') else ''}>{h}</th>"
-        for h in ("outcome", "num_thread", "check", "estimate", "interval", "threshold", "cause")
+        f'<th class="text">{h}</th>' if h in ("outcome", "check", "cause") else f"<th>{h}</th>"
+        for h in names
     )
     rows = []
     for check in verdict.checks:

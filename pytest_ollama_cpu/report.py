@@ -250,16 +250,19 @@ CHECK_MARKS = {
 }
 
 
-def sweep_title(recorded: RecordedSweep) -> str:
-    """'tests/t.py::test_x: generate with m (270M, Q4_K_M), 32 tokens per request, ...'."""
-    sweep = recorded.sweep
+def workload_title(sweep: Sweep) -> str:
+    """'generate with m (270M, Q4_K_M), 32 tokens per request, 18-token prompt (...)'."""
     model = sweep.model
     details = ", ".join(x for x in (model.parameter_size, model.quantization) if x)
     return (
-        f"{recorded.nodeid}: {sweep.kind} with {model.name}"
-        f"{f' ({details})' if details else ''}, {sweep.num_predict} tokens per request"
-        f"{_prompt_words(sweep)}"
+        f"{sweep.kind} with {model.name}{f' ({details})' if details else ''}, "
+        f"{sweep.num_predict} tokens per request{_prompt_words(sweep)}"
     )
+
+
+def sweep_title(recorded: RecordedSweep) -> str:
+    """'tests/t.py::test_x: generate with m (270M, Q4_K_M), 32 tokens per request, ...'."""
+    return f"{recorded.nodeid}: {workload_title(recorded.sweep)}"
 
 
 def table_rows(sweep: Sweep) -> list[list[str]]:
