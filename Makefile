@@ -33,7 +33,7 @@ unit: venv
 	$(BIN)/pytest -m "not e2e"
 
 # The example performance suite against the embedded Ollama, with the summary table and
-# the HTML report (its path is the summary's last line).
+# the HTML report (its path is printed under the summary).
 example: embedded
 	$(BIN)/pytest-ollama-cpu embedded -- $(BIN)/pytest example_project --ollama-cpu -p no:cacheprovider --ollama-cpu-html=example_project/report.html
 
