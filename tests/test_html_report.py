@@ -361,3 +361,25 @@ def test_a_saved_run_that_cannot_be_read_back_is_named(
     assert f"{saved}: {entry['fullname']}: cannot be read back" in error
     assert "damaged or was edited by hand" in error and "Traceback" not in error
     assert not out.exists()
+
+
+def test_a_file_put_at_the_path_during_the_run_is_left_and_the_run_fails(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama
+) -> None:
+    # checked at start-up, and again when written: a file that appeared meanwhile is kept
+    pytester.makepyfile(
+        SUITE
+        + """
+def test_someone_writes_there():
+    with open("report.html", "w") as handle:
+        handle.write("theirs")
+"""
+    )
+    result = run(pytester, fake_ollama, "--ollama-cpu-html=report.html")
+    result.assert_outcomes(passed=3)
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    result.stdout.fnmatch_lines(
+        ["ollama-cpu: ERROR: report.html already exists and is not a pytest-ollama-cpu HTML*"]
+    )
+    assert (pytester.path / "report.html").read_text() == "theirs"
+    assert "report written" not in result.stdout.str()
