@@ -6,11 +6,11 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 
-.PHONY: venv embedded test unit example lint clean
+.PHONY: venv embedded test unit example docs lint clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[test]'
+	$(PIP) install -e '.[test,report]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -32,9 +32,14 @@ test: embedded
 unit: venv
 	$(BIN)/pytest -m "not e2e"
 
-# The example performance suite against the embedded Ollama, with the summary table.
+# The example performance suite against the embedded Ollama, with the summary table and
+# the HTML report (its path is printed under the summary).
 example: embedded
-	$(BIN)/pytest-ollama-cpu embedded -- $(BIN)/pytest example_project --ollama-cpu -p no:cacheprovider
+	$(BIN)/pytest-ollama-cpu embedded -- $(BIN)/pytest example_project --ollama-cpu -p no:cacheprovider --ollama-cpu-html=example_project/report.html
+
+# The README's pictures of the report, from real runs on the embedded Ollama (needs chromium).
+docs: embedded
+	$(BIN)/python benchmarks/report_screenshot.py
 
 lint: venv
 	$(BIN)/ruff check pytest_ollama_cpu tests benchmarks

@@ -38,9 +38,13 @@ from pytest_benchmark.utils import get_current_time as _current_time
 from pytest_benchmark.utils import get_machine_id as _machine_id
 
 from . import __version__
-from .quantities import QUANTITIES
+from .client import ModelFacts
+from .limits import MachineLimits
+from .machine import MachineFacts
+from .quantities import GENERATION_RATE, QUANTITIES
 from .records import RecordedSweep, by_machine, merged_limits
-from .results import Sweep
+from .results import Sample, ServerFacts, Sweep, ThreadResult
+from .roofline import ModelCost, Roofline
 from .storage import advice, reason
 
 #: Our part of each entry's ``extra_info``; its ``schema`` says which layout it has.
@@ -174,6 +178,10 @@ def _entries(
                     "runner_threads": result.runner_threads,
                     "kind": sweep.kind,
                     "num_predict": sweep.num_predict,
+                    # the rate the test is about, and whether prompts were sent as given:
+                    # a report rebuilt from the run draws it as the run did
+                    "focus": sweep.focus,
+                    "prompt_cache": sweep.prompt_cache,
                     "model": sweep.model.to_dict(),
                     "server": sweep.server.to_dict(),
                     "machine": sweep.machine.to_dict(),
@@ -636,6 +644,84 @@ def load_file(path: Path, role: str = "baseline") -> SavedRun:
             "run, or save a new one with --ollama-cpu-save NAME"
         ) from None
     return SavedRun(path, validate(document, where))
+
+
+def recorded_sweeps(run: SavedRun) -> list[RecordedSweep]:
+    """The sweeps of a saved run, rebuilt from its entries (a sweep per test, workload,
+    model, machine and repeat; a thread count per entry), in the run's order. Their
+    thresholds and verdicts were not saved, so they have none."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for entry in run.document["benchmarks"]:
+        extra = entry["extra_info"][EXTRA_KEY]
+        params = entry.get("params") or {}
+        repeat = str(entry["fullname"]).rpartition("]")[2]  # "" or "#2"
+        model = (extra.get("model") or {}).get("name")
+        key = (
+            extra["test"],
+            extra.get("kind"),
+            model,
+            params.get("machine"),
+            params.get("server"),
+            repeat,
+        )
+        groups.setdefault(key, []).append(entry)
+    facts = run.document["machine_info"].get(EXTRA_KEY) or {}
+    found: list[RecordedSweep] = []
+    for key, entries in groups.items():
+        where = f"{run.label}: {entries[0]['fullname']}"
+        try:
+            found.append(RecordedSweep(key[0], _sweep_of(entries, facts), order=len(found)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BaselineError(f"{where}: cannot be read back ({exc!r}); {_DAMAGED}") from None
+    return found
+
+
+def _sweep_of(entries: Sequence[dict[str, Any]], facts: dict[str, Any]) -> Sweep:
+    """One sweep from its entries, a thread count each."""
+    first = entries[0]["extra_info"][EXTRA_KEY]
+    results = {}
+    for entry in entries:
+        extra = entry["extra_info"][EXTRA_KEY]
+        warmup = extra.get("warmup")
+        results[int(extra["threads"])] = ThreadResult(
+            int(extra["threads"]),
+            tuple(Sample.from_dict(s) for s in extra["samples"]),
+            None if warmup is None else Sample.from_dict(warmup),
+            float(extra.get("waited_seconds") or 0.0),
+        )
+    roofline = None
+    if first.get("model_cost") and facts.get("limits"):
+        roofline = Roofline(
+            ModelCost.from_dict(first["model_cost"]), MachineLimits.from_dict(facts["limits"])
+        )
+    return Sweep(
+        kind=str(first.get("kind") or "generate"),
+        model=ModelFacts.from_dict(first["model"]),
+        num_predict=int(first.get("num_predict") or 0),
+        threads=tuple(sorted(results)),
+        machine=MachineFacts.from_dict(first.get("machine") or facts.get("machine") or {}),
+        server=ServerFacts.from_dict(first.get("server") or facts.get("server") or {}),
+        results=dict(sorted(results.items())),
+        complete=all(bool(e["extra_info"][EXTRA_KEY].get("complete", True)) for e in entries),
+        prompt_cache=bool(first.get("prompt_cache", False)),
+        focus=str(first.get("focus") or GENERATION_RATE.name),
+        roofline=roofline,
+    )
+
+
+def run_label(run: SavedRun) -> str:
+    """The run on a history's axis: its name, then its commit and when it was saved
+    ('0003_main', 'a1b2c3d4', '2025-11-29 12:25' on three lines), as asv labels a
+    benchmark's runs."""
+    commit = run.document.get("commit_info") or {}
+    ident = str(commit.get("id") or "")[:8] or "no commit"
+    if commit.get("dirty"):
+        ident += "+"
+    when = str(run.document.get("datetime") or "")
+    with contextlib.suppress(ValueError):
+        when = _dt.datetime.fromisoformat(when).strftime("%Y-%m-%d %H:%M")
+    name = run.path.stem if run.path is not None else "this run"
+    return f"{name}\n{ident}\n{when}".rstrip()
 
 
 def _other_machines(storage: Path, folder: Path) -> str:

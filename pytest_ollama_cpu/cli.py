@@ -2,6 +2,9 @@
 
 ``pytest-ollama-cpu compare BASELINE NEW`` compares two saved runs.
 
+``pytest-ollama-cpu report RUN [RUN ...] -o FILE`` draws the HTML report of saved
+runs: the last one's sweeps and, with several, each test's history across them.
+
 ``pytest-ollama-cpu embedded [-- COMMAND ...]`` runs the embedded Ollama (see
 ``embedded.py``) on a free loopback port; with a command, it runs the command
 with ``OLLAMA_HOST`` and ``OLLAMA_CPU_MODEL`` pointing at it, stops the server
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import datetime as _dt
 import json
 import os
 import signal
@@ -24,10 +29,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .baseline import BaselineError, find, load_file
+from . import __version__, html_report
+from .baseline import BaselineError, find, load_file, recorded_sweeps, run_label
 from .comparison import RuleError, compare, parse_rule
 from .embedded import DEFAULT_ROOT, MODEL_NAME, EmbeddedUnavailable, running
 from .report import comparison_lines, comparison_markdown
+from .storage import StorageError, check_writable
+from .verdicts import Thresholds, evaluate
 
 
 def _parse_cpus(text: str) -> list[int]:
@@ -208,6 +216,52 @@ def _compare(args: argparse.Namespace) -> int:
     return 1 if result.regressions else 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    missing = html_report.matplotlib_missing("pytest-ollama-cpu report")
+    if missing is not None:
+        print(f"pytest-ollama-cpu report: {missing}", file=sys.stderr)
+        return 2
+    storage, target = Path(args.storage), Path(args.output)
+    output = html_report.report_file("-o")
+    try:
+        runs = [load_file(find(storage, which), role="saved run") for which in args.runs]
+        rebuilt = [recorded_sweeps(run) for run in runs]
+        check_writable(target, output)
+    except (BaselineError, StorageError) as exc:
+        print(f"pytest-ollama-cpu report: {exc}", file=sys.stderr)
+        return 2
+    # thresholds are not saved, so there are no checks; the recommendation needs none
+    # and is made again from the samples, as the run made it at the default alpha
+    latest = [dataclasses.replace(r, verdict=evaluate(r.sweep, Thresholds())) for r in rebuilt[-1]]
+    source = f"from the saved run {runs[-1].label}"
+    if len(runs) > 1:
+        source = (
+            f"history of {len(runs)} saved runs; the sweeps below are the last one's "
+            f"({runs[-1].label})"
+        )
+    facts = html_report.PageFacts(
+        created=_dt.datetime.now(_dt.timezone.utc).strftime("drawn %Y-%m-%d %H:%M UTC"),
+        plugin_version=__version__,
+        source=source,
+        from_saved_runs=True,
+    )
+    history = html_report.History(
+        tuple(run_label(run) for run in runs), tuple(tuple(r) for r in rebuilt)
+    )
+    page = html_report.render(latest, facts, history=history)
+    try:
+        html_report.write(target, page, output)
+    except StorageError as exc:
+        print(f"pytest-ollama-cpu report: {exc}", file=sys.stderr)
+        return 2
+    tests = len({r.nodeid for r in latest})
+    print(
+        f"pytest-ollama-cpu report: {target} ({len(page.encode('utf-8')) / 1000:.0f} kB; "
+        f"{tests} test{'s' * (tests != 1)}, {len(runs)} run{'s' * (len(runs) != 1)})"
+    )
+    return 0
+
+
 class _NotOurs(Exception):
     pass
 
@@ -301,6 +355,29 @@ def build_parser() -> argparse.ArgumentParser:
     comparing.add_argument(
         "--strict", action="store_true", help="runs from different machines are an error"
     )
+
+    reporting = commands.add_parser(
+        "report",
+        help="draw the HTML report of saved runs; with several, each test's history",
+        description="Draw the self-contained HTML report of runs saved with "
+        "--ollama-cpu-save/--ollama-cpu-autosave: the last run's sweeps (charts, samples, "
+        "utilization, recommended num_thread) and, given several runs, each test's throughput "
+        "per thread count across them, oldest first as given. Exit status: 0 written, 2 bad "
+        "input. Needs matplotlib: " + html_report.INSTALL_HINT + ".",
+    )
+    reporting.add_argument(
+        "runs", nargs="+", metavar="RUN", help="saved run: a file, a number, a name or 'latest'"
+    )
+    reporting.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="the HTML file to write (an earlier report there is replaced, nothing else is)",
+    )
+    reporting.add_argument(
+        "--storage", default=".benchmarks", help="folder of saved runs (.benchmarks)"
+    )
     return parser
 
 
@@ -310,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _embedded(args)
     if args.subcommand == "compare":
         return _compare(args)
+    if args.subcommand == "report":
+        return _report(args)
     return 2  # pragma: no cover - argparse rejects unknown subcommands
 
 

@@ -109,6 +109,13 @@ JSON = OptionSpec(
     "Write every raw sample and the machine facts to this JSON file.",
     metavar="PATH",
 )
+HTML = OptionSpec(
+    "--ollama-cpu-html",
+    "Write a self-contained HTML report (charts of every sweep, its samples, utilization, "
+    "verdicts and any comparison) to this file at the end of the run. Needs matplotlib: "
+    "pip install 'pytest-ollama-cpu[report]'.",
+    metavar="PATH",
+)
 
 MAX_ROUNDS = OptionSpec(
     "--ollama-cpu-max-rounds",
@@ -238,6 +245,7 @@ ALL_OPTIONS = (
     THREADS,
     TIMEOUT,
     JSON,
+    HTML,
     MIN_SPEEDUP,
     MIN_EFFICIENCY,
     MIN_UTILIZATION,
@@ -320,6 +328,8 @@ class Settings:
     threads: ThreadSpec
     timeout: float
     json_path: Path | None
+    #: the HTML report's path (``--ollama-cpu-html``), or None for no report
+    html_path: Path | None = None
     max_rounds: int | None = None
     thresholds: Thresholds = Thresholds()
     inconclusive: str = "pass"
@@ -520,6 +530,12 @@ def resolve_settings(
         json_path = _path(raw_json, rootpath)
         if json_path.is_dir():
             raise _usage_error(raw_json, JSON, "it is a folder; give a file name")
+    raw_html = lookup(HTML)
+    html_path = None
+    if raw_html is not None:
+        html_path = _path(raw_html, rootpath)
+        if html_path.is_dir():
+            raise _usage_error(raw_html, HTML, "it is a folder; give a file name")
 
     thresholds: dict[str, float] = {}
     for key, spec in THRESHOLD_OPTIONS.items():
@@ -630,6 +646,7 @@ def resolve_settings(
         threads=threads,
         timeout=_positive_float(lookup(TIMEOUT), TIMEOUT, DEFAULT_TIMEOUT, "300"),
         json_path=json_path,
+        html_path=html_path,
     )
 
 

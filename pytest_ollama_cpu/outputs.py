@@ -1,5 +1,6 @@
 """What a run leaves behind once its tests are done: the JSON file of samples,
-the saved run for later baselines, and the comparison with a baseline.
+the saved run for later baselines, the comparison with a baseline, and the
+HTML report of it all.
 
 ``prepare`` runs at start-up, so a bad baseline or an unwritable path stops the
 run before anything is measured; ``finish`` runs at the end, on the controller
@@ -8,12 +9,14 @@ only, and returns what to print and the exit status it calls for.
 
 from __future__ import annotations
 
+import datetime as _dt
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from . import __version__
+from . import __version__, html_report
 from .baseline import (
     BaselineError,
     NoSavedRuns,
@@ -30,7 +33,7 @@ from .baseline import (
 )
 from .baseline import build_document as build_benchmark_document
 from .comparison import Comparison, compare
-from .options import Settings
+from .options import HTML, Settings
 from .records import RecordedSweep
 from .report import comparison_markdown
 from .storage import StorageError, build_document, check_writable, write_json_atomic
@@ -41,6 +44,10 @@ class Outputs:
     settings: Settings
     baseline: SavedRun | None = None
     json_written: Path | None = None
+    html_written: Path | None = None
+    #: the report's size in bytes and the seconds it took to draw and write
+    html_bytes: int = 0
+    html_seconds: float = 0.0
     saved: Path | None = None
     comparison: Comparison | None = None
     errors: list[str] = field(default_factory=list)
@@ -59,6 +66,11 @@ class Outputs:
                 check_storage(s.storage)
             if s.json_path is not None:
                 check_writable(s.json_path)
+            if s.enabled and s.html_path is not None:
+                missing = html_report.matplotlib_missing(HTML.flag)
+                if missing is not None:
+                    raise pytest.UsageError(missing)
+                check_writable(s.html_path, html_report.HTML_FILE)
             if s.compare is not None:
                 self.baseline = load_file(find(s.storage, s.compare))
         except NoSavedRuns as exc:
@@ -91,7 +103,37 @@ class Outputs:
             self.baseline = None
 
     def finish(self, sweeps: list[RecordedSweep], settings_dict: dict[str, object]) -> int | None:
-        """Write, save and compare; the exit status this calls for, or None for no change."""
+        """Write, save, compare and draw the report; the exit status this calls for, or
+        None for no change."""
+        status = self._write_save_compare(sweeps, settings_dict)
+        if sweeps and self.settings.html_path is not None:
+            drawn = self._write_report(sweeps, self.settings.html_path)
+            status = status if status is not None else drawn
+        return status
+
+    def _write_report(self, sweeps: list[RecordedSweep], path: Path) -> int | None:
+        """The HTML report, last: it shows the comparison, and a failure to write it
+        loses nothing else."""
+        started = time.perf_counter()
+        facts = html_report.PageFacts(
+            created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            plugin_version=__version__,
+            settings=self.settings.describe(),
+        )
+        page = html_report.render(sweeps, facts, self.comparison)
+        try:
+            html_report.write(path, page)
+        except StorageError as exc:
+            self.errors.append(str(exc))  # it names the file and what to do
+            return pytest.ExitCode.INTERNAL_ERROR
+        self.html_written = path
+        self.html_bytes = len(page.encode("utf-8"))
+        self.html_seconds = time.perf_counter() - started
+        return None
+
+    def _write_save_compare(
+        self, sweeps: list[RecordedSweep], settings_dict: dict[str, object]
+    ) -> int | None:
         s = self.settings
         status: int | None = None
         if not sweeps:

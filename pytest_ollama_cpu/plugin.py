@@ -327,6 +327,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     outputs = terminalreporter.config.stash[OUTPUTS_KEY]
     if outputs.json_written is not None:
         terminalreporter.write_line(f"ollama-cpu: samples written to {outputs.json_written}")
+    if outputs.html_written is not None:
+        terminalreporter.write_line(
+            f"ollama-cpu: report written to {outputs.html_written} "
+            f"({outputs.html_bytes / 1000:.0f} kB, drawn in {outputs.html_seconds:.1f} s)"
+        )
     if outputs.saved is not None:
         terminalreporter.write_line(f"ollama-cpu: run saved as {outputs.saved}")
     for notice in outputs.notices:

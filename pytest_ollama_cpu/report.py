@@ -51,6 +51,23 @@ COLUMNS = (
     "other cores",
 )
 
+#: what each column of the table means, under the tables
+COLUMNS_LEGEND = (
+    "runner: threads the Ollama runner was started with; n: undisturbed samples, which "
+    "every figure but 'other cores' is computed from; aside: samples set aside because "
+    "other processes took CPU the server needed; tokens/s: median generation rate from "
+    "Ollama's eval timings; prefill tok/s: median prompt processing rate (prompt_eval); "
+    "pp speedup: its speedup; TTFT: median time to first token (load + prompt eval, from "
+    "Ollama's timings); request s: median time of the whole request; pp/tg util: "
+    "thread utilization while the prompt is processed / while tokens are generated "
+    "('-': a phase under a quarter second); util: median CPU "
+    "use of the server's process tree per requested thread / per usable CPU; tg roof: "
+    "generation rate as a share of the memory limit (the read bandwidth probed at that "
+    "thread count / bytes read per token); pp roof: prefill rate as a share of the compute "
+    "limit (arithmetic peak probed at that thread count / operations per prompt token); "
+    "other cores: CPU busy outside the server on its CPUs, over all samples."
+)
+
 
 def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
@@ -223,62 +240,106 @@ def _prompt_words(sweep: Sweep) -> str:
     return f", {size}-token prompt (a unique first line per request: no prompt cache hits)"
 
 
-def sweep_lines(recorded: RecordedSweep) -> list[str]:
-    sweep = recorded.sweep
+#: how each check's outcome is shown, in the text report and the HTML report
+CHECK_MARKS = {
+    "pass": "ok",
+    "fail": "FAILED",
+    "inconclusive": "UNDECIDED",
+    "busy": "BUSY",
+    "unavailable": "NOT MEASURED",
+}
+
+
+def workload_title(sweep: Sweep) -> str:
+    """'generate with m (270M, Q4_K_M), 32 tokens per request, 18-token prompt (...)'."""
     model = sweep.model
     details = ", ".join(x for x in (model.parameter_size, model.quantization) if x)
-    title = (
-        f"{recorded.nodeid}: {sweep.kind} with {model.name}"
-        f"{f' ({details})' if details else ''}, {sweep.num_predict} tokens per request"
-        f"{_prompt_words(sweep)}"
+    return (
+        f"{sweep.kind} with {model.name}{f' ({details})' if details else ''}, "
+        f"{sweep.num_predict} tokens per request{_prompt_words(sweep)}"
     )
-    lines = [title]
-    rows = [_row(sweep, r) for r in sweep]
-    if rows:
-        lines += ["  " + line for line in format_table(rows, COLUMNS)]
+
+
+def sweep_title(recorded: RecordedSweep) -> str:
+    """'tests/t.py::test_x: generate with m (270M, Q4_K_M), 32 tokens per request, ...'."""
+    return f"{recorded.nodeid}: {workload_title(recorded.sweep)}"
+
+
+def table_rows(sweep: Sweep) -> list[list[str]]:
+    """The sweep's table, a row per thread count, in ``COLUMNS``' order."""
+    return [_row(sweep, r) for r in sweep]
+
+
+def sweep_notes(sweep: Sweep) -> list[str]:
+    """What a reader must know beside the table: an incomplete sweep, what was not
+    measured, the roofline, short replies, the machine's load, time waited."""
+    lines = []
     if not sweep.complete:
-        lines.append(f"  INCOMPLETE: {sweep.error.splitlines()[0] if sweep.error else ''}")
+        lines.append(f"INCOMPLETE: {sweep.error.splitlines()[0] if sweep.error else ''}")
     if not sweep.server.local:
-        lines.append(f"  utilization not measured: {sweep.server.utilization_note}")
+        lines.append(f"utilization not measured: {sweep.server.utilization_note}")
     mismatched = [
         r for r in sweep if r.runner_threads is not None and r.runner_threads != r.threads
     ]
     for r in mismatched:
         lines.append(
-            f"  note: asked for {r.threads} threads, the runner was started with {r.runner_threads}"
+            f"note: asked for {r.threads} threads, the runner was started with {r.runner_threads}"
         )
-    lines += roofline_lines(sweep)
-    lines += _short_reply_lines(sweep)
-    lines += _disturbance_lines(sweep)
+    lines += [line.strip() for line in roofline_lines(sweep)]
+    lines += [line.strip() for line in _short_reply_lines(sweep)]
+    lines += [line.strip() for line in _disturbance_lines(sweep)]
     if sweep.waited_seconds >= 0.1:
         lines.append(
-            f"  waited {sweep.waited_seconds:.1f} s for other sweeps on this server or these "
+            f"waited {sweep.waited_seconds:.1f} s for other sweeps on this server or these "
             "CPUs to finish (not measured)"
         )
+    return lines
+
+
+def recommendation_lines(recorded: RecordedSweep) -> list[str]:
+    """The recommended num_thread (or why there is none), and the whole request's."""
+    sweep, verdict = recorded.sweep, recorded.verdict
+    if verdict is None:
+        return []
+    lines = []
+    if verdict.recommendation is not None:
+        lines.append(verdict.recommendation.describe())
+    elif any(r.busy for r in sweep):
+        lines.append(
+            "no recommended num_thread: no thread count got undisturbed samples "
+            "(the machine was busy)"
+        )
+    return lines + [line.strip() for line in _workload_lines(sweep, verdict)]
+
+
+def verdict_summary(recorded: RecordedSweep) -> str | None:
+    """'verdict after 1 of 4 planned looks, 10 samples in all, alpha 0.01'."""
+    verdict = recorded.verdict
+    if verdict is None or not verdict.checks:
+        return None
+    samples = sum(len(r.samples) for r in recorded.sweep)
+    return (
+        f"verdict after {verdict.look} of {verdict.looks} planned looks, "
+        f"{samples} samples in all, alpha {verdict.alpha:g}"
+    )
+
+
+def sweep_lines(recorded: RecordedSweep) -> list[str]:
+    sweep = recorded.sweep
+    lines = [sweep_title(recorded)]
+    rows = table_rows(sweep)
+    if rows:
+        lines += ["  " + line for line in format_table(rows, COLUMNS)]
+    lines += [f"  {line}" for line in sweep_notes(sweep)]
     verdict = recorded.verdict
     if verdict is not None:
-        if verdict.recommendation is not None:
-            lines.append(f"  {verdict.recommendation.describe()}")
-        elif any(r.busy for r in sweep):
-            lines.append(
-                "  no recommended num_thread: no thread count got undisturbed samples "
-                "(the machine was busy)"
-            )
-        lines += _workload_lines(sweep, verdict)
+        lines += [f"  {line}" for line in recommendation_lines(recorded)]
         for check in verdict.checks:
-            mark = {
-                "pass": "ok",
-                "fail": "FAILED",
-                "inconclusive": "UNDECIDED",
-                "busy": "BUSY",
-            }.get(check.outcome, "NOT MEASURED")
+            mark = CHECK_MARKS.get(check.outcome, "NOT MEASURED")
             lines.append(f"  {mark:>12}  {check.describe(verdict.confidence)}")
-        if verdict.checks:
-            samples = sum(len(r.samples) for r in sweep)
-            lines.append(
-                f"  verdict after {verdict.look} of {verdict.looks} planned looks, "
-                f"{samples} samples in all, alpha {verdict.alpha:g}"
-            )
+        summary = verdict_summary(recorded)
+        if summary is not None:
+            lines.append(f"  {summary}")
         lines += [f"  note: {n}" for n in verdict.notes]
     return lines
 
@@ -361,23 +422,7 @@ def summary_lines(sweeps: Sequence[RecordedSweep]) -> list[str]:
             if lines:
                 lines.append("")
             lines += sweep_lines(recorded)
-    lines += [
-        "",
-        "runner: threads the Ollama runner was started with; n: undisturbed samples, which "
-        "every figure but 'other cores' is computed from; aside: samples set aside because "
-        "other processes took CPU the server needed; tokens/s: median generation rate from "
-        "Ollama's eval timings; prefill tok/s: median prompt processing rate (prompt_eval); "
-        "pp speedup: its speedup; TTFT: median time to first token (load + prompt eval, from "
-        "Ollama's timings); request s: median time of the whole request; pp/tg util: "
-        "thread utilization while the prompt is processed / while tokens are generated "
-        "('-': a phase under a quarter second); util: median CPU "
-        "use of the server's process tree per requested thread / per usable CPU; tg roof: "
-        "generation rate as a share of the memory limit (the read bandwidth probed at that "
-        "thread count / bytes read per token); pp roof: prefill rate as a share of the compute "
-        "limit (arithmetic peak probed at that thread count / operations per prompt token); "
-        "other "
-        "cores: CPU busy outside the server on its CPUs, over all samples.",
-    ]
+    lines += ["", COLUMNS_LEGEND]
     return lines
 
 
@@ -431,7 +476,7 @@ COMPARISON_COLUMNS = (
 )
 
 
-def _common_file(comparison: Comparison) -> str | None:
+def common_file(comparison: Comparison) -> str | None:
     """The test file every row comes from, if one: the table then names tests only."""
     files = {row.test.partition("::")[0] for row in comparison.rows}
     if len(files) == 1 and all("::" in row.test for row in comparison.rows):
@@ -439,9 +484,9 @@ def _common_file(comparison: Comparison) -> str | None:
     return None
 
 
-def _comparison_rows(comparison: Comparison) -> list[list[str]]:
+def comparison_rows(comparison: Comparison) -> list[list[str]]:
     rows = []
-    common = _common_file(comparison)
+    common = common_file(comparison)
     for row in comparison.rows:
         digits = row.rule.measure.digits
         rows.append(
@@ -470,7 +515,7 @@ def _roofline_change(shares: tuple[float | None, float | None]) -> str:
     return " -> ".join("-" if v is None else f"{v:.0%}" for v in shares)
 
 
-def _comparison_notes(comparison: Comparison) -> list[str]:
+def comparison_notes(comparison: Comparison) -> list[str]:
     notes = []
     if comparison.baseline == comparison.new:
         notes.append(
@@ -504,13 +549,13 @@ def _comparison_notes(comparison: Comparison) -> list[str]:
     return notes
 
 
-def _comparison_title(comparison: Comparison) -> str:
-    common = _common_file(comparison)
+def comparison_title(comparison: Comparison) -> str:
+    common = common_file(comparison)
     where = f" (tests in {common})" if common else ""
     return f"baseline {comparison.baseline} vs {comparison.new}{where}"
 
 
-def _comparison_legend(comparison: Comparison) -> list[str]:
+def comparison_legend(comparison: Comparison) -> list[str]:
     if comparison.gating:
         verdict = (
             f"{len(comparison.regressions)} regression(s) at alpha {comparison.alpha:g}; p adj.: "
@@ -537,14 +582,14 @@ def _comparison_legend(comparison: Comparison) -> list[str]:
 
 
 def comparison_lines(comparison: Comparison) -> list[str]:
-    lines = [_comparison_title(comparison)]
-    rows = _comparison_rows(comparison)
+    lines = [comparison_title(comparison)]
+    rows = comparison_rows(comparison)
     if rows:
         lines += ["  " + line for line in format_table(rows, COMPARISON_COLUMNS)]
     else:
         lines.append("  no test was measured in both runs")
-    lines += [f"  note: {n}" for n in _comparison_notes(comparison)]
-    lines += [f"  {line}" for line in _comparison_legend(comparison)]
+    lines += [f"  note: {n}" for n in comparison_notes(comparison)]
+    lines += [f"  {line}" for line in comparison_legend(comparison)]
     return lines
 
 
@@ -555,7 +600,7 @@ def comparison_markdown(comparison: Comparison) -> str:
         head += f" ({len(comparison.busy)} row(s) inconclusive: the machine was busy)"
     if not comparison.gating:
         head = "Comparison (no rule given)"
-    common = _common_file(comparison)
+    common = common_file(comparison)
     where = f", tests in `{common}`" if common else ""
     lines = [
         f"### pytest-ollama-cpu: {head}",
@@ -566,13 +611,13 @@ def comparison_markdown(comparison: Comparison) -> str:
         "| " + " | ".join(COMPARISON_COLUMNS) + " |",
         "|" + "---|" * len(COMPARISON_COLUMNS),
     ]
-    for row in _comparison_rows(comparison):
+    for row in comparison_rows(comparison):
         cells = [c.replace("|", "\\|") for c in row]
         if cells[-1].startswith("REGRESSION"):
             cells[-1] = f"**{cells[-1]}**"
         lines.append("| " + " | ".join(cells) + " |")
-    notes = _comparison_notes(comparison)
+    notes = comparison_notes(comparison)
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
-    lines += [""] + [f"_{line}_  " for line in _comparison_legend(comparison)]
+    lines += [""] + [f"_{line}_  " for line in comparison_legend(comparison)]
     return "\n".join(lines) + "\n"

@@ -1,9 +1,10 @@
-"""Writing results to disk: versioned JSON, written atomically.
+"""Writing results to disk: versioned JSON (and the HTML report's text), written atomically.
 
 A file is written to a temporary name beside its target and renamed over it,
 so an interrupted run never leaves half a file. An existing file is replaced
-only when it is one of ours (it carries our ``format`` key): anything else at
-that path is the user's and is never overwritten.
+only when it is one of ours (a results file carries our ``format`` key, a
+report our generator mark): anything else at that path is the user's and is
+never overwritten.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +43,40 @@ def reason(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def _not_written(path: Path, error: OSError) -> StorageError:
+@dataclass(frozen=True)
+class OutputFile:
+    """A kind of file the plugin writes: how to tell one of ours (which may be replaced)
+    from anything else at that path (which is the user's and never overwritten), and
+    the option that names its path, for messages."""
+
+    #: "a pytest-ollama-cpu results file"
+    kind: str
+    #: the option or argument that names the path: "--ollama-cpu-json"
+    flag: str
+    is_ours: Callable[[Path], bool]
+
+
+def is_results_file(path: Path) -> bool:
+    """Whether ``path`` holds a results file this plugin wrote (our ``format`` key)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+RESULTS_FILE = OutputFile("a pytest-ollama-cpu results file", "--ollama-cpu-json", is_results_file)
+
+
+def _not_written(path: Path, error: OSError, output: OutputFile) -> StorageError:
     return StorageError(
         f"could not write {path}: {reason(error)}; {path} is left as it was. "
-        f"{advice(error).capitalize()}, or give another path with --ollama-cpu-json"
+        f"{advice(error).capitalize()}, or give another path with {output.flag}"
     )
 
 
-def check_writable(path: Path) -> None:
-    """Refuse a path that holds something that is not a results file of ours, or
+def check_writable(path: Path, output: OutputFile = RESULTS_FILE) -> None:
+    """Refuse a path that holds something that is not a file of ours of this kind, or
     whose folder cannot be written: before the run, not after it."""
     folder = path.parent if str(path.parent) else Path(".")
     if not path.exists():
@@ -59,17 +86,11 @@ def check_writable(path: Path) -> None:
             )
     elif path.is_dir():
         raise StorageError(f"cannot write {path}: it is a folder; give a file name")
-    else:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError):
-            data = None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise StorageError(
-                f"{path} already exists and is not a pytest-ollama-cpu results file; it was "
-                "left untouched. Choose another path for --ollama-cpu-json or move that file "
-                "away."
-            )
+    elif not output.is_ours(path):
+        raise StorageError(
+            f"{path} already exists and is not {output.kind}; it was left untouched. "
+            f"Choose another path for {output.flag} or move that file away."
+        )
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
         os.close(fd)
@@ -77,7 +98,7 @@ def check_writable(path: Path) -> None:
     except OSError as exc:
         raise StorageError(
             f"cannot write {path}: {reason(exc)} in {folder}; {advice(exc)}, or give another "
-            "path with --ollama-cpu-json"
+            f"path with {output.flag}"
         ) from None
 
 
@@ -122,16 +143,21 @@ def build_document(
 def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
     """Write ``document`` whole or not at all: a full disk, a refusal or Ctrl-C leaves
     the file at ``path`` as it was and no temporary file behind."""
-    check_writable(path)
+    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=False) + "\n")
+
+
+def write_text_atomic(path: Path, text: str, output: OutputFile = RESULTS_FILE) -> None:
+    """Write ``text`` whole or not at all, over a file of ours of ``output``'s kind only
+    (see ``check_writable``), through a temporary file beside it."""
+    check_writable(path, output)
     folder = path.parent if str(path.parent) else Path(".")
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise _not_written(path, exc) from None
+        raise _not_written(path, exc, output) from None
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2, sort_keys=False)
-            handle.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
@@ -139,5 +165,5 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         if isinstance(exc, OSError):
-            raise _not_written(path, exc) from None
+            raise _not_written(path, exc, output) from None
         raise

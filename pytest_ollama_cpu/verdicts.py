@@ -165,16 +165,22 @@ class Check:
             return _RatioCheck(**fields, baseline=int(data["baseline"]))
         return cls(**fields)
 
+    def interval_text(self, confidence: float) -> str | None:
+        """'99.95% CI 0.99-1.08': the interval the decision used, labelled with its real
+        confidence (``confidence`` where the check does not say)."""
+        if self.low is None or self.high is None:
+            return None
+        level = confidence if self.alpha_used is None else 1 - 2 * self.alpha_used
+        return f"{_percent(level)} CI {format_interval(self.low, self.high)}"
+
     def describe(self, confidence: float) -> str:
         name = f"num_thread={self.threads}: {self.quantity}"
         if self.outcome == "busy":
             return f"{name} not decided because the machine was busy: {self.cause}"
         if self.estimate is None:
             return f"{name} not decided: {self.cause}"
-        interval = ""
-        if self.low is not None and self.high is not None:
-            level = confidence if self.alpha_used is None else 1 - 2 * self.alpha_used
-            interval = f" ({_percent(level)} CI {format_interval(self.low, self.high)})"
+        shown = self.interval_text(confidence)
+        interval = "" if shown is None else f" ({shown})"
         relation = {
             "fail": "below",
             "pass": "not below",

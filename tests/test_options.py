@@ -16,6 +16,7 @@ from pytest_ollama_cpu.options import (
     CPUS,
     ENABLE,
     HOST,
+    HTML,
     INCONCLUSIVE,
     JSON,
     MAX_ROUNDS,
@@ -64,6 +65,7 @@ def test_ini_paths_are_relative_to_the_rootdir_from_any_folder(
     pytester.makeini(
         "[pytest]\n"
         "ollama_cpu_json = samples.json\n"
+        "ollama_cpu_html = report.html\n"
         "ollama_cpu_storage = runs\n"
         "ollama_cpu_compare_markdown = summary.md\n"
     )
@@ -81,9 +83,10 @@ def test_ini_paths_are_relative_to_the_rootdir_from_any_folder(
     )
     result.assert_outcomes(passed=1)
     assert (pytester.path / "samples.json").is_file()
+    assert (pytester.path / "report.html").is_file()
     assert list((pytester.path / "runs").glob("*/0001_first.json"))
     assert "no baseline yet" in (pytester.path / "summary.md").read_text()
-    for name in ("samples.json", "runs", "summary.md"):
+    for name in ("samples.json", "report.html", "runs", "summary.md"):
         assert not (sub / name).exists()
 
 
@@ -116,6 +119,7 @@ NOT_NUMERIC = {
     HOST: "a URL (tests/test_hosts.py)",
     MODEL: "a model's name",
     JSON: "a path",
+    HTML: "a path",
     STORAGE: "a path",
     COMPARE_MARKDOWN: "a path",
     INCONCLUSIVE: "pass, fail or skip",
