@@ -181,9 +181,9 @@ class SweepRunner:
                 continue
             self._loaded = threads
             short = sample.timings.eval_count < workload.num_predict
-            if short and workload.full_length and not workload.prompt_cache:
-                if attempt < SHORT_REPLY_TRIES:
-                    continue
+            retry = workload.full_length and not workload.prompt_cache
+            if short and retry and attempt < SHORT_REPLY_TRIES:
+                continue
             return sample
         raise AssertionError("unreachable")
 
