@@ -45,7 +45,7 @@ from .quantities import GENERATION_RATE, QUANTITIES
 from .records import RecordedSweep, by_machine, merged_limits
 from .results import Sample, ServerFacts, Sweep, ThreadResult
 from .roofline import ModelCost, Roofline
-from .storage import advice, reason
+from .storage import advice, reason, temporary_beside
 
 #: Our part of each entry's ``extra_info``; its ``schema`` says which layout it has.
 EXTRA_KEY = "ollama_cpu"
@@ -402,7 +402,7 @@ def save(document: dict[str, Any], storage: Path, name: str) -> Path:
     folder = _folder_of_this_machine(storage)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".saving-", suffix=".tmp", dir=folder)
+        fd, temp = temporary_beside(folder, ".saving-")
     except OSError as exc:
         raise _not_saved(folder, exc) from None
     try:

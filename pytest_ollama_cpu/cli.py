@@ -24,7 +24,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from .baseline import BaselineError, find, load_file, recorded_sweeps, run_label
 from .comparison import RuleError, compare, parse_rule
 from .embedded import DEFAULT_ROOT, MODEL_NAME, EmbeddedUnavailable, running
 from .report import comparison_lines, comparison_markdown
-from .storage import StorageError, check_writable
+from .storage import StorageError, check_writable, temporary_beside
 from .verdicts import Thresholds, evaluate
 
 
@@ -296,7 +295,7 @@ def _write_output(path: Path, flag: str, text: str, append: bool) -> None:
             "was left untouched. Give another path, or --append to add to it."
         )
     folder = path.parent if str(path.parent) else Path(".")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    fd, temp = temporary_beside(folder, f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

@@ -30,6 +30,22 @@ class StorageError(Exception):
     pass
 
 
+def temporary_beside(folder: Path, prefix: str) -> tuple[int, str]:
+    """A new temporary file in ``folder`` to be renamed over a result, with the mode a
+    plain new file gets under this umask: ``mkstemp``'s own 0600 would leave reports
+    and saved runs unreadable to the rest of the team after the rename."""
+    fd, temp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.fchmod(fd, 0o666 & ~umask)
+    except OSError:
+        os.close(fd)
+        os.unlink(temp)
+        raise
+    return fd, temp
+
+
 def advice(error: OSError) -> str:
     """What to do about a file system's refusal to write, in a few words."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -152,7 +168,7 @@ def write_text_atomic(path: Path, text: str, output: OutputFile = RESULTS_FILE) 
     check_writable(path, output)
     folder = path.parent if str(path.parent) else Path(".")
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, temp = temporary_beside(folder, f".{path.name}.")
     except OSError as exc:
         raise _not_written(path, exc, output) from None
     try:

@@ -816,3 +816,21 @@ def test_the_compare_command_never_writes_over_a_file_it_did_not_write(
     assert status == 0 and users.read_text().startswith("# my project\n")
     assert len(users.read_text()) > len("# my project\n")
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_files_of_ours_get_the_mode_a_new_file_gets_under_the_umask(tmp_path: Path) -> None:
+    """mkstemp makes 0600 files: a report or saved run renamed from one would be unreadable
+    to the rest of a team."""
+    from pytest_ollama_cpu.storage import temporary_beside
+
+    old = os.umask(0o022)
+    try:
+        fd, temp = temporary_beside(tmp_path, ".x.")
+        os.close(fd)
+        assert os.stat(temp).st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        fd, temp = temporary_beside(tmp_path, ".y.")
+        os.close(fd)
+        assert os.stat(temp).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
