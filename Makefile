@@ -43,6 +43,7 @@ docs: embedded
 
 lint: venv
 	$(BIN)/ruff check pytest_ollama_cpu tests benchmarks
+	$(BIN)/ruff format --check pytest_ollama_cpu tests benchmarks
 	$(BIN)/mypy
 
 clean:

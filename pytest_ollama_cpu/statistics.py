@@ -13,12 +13,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import stdtrit as _stdtrit
+
+# scipy is imported where it is used, not here: importing scipy.special costs 0.2-0.5 s,
+# and every pytest run in a project with the plugin installed imports this module,
+# with --ollama-cpu or without (issue 15).
 
 
 def t_quantile(q: float, df: float) -> float:
     """Student's t quantile (``scipy.stats.t.ppf``, through the much cheaper ufunc)."""
-    return float(_stdtrit(df, q))
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, q))
 
 
 def format_interval(low: float, high: float, digits: int = 2) -> str:
