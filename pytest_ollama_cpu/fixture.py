@@ -355,7 +355,7 @@ def _fail(exc: Exception) -> NoReturn:
 
 
 @dataclass(frozen=True)
-class TestOutcome:
+class Decision:
     """What a test's verdicts mean for it: ``fail``, ``skip`` or ``pass`` (maybe warned)."""
 
     outcome: Literal["pass", "fail", "skip"]
@@ -363,12 +363,12 @@ class TestOutcome:
     warning: str | None = None
 
 
-def test_outcome(
+def decide_test(
     verdicts: Sequence[Verdict],
     inconclusive: str,
     busy: MachineBusy | None = None,
     sweeps: Sequence[Sweep] = (),
-) -> TestOutcome:
+) -> Decision:
     """Fold the verdicts of one test's sweeps under the ``--ollama-cpu-inconclusive`` policy.
 
     A thread count of ``sweeps`` that got no undisturbed sample, and ``busy`` (a
@@ -378,11 +378,11 @@ def test_outcome(
     """
     failed = [v for v in verdicts if v.failed]
     if failed:
-        return TestOutcome("fail", "\n".join(v.message() for v in failed))
+        return Decision("fail", "\n".join(v.message() for v in failed))
     undecided = [v for v in verdicts if v.inconclusive]
     unmeasured = [r for sweep in sweeps for r in sweep if r.busy]
     if not undecided and busy is None and not unmeasured:
-        return TestOutcome("pass")
+        return Decision("pass")
     messages = [v.message() for v in undecided]
     if unmeasured:
         messages.append(
@@ -402,11 +402,7 @@ def test_outcome(
         why = "undecided after the most rounds allowed, or not measurable"
     text = f"inconclusive ({why}):\n" + "\n".join(messages)
     if inconclusive == "fail":
-        return TestOutcome("fail", text)
+        return Decision("fail", text)
     if inconclusive == "skip":
-        return TestOutcome("skip", text)
-    return TestOutcome("pass", warning=text)
-
-
-test_outcome.__test__ = False  # type: ignore[attr-defined]  # not a test for pytest
-TestOutcome.__test__ = False  # type: ignore[attr-defined]
+        return Decision("skip", text)
+    return Decision("pass", warning=text)

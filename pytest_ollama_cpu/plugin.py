@@ -12,7 +12,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 import pytest
 
 from .client import OllamaCpuError
-from .fixture import OllamaCpu, test_outcome
+from .fixture import OllamaCpu, decide_test
 from .markers import MARKER_HELP, MARKER_NAME, MarkerError, ThreadsMarker, parse_marker
 from .options import ENABLE, MODEL, add_options, merge_thresholds, resolve_settings
 from .outputs import Outputs
@@ -295,7 +295,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if fixture is None or (not fixture.verdicts and busy is None):
         return result
     state = item.config.stash[STATE_KEY]
-    decided = test_outcome(fixture.verdicts, state.settings.inconclusive, busy, fixture.sweeps)
+    decided = decide_test(fixture.verdicts, state.settings.inconclusive, busy, fixture.sweeps)
     if decided.warning:
         state.warnings.append(f"{item.nodeid}: {decided.warning}")
     if decided.outcome == "fail":

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pytest_ollama_cpu.client import ModelFacts, Timings
-from pytest_ollama_cpu.fixture import test_outcome
+from pytest_ollama_cpu.fixture import decide_test
 from pytest_ollama_cpu.machine import MachineFacts
 from pytest_ollama_cpu.markers import MarkerError, check_threshold
 from pytest_ollama_cpu.options import merge_thresholds
@@ -358,20 +358,20 @@ def test_a_busy_thread_count_is_never_a_failure():
     ) in text
     assert verdict.recommendation is not None and verdict.recommendation.busy == (2,)
     assert "not compared: 2 threads (the machine was busy)" in verdict.recommendation.describe()
-    outcome = test_outcome([verdict], "pass")
+    outcome = decide_test([verdict], "pass")
     assert outcome.outcome == "pass" and outcome.warning is not None
     assert outcome.warning.startswith("inconclusive (because the machine was busy):")
-    assert test_outcome([verdict], "fail").outcome == "fail"
+    assert decide_test([verdict], "fail").outcome == "fail"
     # no thresholds, figures asserted in the test body: the unmeasured count is still said
     sweep = sweep_of(data)
-    outcome = test_outcome([evaluate(sweep, Thresholds())], "pass", sweeps=[sweep])
+    outcome = decide_test([evaluate(sweep, Thresholds())], "pass", sweeps=[sweep])
     assert outcome.outcome == "pass" and outcome.warning == (
         "inconclusive (because the machine was busy):\nno undisturbed sample at 2 threads "
         "(other processes used 7.00 of the server's 8 CPUs): the test's figures there were "
         "not measured"
     )
-    assert test_outcome([], "skip", sweeps=[sweep]).outcome == "skip"
-    assert test_outcome([], "fail", sweeps=[sweep_of({1: data[1]})]).outcome == "pass"
+    assert decide_test([], "skip", sweeps=[sweep]).outcome == "skip"
+    assert decide_test([], "fail", sweeps=[sweep_of({1: data[1]})]).outcome == "pass"
 
 
 def test_disturbed_samples_are_set_aside_and_the_rest_decide():
@@ -497,10 +497,10 @@ def test_outcome_policy_for_undecided_verdicts():
     data = {1: [sample(1, v) for v in (40, 60)], 2: [sample(2, v) for v in (30, 90)]}
     undecided = evaluate(sweep_of(data), Thresholds(min_efficiency=0.6))
     assert undecided.inconclusive and not undecided.failed
-    assert test_outcome([undecided], "pass").outcome == "pass"
-    assert "inconclusive" in (test_outcome([undecided], "pass").warning or "")
-    assert test_outcome([undecided], "fail").outcome == "fail"
-    assert test_outcome([undecided], "skip").outcome == "skip"
+    assert decide_test([undecided], "pass").outcome == "pass"
+    assert "inconclusive" in (decide_test([undecided], "pass").warning or "")
+    assert decide_test([undecided], "fail").outcome == "fail"
+    assert decide_test([undecided], "skip").outcome == "skip"
 
 
 def test_marker_thresholds_override_the_run_defaults():
