@@ -20,10 +20,62 @@ from pytest_ollama_cpu.embedded import (
     running,
 )
 from pytest_ollama_cpu.embedded import cpu_quota as embedded_cpu_quota
+from pytest_ollama_cpu.locking import LOCK_DIR_ENV
 
 from .fake_ollama import Behaviour, FakeOllama
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+#: every environment variable the plugin reads for its settings (options.py, ``env=``)
+PLUGIN_ENV = (
+    "OLLAMA_HOST",
+    "OLLAMA_CPU_MODEL",
+    "OLLAMA_CPU_ROUNDS",
+    "OLLAMA_CPU_ALPHA",
+    "OLLAMA_CPU_ROOFLINE",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No setting leaks in from the shell, and the CPU locks are the test's own.
+
+    A plugin run outside ``e2e`` takes its locks in a folder of its own: with the
+    machine-wide folder a fake-server test would wait behind a real sweep on this
+    machine (as root, up to an hour). The ``e2e`` tests share one embedded server, so
+    they keep the machine-wide folder and take turns on it. The probed-limits cache
+    stays shared: probing costs seconds, and the fake server is never probed. A test
+    that sets these variables itself does so after this fixture, and wins.
+    """
+    for name in PLUGIN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    if request.node.get_closest_marker("e2e") is None:
+        monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "locks"))
+
+
+def run_fake(
+    pytester: pytest.Pytester,
+    fake: FakeOllama | None,
+    *args: str,
+    in_subprocess: bool = False,
+) -> pytest.RunResult:
+    """pytest with the plugin on, measuring ``fake`` (or the host ``args`` name) with
+    the model ``tiny``; ``args`` win. ``in_subprocess``: in a pytest process of its own."""
+    host = [f"--ollama-cpu-host={fake.host}"] if fake is not None else []
+    runner = pytester.runpytest_subprocess if in_subprocess else pytester.runpytest
+    return runner("--ollama-cpu", *host, "--ollama-cpu-model=tiny", *args)
+
+
+def run_behaviour(pytester: pytest.Pytester, behaviour: Behaviour, *args: str) -> pytest.RunResult:
+    """``run_fake`` against a fake of its own that behaves as ``behaviour``; the
+    requests it answered are in the result's ``requests``."""
+    with FakeOllama(behaviour) as fake:
+        result = run_fake(pytester, fake, *args)
+    result.requests = fake.behaviour.requests  # type: ignore[attr-defined]
+    return result
 
 
 @pytest.fixture

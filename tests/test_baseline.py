@@ -18,7 +18,8 @@ from pytest_ollama_cpu.baseline import BaselineError, SavedRun, find, load_file,
 from pytest_ollama_cpu.comparison import RuleError, compare, parse_rule
 from pytest_ollama_cpu.report import comparison_lines, comparison_markdown
 
-from .fake_ollama import Behaviour, FakeOllama
+from .conftest import run_behaviour
+from .fake_ollama import Behaviour
 
 SWEEP_TEST = """
 import numpy as np
@@ -28,21 +29,6 @@ import pytest
 def test_sweep(ollama_cpu):
     ollama_cpu.generate("hello", num_predict=8)
 """
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS", "OLLAMA_CPU_ALPHA"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def run(pytester: pytest.Pytester, behaviour: Behaviour, *args: str) -> pytest.RunResult:
-    with FakeOllama(behaviour) as fake:
-        result = pytester.runpytest(
-            "--ollama-cpu", f"--ollama-cpu-host={fake.host}", "--ollama-cpu-model=tiny", *args
-        )
-    result.requests = fake.behaviour.requests  # type: ignore[attr-defined]
-    return result
 
 
 def machine_dir(root: Path) -> Path:
@@ -415,7 +401,7 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP_TEST)
     folder = machine_dir(pytester.path)
     # a run saved with no baseline to plan from takes the most rounds allowed (4 x 4)
-    result = run(pytester, Behaviour(jitter=0.005, seed=1), "--ollama-cpu-save=base")
+    result = run_behaviour(pytester, Behaviour(jitter=0.005, seed=1), "--ollama-cpu-save=base")
     result.assert_outcomes(passed=1)
     (saved,) = folder.glob("*.json")
     assert saved.name == "0001_base.json"
@@ -433,7 +419,7 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
     assert len(one["extra_info"]["ollama_cpu"]["samples"]) == 16
 
     # an unchanged run: compared, no regression, exit 0
-    result = run(
+    result = run_behaviour(
         pytester,
         Behaviour(jitter=0.02, seed=2),
         "--ollama-cpu-compare",
@@ -451,7 +437,7 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
     assert len(list(folder.glob("*.json"))) == 1  # comparing alone saves nothing
 
     # 25% slower: the rows are named and the run fails, though every test passed
-    result = run(
+    result = run_behaviour(
         pytester,
         Behaviour(jitter=0.02, seed=3, base_rate=15.0),
         "--ollama-cpu-compare=base",
@@ -539,13 +525,13 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
 
 def test_a_bad_baseline_stops_the_run_before_measuring(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP_TEST)
-    result = run(pytester, Behaviour(), "--ollama-cpu-compare")
+    result = run_behaviour(pytester, Behaviour(), "--ollama-cpu-compare")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: no saved runs in *.benchmarks*save one first*"])
     assert result.requests == []
     broken = pytester.path / "broken.json"
     broken.write_text('{"machine_info": {}, "benchm')
-    result = run(pytester, Behaviour(), f"--ollama-cpu-compare={broken}")
+    result = run_behaviour(pytester, Behaviour(), f"--ollama-cpu-compare={broken}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: baseline {broken} is not valid JSON*"])
     assert result.requests == []
@@ -576,13 +562,13 @@ def test_bad_comparison_options(pytester: pytest.Pytester, args: list[str], mess
 
 def test_another_machine_warns_and_strict_makes_it_an_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP_TEST)
-    run(pytester, Behaviour(), "--ollama-cpu-save=base").assert_outcomes(passed=1)
+    run_behaviour(pytester, Behaviour(), "--ollama-cpu-save=base").assert_outcomes(passed=1)
     (saved,) = machine_dir(pytester.path).glob("*.json")
     data = json.loads(saved.read_text())
     data["machine_info"]["ollama_cpu"]["server"]["version"] = "0.4.0"
     other = pytester.path / "other-machine.json"
     other.write_text(json.dumps(data))
-    result = run(pytester, Behaviour(), f"--ollama-cpu-compare={other}")
+    result = run_behaviour(pytester, Behaviour(), f"--ollama-cpu-compare={other}")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         [
@@ -590,7 +576,7 @@ def test_another_machine_warns_and_strict_makes_it_an_error(pytester: pytest.Pyt
             "Ollama version: 0.4.0 in the baseline, 0.0.0-fake now"
         ]
     )
-    result = run(
+    result = run_behaviour(
         pytester, Behaviour(), f"--ollama-cpu-compare={other}", "--ollama-cpu-compare-strict"
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -599,11 +585,13 @@ def test_another_machine_warns_and_strict_makes_it_an_error(pytester: pytest.Pyt
 
 def test_tests_on_one_side_only_are_listed(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP_TEST)
-    run(pytester, Behaviour(), "--ollama-cpu-save=base").assert_outcomes(passed=1)
+    run_behaviour(pytester, Behaviour(), "--ollama-cpu-save=base").assert_outcomes(passed=1)
     pytester.makepyfile(
         SWEEP_TEST.replace("threads(1, 2,", "threads(1, 3,").replace("test_sweep", "test_new")
     )
-    result = run(pytester, Behaviour(), "--ollama-cpu-compare", "--ollama-cpu-compare-fail=tps:5%")
+    result = run_behaviour(
+        pytester, Behaviour(), "--ollama-cpu-compare", "--ollama-cpu-compare-fail=tps:5%"
+    )
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         [
@@ -629,7 +617,7 @@ def test_a_pipelines_first_run_saves_instead_of_failing(pytester: pytest.Pyteste
     other = pytester.path / ".benchmarks" / "Linux-CPython-3.9-32bit"
     other.mkdir(parents=True)
     (other / "0001_old.json").write_text("{}")
-    refused = run(pytester, Behaviour(), *gate)
+    refused = run_behaviour(pytester, Behaviour(), *gate)
     assert refused.ret == pytest.ExitCode.USAGE_ERROR
     refused.stderr.fnmatch_lines(
         [
@@ -643,7 +631,7 @@ def test_a_pipelines_first_run_saves_instead_of_failing(pytester: pytest.Pyteste
     (other / "0001_old.json").unlink()
     other.rmdir()
 
-    first = run(pytester, Behaviour(), *gate)
+    first = run_behaviour(pytester, Behaviour(), *gate)
     assert first.ret == pytest.ExitCode.OK
     first.stdout.fnmatch_lines(
         [
@@ -654,15 +642,15 @@ def test_a_pipelines_first_run_saves_instead_of_failing(pytester: pytest.Pyteste
     )
     assert summary.read_text().startswith("### pytest-ollama-cpu: no baseline yet\n")
     (saved,) = machine_dir(pytester.path).glob("*.json")
-    second = run(pytester, Behaviour(), *gate)
+    second = run_behaviour(pytester, Behaviour(), *gate)
     assert second.ret == pytest.ExitCode.OK
     second.stdout.fnmatch_lines([f"baseline *{saved.name} vs *0002_*.json (tests in *.py)"])
     second.stdout.no_fnmatch_line("*nothing compared*")
     assert "### pytest-ollama-cpu: No regressions" in summary.read_text()
     # a name saved again: the earlier run is kept, and the summary says what the name means
     # now, in the form the file name has
-    run(pytester, Behaviour(), "--ollama-cpu-save=release 1")
-    again = run(pytester, Behaviour(), "--ollama-cpu-save=release 1")
+    run_behaviour(pytester, Behaviour(), "--ollama-cpu-save=release 1")
+    again = run_behaviour(pytester, Behaviour(), "--ollama-cpu-save=release 1")
     again.stdout.fnmatch_lines(
         [
             "ollama-cpu: run saved as *0004_release-1.json",
@@ -672,7 +660,7 @@ def test_a_pipelines_first_run_saves_instead_of_failing(pytester: pytest.Pyteste
     )
     assert "no baseline yet" not in again.stdout.str()
     # ... and the name works as typed, too
-    result = run(pytester, Behaviour(), "--ollama-cpu-compare=release 1")
+    result = run_behaviour(pytester, Behaviour(), "--ollama-cpu-compare=release 1")
     result.stdout.fnmatch_lines(["baseline *0004_release-1.json vs this run*"])
 
 
@@ -714,8 +702,8 @@ def test_a_noisy_baseline_plans_more_samples_for_the_next_run(pytester: pytest.P
     cannot be planned (no baseline row) stays at the rounds asked for."""
     pytester.makepyfile(SWEEP_TEST)
     folder = machine_dir(pytester.path)
-    run(pytester, Behaviour(jitter=0.03, seed=1), "--ollama-cpu-save=noisy")
-    result = run(
+    run_behaviour(pytester, Behaviour(jitter=0.03, seed=1), "--ollama-cpu-save=noisy")
+    result = run_behaviour(
         pytester,
         Behaviour(jitter=0.03, seed=2),
         "--ollama-cpu-compare=noisy",

@@ -19,10 +19,6 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(pytester: pytest.Pytester, server: EmbeddedServer, *args: str) -> pytest.RunResult:
-    return run_embedded(pytester, server, *args)
-
-
 def test_a_real_sweep_measures_throughput_and_utilization(
     pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
 ) -> None:
@@ -41,7 +37,7 @@ def test_generation(ollama_cpu):
 """
     )
     out = pytester.path / "run.json"
-    result = run(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
+    result = run_embedded(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -90,7 +86,7 @@ def test_chat(ollama_cpu):
     assert sweep.threads[-1] == ollama_cpu.threads[-1]
 """
     )
-    run(pytester, embedded_ollama).assert_outcomes(passed=1)
+    run_embedded(pytester, embedded_ollama).assert_outcomes(passed=1)
 
 
 def test_a_model_that_is_not_pulled_on_the_real_server(
@@ -105,7 +101,7 @@ def test_missing(ollama_cpu):
     ollama_cpu.generate("x", model="no-such-model")
 """
     )
-    result = run(pytester, embedded_ollama)
+    result = run_embedded(pytester, embedded_ollama)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["*model 'no-such-model' is not on the Ollama server*'ollama pull no-such-model'*"]
@@ -152,7 +148,7 @@ def test_dies(ollama_cpu):
 """
         )
         out = pytester.path / "partial.json"
-        result = run(pytester, victim, f"--ollama-cpu-json={out}")
+        result = run_embedded(pytester, victim, f"--ollama-cpu-json={out}")
     finally:
         victim.stop()
     result.assert_outcomes(failed=1)
@@ -172,7 +168,7 @@ def test_the_example_project_passes(
     pytester: pytest.Pytester, embedded_ollama: EmbeddedServer
 ) -> None:
     shutil.copy(ROOT / "example_project" / "test_performance.py", pytester.path)
-    result = run(pytester, embedded_ollama, "--ollama-cpu-rounds=2")
+    result = run_embedded(pytester, embedded_ollama, "--ollama-cpu-rounds=2")
     result.assert_outcomes(passed=4)
 
 
@@ -193,7 +189,7 @@ def test_meets(ollama_cpu):
     assert verdict.passed or sweep[2].busy
 """
     )
-    result = run(pytester, embedded_ollama)
+    result = run_embedded(pytester, embedded_ollama)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*ok  num_thread=1: thread utilization * not below 0.5"])
     # a num_thread is recommended, or the report says the samples cannot tell which (one
@@ -230,7 +226,7 @@ def test_cannot_meet(ollama_cpu):
     ollama_cpu.generate("Explain what a CPU cache is.")
 """
     )
-    result = run(pytester, embedded_ollama, "--ollama-cpu-max-rounds=6")
+    result = run_embedded(pytester, embedded_ollama, "--ollama-cpu-max-rounds=6")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -264,7 +260,7 @@ def test_auto_follows_the_set(ollama_cpu):
     assert ollama_cpu.threads == [1]
 """
     )
-    result = run(pytester, embedded_ollama, "--ollama-cpu-cpus=0")
+    result = run_embedded(pytester, embedded_ollama, "--ollama-cpu-cpus=0")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["ollama-cpu: host *, cpus 0*", "*usable CPUs 1 (affinity 1*"])
     assert server.cpu_affinity() == before  # given back after the sweep
@@ -336,7 +332,7 @@ def test_stops(ollama_cpu):
 """
     )
     out = pytester.path / "run.json"
-    result = run(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
+    result = run_embedded(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -366,7 +362,7 @@ def test_stops(ollama_cpu):
     assert any(8 <= s.timings.eval_count < 32 for s in sweep[1].samples)
 """
     )
-    result = run(pytester, embedded_ollama)
+    result = run_embedded(pytester, embedded_ollama)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -403,7 +399,7 @@ def test_cached(ollama_cpu):
 """
     )
     out = pytester.path / "run.json"
-    result = run(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
+    result = run_embedded(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
@@ -462,12 +458,12 @@ def test_ttft(ollama_cpu):
 """
     )
     compare = ["--ollama-cpu-compare=base", "--ollama-cpu-compare-fail=ttft:10%"]
-    run(pytester, embedded_ollama, "--ollama-cpu-save=base").assert_outcomes(passed=1)
-    result = run(pytester, embedded_ollama, *compare)
+    run_embedded(pytester, embedded_ollama, "--ollama-cpu-save=base").assert_outcomes(passed=1)
+    result = run_embedded(pytester, embedded_ollama, *compare)
     assert result.ret == pytest.ExitCode.OK
     (row,) = [line for line in result.stdout.lines if "ttft:10%" in line]
     assert row.rstrip().endswith(("ok", "better", "ok? a 10% rise not ruled out")), row
-    result = run(pytester, embedded_ollama, *compare, "--ollama-cpu-cpus=0")
+    result = run_embedded(pytester, embedded_ollama, *compare, "--ollama-cpu-cpus=0")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*test_ttft*2*ttft:10%*+*%*REGRESSION (> 10% higher)"])
@@ -489,10 +485,10 @@ def test_prefill_scales(ollama_cpu):
     ollama_cpu.generate(PROMPT)
 """
     )
-    result = run(pytester, embedded_ollama)
+    result = run_embedded(pytester, embedded_ollama)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*ok  num_thread=2: prefill speedup 1.* not below 1.5"])
-    result = run(pytester, embedded_ollama, "--ollama-cpu-cpus=0")
+    result = run_embedded(pytester, embedded_ollama, "--ollama-cpu-cpus=0")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*FAILED  num_thread=2: prefill speedup * below 1.5*"])
 
@@ -518,7 +514,7 @@ def test_tg64(ollama_cpu):
 """
     )
     out = pytester.path / "run.json"
-    result = run(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
+    result = run_embedded(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [

@@ -18,16 +18,12 @@ from .conftest import Neighbour, cpu_quota, one_busy_core, run_embedded
 pytestmark = pytest.mark.e2e
 
 
+#: longer sweeps than ``run_embedded``'s; a neighbour that never leaves: a short wait for quiet
+BUSY = ("--ollama-cpu-num-predict=48", "--ollama-cpu-rounds=3", "--ollama-cpu-quiet-wait=2")
+
+
 def run(pytester: pytest.Pytester, server: EmbeddedServer, *args: str) -> pytest.RunResult:
-    # a neighbour that never leaves: keep the wait for quiet short
-    return run_embedded(
-        pytester,
-        server,
-        "--ollama-cpu-num-predict=48",
-        "--ollama-cpu-rounds=3",
-        "--ollama-cpu-quiet-wait=2",
-        *args,
-    )
+    return run_embedded(pytester, server, *BUSY, *args)
 
 
 def test_a_healthy_server_beside_a_busy_neighbour_does_not_fail(

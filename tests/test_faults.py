@@ -24,6 +24,7 @@ from pytest_ollama_cpu.client import (
     Timings,
 )
 
+from .conftest import run_fake
 from .fake_ollama import Behaviour, FakeOllama
 
 # a warm-up and 2 rounds at 1 thread, a warm-up and 2 rounds at 2 threads
@@ -41,12 +42,6 @@ BEFORE_THE_FAULT = 5
 TIMEOUT = 1.0
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS"):
-        monkeypatch.delenv(name, raising=False)
-
-
 def sweep_into_a_fault(
     pytester: pytest.Pytester, behaviour: Behaviour
 ) -> tuple[pytest.RunResult, dict[str, object], float]:
@@ -56,12 +51,8 @@ def sweep_into_a_fault(
     out = pytester.path / "partial.json"
     with FakeOllama(behaviour) as fake:
         started = time.monotonic()
-        result = pytester.runpytest(
-            "--ollama-cpu",
-            f"--ollama-cpu-host={fake.host}",
-            "--ollama-cpu-model=tiny",
-            f"--ollama-cpu-timeout={TIMEOUT:g}",
-            f"--ollama-cpu-json={out}",
+        result = run_fake(
+            pytester, fake, f"--ollama-cpu-timeout={TIMEOUT:g}", f"--ollama-cpu-json={out}"
         )
         took = time.monotonic() - started
     result.assert_outcomes(failed=1)

@@ -15,13 +15,8 @@ from pytest_ollama_cpu.host import (
 )
 from pytest_ollama_cpu.options import resolve_settings
 
+from .conftest import run_fake
 from .fake_ollama import Behaviour, FakeOllama
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.mark.parametrize(
@@ -123,10 +118,6 @@ def test_sweep(ollama_cpu):
 """
 
 
-def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("--ollama-cpu", "--ollama-cpu-model=tiny", *args)
-
-
 def _everything_written(pytester: pytest.Pytester, result: pytest.RunResult) -> str:
     """The run's terminal output and every file it left, as one text to search."""
     written = [
@@ -143,8 +134,9 @@ def test_a_password_in_the_host_is_sent_but_never_shown(
     pytester.makepyfile(SWEEP)
     with FakeOllama(Behaviour(auth="me:s3cret")) as fake:
         url = f"http://me:s3cret@127.0.0.1:{fake.port}"
-        result = _run(
+        result = run_fake(
             pytester,
+            None,
             f"--ollama-cpu-host={url}",
             "--ollama-cpu-json=samples.json",
             "--ollama-cpu-compare",
@@ -160,7 +152,7 @@ def test_a_password_in_the_host_is_sent_but_never_shown(
 
         # from OLLAMA_HOST, and a wrong one: the failure names the server, not the password
         monkeypatch.setenv("OLLAMA_HOST", f"me:wr0ng@127.0.0.1:{fake.port}")
-        wrong = _run(pytester, "-p", "no:cacheprovider")
+        wrong = run_fake(pytester, None, "-p", "no:cacheprovider")
         wrong.assert_outcomes(failed=1)
         wrong.stdout.fnmatch_lines(
             [
@@ -173,11 +165,11 @@ def test_a_password_in_the_host_is_sent_but_never_shown(
         assert f"ollama-cpu: host http://me:***@127.0.0.1:{fake.port}, " in wrong.stdout.str()
 
     # nothing listening there any more
-    gone = _run(pytester, f"--ollama-cpu-host={url}")
+    gone = run_fake(pytester, None, f"--ollama-cpu-host={url}")
     gone.assert_outcomes(failed=1)
     gone.stdout.fnmatch_lines([f"*no Ollama server answered at http://127.0.0.1:{fake.port}*"])
     # a value that cannot be read is shown, masked, in the error
-    bad = _run(pytester, "--ollama-cpu-host=http://me:s3cret@127.0.0.1:99999")
+    bad = run_fake(pytester, None, "--ollama-cpu-host=http://me:s3cret@127.0.0.1:99999")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     assert (
         "ERROR: --ollama-cpu-host: 'http://me:***@127.0.0.1:99999' (from the command line) "
@@ -200,7 +192,7 @@ def _has_ipv6_loopback() -> bool:
 def test_an_ipv6_host_without_a_scheme(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP)
     with FakeOllama(Behaviour(), address="::1") as fake:
-        result = _run(pytester, f"--ollama-cpu-host=[::1]:{fake.port}")
+        result = run_fake(pytester, None, f"--ollama-cpu-host=[::1]:{fake.port}")
     result.assert_outcomes(passed=1)
     # reached, and found on this machine: its CPU use is measured
     result.stdout.fnmatch_lines(
@@ -211,7 +203,7 @@ def test_an_ipv6_host_without_a_scheme(pytester: pytest.Pytester) -> None:
 def test_a_server_under_a_proxy_path(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP)
     with FakeOllama(Behaviour(base_path="/ollama")) as fake:
-        result = _run(pytester, f"--ollama-cpu-host={fake.host}/ollama/")
+        result = run_fake(pytester, None, f"--ollama-cpu-host={fake.host}/ollama/")
         result.assert_outcomes(passed=1)
         result.stdout.fnmatch_lines([f"ollama-cpu: host {fake.host}/ollama, *"])
         assert {r["model"] for r in fake.behaviour.requests} == {"tiny"}

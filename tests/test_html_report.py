@@ -21,6 +21,7 @@ from pytest_ollama_cpu.records import RecordedSweep
 from pytest_ollama_cpu.results import Sample
 from pytest_ollama_cpu.verdicts import Thresholds, evaluate
 
+from .conftest import run_fake
 from .fake_ollama import FakeOllama
 from .test_roofline import _noisy, roof_sweep
 from .test_verdicts import disturbed, sample, sweep_of
@@ -197,24 +198,11 @@ def test_b(ollama_cpu):
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PYTEST_OLLAMA_CPU_LOCK_DIR", str(tmp_path / "locks"))
-
-
-def run(pytester: pytest.Pytester, fake: FakeOllama, *args: str) -> pytest.RunResult:
-    return pytester.runpytest(
-        "--ollama-cpu", f"--ollama-cpu-host={fake.host}", "--ollama-cpu-model=tiny", *args
-    )
-
-
 def test_the_report_is_written_at_the_end_and_named_in_the_summary(
     pytester: pytest.Pytester, fake_ollama: FakeOllama
 ) -> None:
     pytester.makepyfile(SUITE)
-    result = run(pytester, fake_ollama, "--ollama-cpu-html=report.html")
+    result = run_fake(pytester, fake_ollama, "--ollama-cpu-html=report.html")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["ollama-cpu: report written to report.html (* kB, drawn in *s)"])
     page = (pytester.path / "report.html").read_text()
@@ -223,7 +211,7 @@ def test_the_report_is_written_at_the_end_and_named_in_the_summary(
     # utilization chart
     assert len(svgs(page)) == 2 and '<body data-charts="2">' in page
     # an earlier report is replaced
-    again = run(pytester, fake_ollama, "--ollama-cpu-html=report.html", "-k", "test_a")
+    again = run_fake(pytester, fake_ollama, "--ollama-cpu-html=report.html", "-k", "test_a")
     again.assert_outcomes(passed=1, deselected=1)
     assert "::test_b" not in (pytester.path / "report.html").read_text()
     assert [p.name for p in pytester.path.iterdir() if p.name.startswith(".report")] == []
@@ -234,13 +222,8 @@ def test_under_xdist_the_controller_alone_writes_the_report(
 ) -> None:
     pytest.importorskip("xdist")
     pytester.makepyfile(SUITE)
-    result = pytester.runpytest_subprocess(
-        "--ollama-cpu",
-        f"--ollama-cpu-host={fake_ollama.host}",
-        "--ollama-cpu-model=tiny",
-        "--ollama-cpu-html=report.html",
-        "-n",
-        "2",
+    result = run_fake(
+        pytester, fake_ollama, "--ollama-cpu-html=report.html", "-n", "2", in_subprocess=True
     )
     result.assert_outcomes(passed=2)
     assert result.stdout.str().count("ollama-cpu: report written to") == 1
@@ -255,7 +238,7 @@ def test_a_file_that_is_not_a_report_is_never_overwritten(
     pytester.makepyfile(SUITE)
     mine = pytester.path / "notes.html"
     mine.write_text("<html>my notes</html>")
-    result = run(pytester, fake_ollama, f"--ollama-cpu-html={mine}")
+    result = run_fake(pytester, fake_ollama, f"--ollama-cpu-html={mine}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [f"ERROR: {mine} already exists and is not a pytest-ollama-cpu HTML report; *"]
@@ -267,7 +250,7 @@ def test_a_file_that_is_not_a_report_is_never_overwritten(
 def test_a_folder_is_refused(pytester: pytest.Pytester, fake_ollama: FakeOllama) -> None:
     pytester.makepyfile(SUITE)
     pytester.mkdir("out")
-    result = run(pytester, fake_ollama, "--ollama-cpu-html=out")
+    result = run_fake(pytester, fake_ollama, "--ollama-cpu-html=out")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --ollama-cpu-html: 'out' * it is a folder; give a file*"])
 
@@ -277,7 +260,7 @@ def test_without_matplotlib_the_run_stops_saying_what_to_install(
 ) -> None:
     pytester.makepyfile(SUITE)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
-    result = run(pytester, fake_ollama, "--ollama-cpu-html=report.html")
+    result = run_fake(pytester, fake_ollama, "--ollama-cpu-html=report.html")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --ollama-cpu-html draws its charts with matplotlib*"])
     assert "pip install 'pytest-ollama-cpu[report]'" in result.stderr.str()
@@ -293,7 +276,7 @@ def saved_runs(pytester: pytest.Pytester, fake: FakeOllama, names: list[str]) ->
     pytester.makepyfile(SUITE)
     storage = pytester.path / "runs"
     for name in names:
-        run(pytester, fake, f"--ollama-cpu-save={name}", f"--ollama-cpu-storage={storage}")
+        run_fake(pytester, fake, f"--ollama-cpu-save={name}", f"--ollama-cpu-storage={storage}")
     return storage
 
 
@@ -375,7 +358,7 @@ def test_someone_writes_there():
         handle.write("theirs")
 """
     )
-    result = run(pytester, fake_ollama, "--ollama-cpu-html=report.html")
+    result = run_fake(pytester, fake_ollama, "--ollama-cpu-html=report.html")
     result.assert_outcomes(passed=3)
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
     result.stdout.fnmatch_lines(

@@ -39,7 +39,7 @@ from pytest_ollama_cpu.options import (
     resolve_settings,
 )
 
-from .conftest import assert_usage_error
+from .conftest import assert_usage_error, run_fake
 from .fake_ollama import FakeOllama
 
 SWEEP = """
@@ -49,12 +49,6 @@ import pytest
 def test_sweep(ollama_cpu):
     ollama_cpu.generate("x", num_predict=8)
 """
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS", "OLLAMA_CPU_ALPHA"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def test_ini_paths_are_relative_to_the_rootdir_from_any_folder(
@@ -73,10 +67,9 @@ def test_ini_paths_are_relative_to_the_rootdir_from_any_folder(
     (sub / "test_sweep.py").write_text(SWEEP)
     monkeypatch.chdir(sub)
     # compare with the latest run and save: the first run writes its "no baseline yet" note
-    result = pytester.runpytest(
-        "--ollama-cpu",
-        f"--ollama-cpu-host={fake_ollama.host}",
-        "--ollama-cpu-model=tiny",
+    result = run_fake(
+        pytester,
+        fake_ollama,
         "--ollama-cpu-compare",
         "--ollama-cpu-save=first",
         f"--rootdir={pytester.path}",

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from .conftest import assert_usage_error
+from .conftest import assert_usage_error, run_fake
 from .fake_ollama import Behaviour, FakeOllama
 
 SWEEP_TEST = """
@@ -20,18 +20,6 @@ def test_sweep(ollama_cpu):
     assert sweep.speedup(1) == 1.0
     assert sweep.efficiency(2) == pytest.approx(sweep.speedup(2) / 2)
 """
-
-
-def run(pytester: pytest.Pytester, fake: FakeOllama, *args: str) -> pytest.RunResult:
-    return pytester.runpytest(
-        "--ollama-cpu", f"--ollama-cpu-host={fake.host}", "--ollama-cpu-model=tiny", *args
-    )
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def test_skipped_without_the_flag_with_a_reason_naming_it(pytester: pytest.Pytester) -> None:
@@ -290,20 +278,20 @@ def test_marker_rounds(ollama_cpu):
     )
     requests = fake_ollama.behaviour.requests
     # ini alone: 1 warm-up + 7 rounds for the first test, 1 + 1 for the second
-    run(pytester, fake_ollama).assert_outcomes(passed=2)
+    run_fake(pytester, fake_ollama).assert_outcomes(passed=2)
     assert len(requests) == 8 + 2
     requests.clear()
     monkeypatch.setenv("OLLAMA_CPU_ROUNDS", "3")
-    run(pytester, fake_ollama).assert_outcomes(passed=2)
+    run_fake(pytester, fake_ollama).assert_outcomes(passed=2)
     assert len(requests) == 4 + 2
     requests.clear()
-    run(pytester, fake_ollama, "--ollama-cpu-rounds=2").assert_outcomes(passed=2)
+    run_fake(pytester, fake_ollama, "--ollama-cpu-rounds=2").assert_outcomes(passed=2)
     assert len(requests) == 3 + 2
 
 
 def test_a_sweep_requests_and_reports(pytester: pytest.Pytester, fake_ollama: FakeOllama) -> None:
     pytester.makepyfile(SWEEP_TEST)
-    result = run(pytester, fake_ollama)
+    result = run_fake(pytester, fake_ollama)
     result.assert_outcomes(passed=1)
     sent = [r["options"] for r in fake_ollama.behaviour.requests]
     assert [o["num_thread"] for o in sent] == [1, 1, 1, 2, 2, 2]
@@ -341,9 +329,9 @@ def test_default(ollama_cpu):
     assert [r.threads for r in sweep] == ollama_cpu.threads
 """
     )
-    run(pytester, fake_ollama, "--ollama-cpu-rounds=1", "--ollama-cpu-threads=1,3").assert_outcomes(
-        passed=1
-    )
+    run_fake(
+        pytester, fake_ollama, "--ollama-cpu-rounds=1", "--ollama-cpu-threads=1,3"
+    ).assert_outcomes(passed=1)
     assert [r["options"]["num_thread"] for r in fake_ollama.behaviour.requests] == [1, 1, 3, 3]
     assert all("messages" in r for r in fake_ollama.behaviour.requests)
 
@@ -353,7 +341,7 @@ def test_json_has_every_raw_sample_and_the_machine(
 ) -> None:
     pytester.makepyfile(SWEEP_TEST)
     out = pytester.path / "results.json"
-    result = run(pytester, fake_ollama, f"--ollama-cpu-json={out}")
+    result = run_fake(pytester, fake_ollama, f"--ollama-cpu-json={out}")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"ollama-cpu: samples written to {out}"])
     data = json.loads(out.read_text())
@@ -372,7 +360,7 @@ def test_json_has_every_raw_sample_and_the_machine(
     assert not list(pytester.path.glob(".results.json.*.tmp"))
 
     # a second run replaces our own file...
-    run(pytester, fake_ollama, f"--ollama-cpu-json={out}").assert_outcomes(passed=1)
+    run_fake(pytester, fake_ollama, f"--ollama-cpu-json={out}").assert_outcomes(passed=1)
     assert json.loads(out.read_text())["datetime"] != data["datetime"]
 
 
@@ -382,11 +370,11 @@ def test_json_never_overwrites_a_file_that_is_not_ours(
     pytester.makepyfile(SWEEP_TEST)
     precious = pytester.path / "notes.json"
     precious.write_text('{"mine": true}')
-    result = run(pytester, fake_ollama, f"--ollama-cpu-json={precious}")
+    result = run_fake(pytester, fake_ollama, f"--ollama-cpu-json={precious}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*notes.json already exists and is not a pytest-ollama-cpu*"])
     assert precious.read_text() == '{"mine": true}'
-    result = run(pytester, fake_ollama, f"--ollama-cpu-json={pytester.path}/nope/r.json")
+    result = run_fake(pytester, fake_ollama, f"--ollama-cpu-json={pytester.path}/nope/r.json")
     result.stderr.fnmatch_lines(["*folder */nope does not exist*"])
 
 
@@ -436,7 +424,7 @@ def test_a_server_that_dies_mid_sweep_keeps_what_was_measured(pytester: pytest.P
     out = pytester.path / "partial.json"
     # warm-up + 2 rounds at 1 thread, then the warm-up at 2 threads, then it dies
     with FakeOllama(Behaviour(die_after=4)) as fake:
-        result = run(pytester, fake, f"--ollama-cpu-json={out}")
+        result = run_fake(pytester, fake, f"--ollama-cpu-json={out}")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -456,7 +444,7 @@ def test_a_server_that_dies_mid_sweep_keeps_what_was_measured(pytester: pytest.P
 def test_a_server_error_is_reported_with_its_text(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP_TEST)
     with FakeOllama(Behaviour(error_status=500)) as fake:
-        result = run(pytester, fake)
+        result = run_fake(pytester, fake)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["*failed while generating with tiny: llama runner process has terminated (HTTP 500)*"]
@@ -466,7 +454,7 @@ def test_a_server_error_is_reported_with_its_text(pytester: pytest.Pytester) -> 
 def test_a_request_that_takes_too_long(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP_TEST)
     with FakeOllama(Behaviour(hang_seconds=3)) as fake:
-        result = run(pytester, fake, "--ollama-cpu-timeout=0.5")
+        result = run_fake(pytester, fake, "--ollama-cpu-timeout=0.5")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*took longer than 0.5s while generating*--ollama-cpu-timeout*"])
 
@@ -488,7 +476,7 @@ def test_owned(ollama_cpu):
         ollama_cpu.chat("hello")
 """
     )
-    run(pytester, fake_ollama).assert_outcomes(passed=1)
+    run_fake(pytester, fake_ollama).assert_outcomes(passed=1)
     assert fake_ollama.behaviour.requests == []
 
 
@@ -499,7 +487,7 @@ def test_a_measured_reply_that_carried_a_model_load_is_taken_again(
     out = pytester.path / "r.json"
     # request 3 is the second measured one at 1 thread: the server reloaded the model
     with FakeOllama(Behaviour(reload_on=(3,))) as fake:
-        run(pytester, fake, f"--ollama-cpu-json={out}").assert_outcomes(passed=1)
+        run_fake(pytester, fake, f"--ollama-cpu-json={out}").assert_outcomes(passed=1)
         assert [r["options"]["num_thread"] for r in fake.behaviour.requests] == [1] * 4 + [2] * 3
     one = json.loads(out.read_text())["sweeps"][0]["results"][0]
     assert [s["round"] for s in one["samples"]] == [1, 2]
@@ -527,7 +515,7 @@ def test_a_reply_too_short_for_a_rate_is_an_error_that_says_why(
 ) -> None:
     pytester.makepyfile(SWEEP_TEST)
     with FakeOllama(Behaviour(stop_after=stop_after)) as fake:
-        result = run(pytester, fake)
+        result = run_fake(pytester, fake)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([said, "*Use a prompt that makes the model write at length*"])
     result.stdout.no_fnmatch_line("*recommended num_thread*")
@@ -538,11 +526,11 @@ def test_a_reply_that_stops_short_once_is_asked_again(pytester: pytest.Pytester)
     # is retaken with another; three in a row end the sweep
     pytester.makepyfile(SWEEP_TEST)
     with FakeOllama(Behaviour(short_on=(2, 5))) as fake:
-        result = run(pytester, fake)
+        result = run_fake(pytester, fake)
         assert len(fake.behaviour.requests) == 6 + 2
     result.assert_outcomes(passed=1)
     with FakeOllama(Behaviour(short_on=(2, 3, 4))) as fake:
-        result = run(pytester, fake)
+        result = run_fake(pytester, fake)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*stopped after 1 of the 8 tokens asked*(3 requests in a row)*"])
 
@@ -561,7 +549,7 @@ def test_sweep(ollama_cpu):
     )
     out = pytester.path / "r.json"
     with FakeOllama(Behaviour(stop_after=12)) as fake:
-        result = run(pytester, fake, f"--ollama-cpu-json={out}")
+        result = run_fake(pytester, fake, f"--ollama-cpu-json={out}")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -588,7 +576,7 @@ def test_too_few_tokens_asked_for_a_rate_is_refused(
     pytester: pytest.Pytester, fake_ollama: FakeOllama
 ) -> None:
     pytester.makepyfile(TOO_FEW_TOKENS.format(asked=", num_predict=7"))
-    result = run(pytester, fake_ollama)
+    result = run_fake(pytester, fake_ollama)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["*num_predict=7 must be a whole number of 8 or more: a rate from fewer tokens*"]
@@ -600,7 +588,7 @@ def test_too_few_tokens_in_the_option_is_a_usage_error(
     pytester: pytest.Pytester, fake_ollama: FakeOllama
 ) -> None:
     pytester.makepyfile(TOO_FEW_TOKENS.format(asked=""))
-    result = run(pytester, fake_ollama, "--ollama-cpu-num-predict=7")
+    result = run_fake(pytester, fake_ollama, "--ollama-cpu-num-predict=7")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--ollama-cpu-num-predict*expected a whole number of 8 or more*"])
     assert fake_ollama.behaviour.requests == []
@@ -619,7 +607,7 @@ def test_auto(ollama_cpu):
     ollama_cpu.generate("x", num_predict=8)
 """
     )
-    result = run(pytester, fake_ollama)
+    result = run_fake(pytester, fake_ollama)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -649,7 +637,7 @@ def test_a_cpu_set_for_a_server_elsewhere_says_it_cannot_be_applied(
 
     monkeypatch.setattr(processes, "is_local", lambda host: False)
     pytester.makepyfile(SWEEP_TEST)
-    result = run(pytester, fake_ollama, "--ollama-cpu-cpus=0")
+    result = run_fake(pytester, fake_ollama, "--ollama-cpu-cpus=0")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         ["*--ollama-cpu-cpus 0 cannot be applied: * is not on this machine*taskset -c LIST*"]
@@ -674,7 +662,7 @@ def test_too_short(ollama_cpu):
     ollama_cpu.prefill(16)
 """
     )
-    result = run(pytester, fake_ollama)
+    result = run_fake(pytester, fake_ollama)
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
         [

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from .conftest import run_fake
 from .fake_ollama import Behaviour, FakeOllama
 
 # the fake's throughput is 20 * threads ** 0.8 tokens/s: efficiency 0.87 at 2 threads,
@@ -13,19 +14,7 @@ from .fake_ollama import Behaviour, FakeOllama
 
 
 def run(pytester: pytest.Pytester, fake: FakeOllama, *args: str) -> pytest.RunResult:
-    return pytester.runpytest(
-        "--ollama-cpu",
-        f"--ollama-cpu-host={fake.host}",
-        "--ollama-cpu-model=tiny",
-        "--ollama-cpu-rounds=2",
-        *args,
-    )
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS", "OLLAMA_CPU_ALPHA"):
-        monkeypatch.delenv(name, raising=False)
+    return run_fake(pytester, fake, "--ollama-cpu-rounds=2", *args)
 
 
 def test_thresholds_met_pass_and_the_summary_shows_verdict_and_recommendation(

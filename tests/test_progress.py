@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
 
 import pytest
 
 from pytest_ollama_cpu.progress import Progress, ProgressDisplay
 
+from .conftest import run_fake
 from .fake_ollama import Behaviour, FakeOllama
 
 ROUND = Progress("round", 2, "t.py::test_x", 3, 5, 65.43, 409.2)
@@ -122,14 +122,6 @@ LINE = re.compile(
 )
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS"):
-        monkeypatch.delenv(name, raising=False)
-    # locks of this test only: other test runs on the machine must not interfere
-    monkeypatch.setenv("PYTEST_OLLAMA_CPU_LOCK_DIR", str(tmp_path / "locks"))
-
-
 def progress_lines(result: pytest.RunResult) -> list[str]:
     return [line for line in result.outlines if "ollama-cpu: test_" in line]
 
@@ -138,9 +130,7 @@ def test_a_run_shows_a_line_per_round_in_a_log(
     pytester: pytest.Pytester, fake_ollama: FakeOllama
 ) -> None:
     pytester.makepyfile(SUITE)
-    result = pytester.runpytest(
-        "--ollama-cpu", f"--ollama-cpu-host={fake_ollama.host}", "--ollama-cpu-model=tiny"
-    )
+    result = run_fake(pytester, fake_ollama)
     result.assert_outcomes(passed=3)
     lines = progress_lines(result)
     for line in lines:
@@ -166,9 +156,7 @@ def test_a_run_shows_a_line_per_round_in_a_log(
 
 def test_quiet_runs_show_no_progress(pytester: pytest.Pytester, fake_ollama: FakeOllama) -> None:
     pytester.makepyfile(SUITE)
-    result = pytester.runpytest(
-        "-q", "--ollama-cpu", f"--ollama-cpu-host={fake_ollama.host}", "--ollama-cpu-model=tiny"
-    )
+    result = run_fake(pytester, fake_ollama, "-q")
     result.assert_outcomes(passed=3)
     assert not progress_lines(result)
 

@@ -28,18 +28,13 @@ from pytest_ollama_cpu import baseline, cli, storage
 from pytest_ollama_cpu.baseline import BaselineError, find, load_file, save
 from pytest_ollama_cpu.storage import StorageError, write_json_atomic
 
+from .conftest import run_behaviour
 from .fake_ollama import Behaviour, FakeOllama
-from .test_baseline import SWEEP_TEST, _document, machine_dir, run
+from .test_baseline import SWEEP_TEST, _document, machine_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 FULLNAME = "t.py::test_a[m-generate-t1]"
 DAMAGED = "the file is damaged or was edited by hand"
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS", "OLLAMA_CPU_ALPHA"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def _saved(storage_folder: Path, document: dict[str, Any], name: str) -> Path:
@@ -117,7 +112,7 @@ def test_a_damaged_sample_stops_the_run_before_measuring(
     pytester.makepyfile(SWEEP_TEST)
     damaged = _saved(pytester.path / ".benchmarks", _with_sample(value), "edited")
     before = damaged.read_bytes()
-    result = run(pytester, Behaviour(), "--ollama-cpu-compare")
+    result = run_behaviour(pytester, Behaviour(), "--ollama-cpu-compare")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     shown = damaged.relative_to(pytester.path)  # the storage folder as given: relative
     assert (
@@ -296,7 +291,7 @@ def test_the_default_storage_being_a_file_stops_the_run_before_measuring(
     pytester.makepyfile(SWEEP_TEST)
     (pytester.path / ".benchmarks").write_text("my notes")
     for flag in ("--ollama-cpu-save=base", "--ollama-cpu-compare"):
-        result = run(pytester, Behaviour(), flag)
+        result = run_behaviour(pytester, Behaviour(), flag)
         assert result.ret == pytest.ExitCode.USAGE_ERROR, flag
         result.stderr.fnmatch_lines(["ERROR: the storage folder .benchmarks is a file, not a *"])
         assert result.requests == []  # type: ignore[attr-defined]
@@ -520,7 +515,9 @@ def test_a_full_disk_at_the_end_of_a_run(pytester: pytest.Pytester) -> None:
     earlier = _saved(pytester.path / ".benchmarks", _document([40.0, 40.4]), "earlier")
     before = _files(pytester.path / ".benchmarks")
     pytester.makeconftest(FULL_DISK_CONFTEST)
-    result = run(pytester, Behaviour(), "--ollama-cpu-save=new", "--ollama-cpu-json=out.json")
+    result = run_behaviour(
+        pytester, Behaviour(), "--ollama-cpu-save=new", "--ollama-cpu-json=out.json"
+    )
     shown = earlier.parent.relative_to(pytester.path)  # the storage folder as given: relative
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
     result.stdout.fnmatch_lines(
@@ -613,12 +610,12 @@ def test_a_bad_run_name_is_refused(tmp_path: Path, name: str, message: str) -> N
 def test_run_names_in_a_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP_TEST)
     # refused before anything is measured, not after
-    result = run(pytester, Behaviour(), "--ollama-cpu-save=///")
+    result = run_behaviour(pytester, Behaviour(), "--ollama-cpu-save=///")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --ollama-cpu-save '///': give a name of letters*"])
     assert result.requests == []  # type: ignore[attr-defined]
     # cleaned, and the summary says into what
-    result = run(pytester, Behaviour(), "--ollama-cpu-save=../feat/x")
+    result = run_behaviour(pytester, Behaviour(), "--ollama-cpu-save=../feat/x")
     assert result.ret == pytest.ExitCode.OK
     (saved,) = machine_dir(pytester.path).glob("*.json")
     assert saved.name == "0001_feat-x.json"

@@ -14,6 +14,7 @@ import pytest
 from pytest_ollama_cpu.locking import LockTimeout, lock_names, taking_turns
 from pytest_ollama_cpu.xdist import carry_group_suffix, test_id
 
+from .conftest import run_fake
 from .fake_ollama import Behaviour, FakeOllama, SpawnedFakeOllama
 
 pytest.importorskip("xdist")
@@ -38,18 +39,8 @@ def test_plain():
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("OLLAMA_HOST", "OLLAMA_CPU_MODEL", "OLLAMA_CPU_ROUNDS"):
-        monkeypatch.delenv(name, raising=False)
-    # locks of this test only: other test runs on the machine must not interfere
-    monkeypatch.setenv("PYTEST_OLLAMA_CPU_LOCK_DIR", str(tmp_path / "locks"))
-
-
 def run(pytester: pytest.Pytester, fake: FakeOllama, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(
-        "--ollama-cpu", f"--ollama-cpu-host={fake.host}", "--ollama-cpu-model=tiny", *args
-    )
+    return run_fake(pytester, fake, *args, in_subprocess=True)
 
 
 def comparable(document: dict[str, Any]) -> list[Any]:
