@@ -28,7 +28,7 @@ from .xdist import (
     XdistHooks,
     is_distributing,
     is_worker,
-    test_id,
+    ungrouped_nodeid,
     worker_output,
     worker_progress,
 )
@@ -258,7 +258,7 @@ def ollama_cpu(request: pytest.FixtureRequest) -> Iterator[OllamaCpu]:
     rounds = marker.rounds or settings.rounds
     fixture = OllamaCpu(
         state,
-        test_id(request.node.nodeid),
+        ungrouped_nodeid(request.node.nodeid),
         marker.counts,
         rounds,
         settings.rounds_limit(rounds, marker.max_rounds),

@@ -44,16 +44,13 @@ PROGRESS_INPUT_KEY = "pytest_ollama_cpu_progress"
 XDIST_GROUP = "ollama-cpu"
 
 
-def test_id(nodeid: str) -> str:
+def ungrouped_nodeid(nodeid: str) -> str:
     """The test's id without the ``@group`` that ``--dist loadgroup`` appends: ours, or
     several joined by ``_`` (sorted) when the test has groups of its own too."""
     head, at, suffix = nodeid.rpartition("@")
     if at and "]" not in suffix and XDIST_GROUP in suffix.split("_"):
         return head
     return nodeid
-
-
-test_id.__test__ = False  # type: ignore[attr-defined]  # not a test
 
 
 def is_distributing(config: pytest.Config) -> bool:

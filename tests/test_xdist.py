@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_ollama_cpu.locking import LockTimeout, lock_names, taking_turns
-from pytest_ollama_cpu.xdist import carry_group_suffix, test_id
+from pytest_ollama_cpu.xdist import carry_group_suffix, ungrouped_nodeid
 
 from .conftest import run_fake
 from .fake_ollama import Behaviour, FakeOllama, SpawnedFakeOllama
@@ -212,12 +212,12 @@ def test_locks_are_per_server_and_per_cpu(tmp_path: Path) -> None:
 
 
 def test_the_group_suffix_is_stripped_from_test_ids() -> None:
-    assert test_id("t.py::test_a@ollama-cpu") == "t.py::test_a"
+    assert ungrouped_nodeid("t.py::test_a@ollama-cpu") == "t.py::test_a"
     # with a group of the user's too, xdist joins the sorted names with "_"
-    assert test_id("t.py::test_a[x]@db_ollama-cpu") == "t.py::test_a[x]"
+    assert ungrouped_nodeid("t.py::test_a[x]@db_ollama-cpu") == "t.py::test_a[x]"
     # an "@" of the user's is left alone
-    assert test_id("t.py::test_a[me@host]") == "t.py::test_a[me@host]"
-    assert test_id("t.py::test_a@db") == "t.py::test_a@db"
+    assert ungrouped_nodeid("t.py::test_a[me@host]") == "t.py::test_a[me@host]"
+    assert ungrouped_nodeid("t.py::test_a@db") == "t.py::test_a@db"
 
 
 def test_carrying_the_group_over_touches_only_our_rewritten_items(
