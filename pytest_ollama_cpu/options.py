@@ -485,6 +485,16 @@ def _positive_float(raw: _Raw | None, spec: OptionSpec, default: float, example:
     )
 
 
+def _file_path(raw: _Raw | None, spec: OptionSpec, rootpath: Path | None) -> Path | None:
+    """The file an option names (an ini value relative to the rootdir); a folder is an error."""
+    if raw is None:
+        return None
+    path = _path(raw, rootpath)
+    if path.is_dir():
+        raise _usage_error(raw, spec, "it is a folder; give a file name")
+    return path
+
+
 def _choice(raw: _Raw | None, spec: OptionSpec, choices: tuple[str, ...]) -> str:
     """One of ``choices`` (the first when not given), in any case and spacing."""
     if raw is None:
@@ -524,18 +534,8 @@ def resolve_settings(
         except ValueError as exc:
             raise _usage_error(raw_threads, THREADS, str(exc)) from None
 
-    raw_json = lookup(JSON)
-    json_path = None
-    if raw_json is not None:
-        json_path = _path(raw_json, rootpath)
-        if json_path.is_dir():
-            raise _usage_error(raw_json, JSON, "it is a folder; give a file name")
-    raw_html = lookup(HTML)
-    html_path = None
-    if raw_html is not None:
-        html_path = _path(raw_html, rootpath)
-        if html_path.is_dir():
-            raise _usage_error(raw_html, HTML, "it is a folder; give a file name")
+    json_path = _file_path(lookup(JSON), JSON, rootpath)
+    html_path = _file_path(lookup(HTML), HTML, rootpath)
 
     thresholds: dict[str, float] = {}
     for key, spec in THRESHOLD_OPTIONS.items():
@@ -587,12 +587,7 @@ def resolve_settings(
             f"or {COMPARE.flag}=NUM|NAME|PATH"
         )
     raw_save = lookup(SAVE)
-    raw_markdown = lookup(COMPARE_MARKDOWN)
-    markdown = None
-    if raw_markdown is not None:
-        markdown = _path(raw_markdown, rootpath)
-        if markdown.is_dir():
-            raise _usage_error(raw_markdown, COMPARE_MARKDOWN, "it is a folder; give a file name")
+    markdown = _file_path(lookup(COMPARE_MARKDOWN), COMPARE_MARKDOWN, rootpath)
     raw_cpus = lookup(CPUS)
     cpus = None
     if raw_cpus is not None:

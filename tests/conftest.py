@@ -12,6 +12,17 @@ from pathlib import Path
 import psutil
 import pytest
 
+# Loaded here, before any in-process pytester run: such a run restores sys.modules when
+# it ends, and a C extension first loaded inside one (the plugin imports scipy only when
+# a verdict needs it) cannot be loaded again by the next ("cannot load module more than
+# once per process"). A pytest process outside these tests loads it once and keeps it.
+import scipy.optimize  # noqa: F401
+import scipy.special  # noqa: F401
+
+with contextlib.suppress(ImportError):  # the report extra: drawn inside pytester runs too
+    import matplotlib.figure  # noqa: F401
+    import matplotlib.style  # noqa: F401
+
 from pytest_ollama_cpu.embedded import (
     MODEL_NAME,
     EmbeddedServer,
