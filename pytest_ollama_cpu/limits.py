@@ -627,6 +627,11 @@ def _fresh_entry(entry: Any, now: float, max_age: float) -> tuple[MachineLimits,
     return limits, probed_at
 
 
+def _fingerprint(key_facts: Mapping[str, Any]) -> str:
+    """The cache's key for a machine as the server sees it: its facts, in a stable text."""
+    return json.dumps(dict(key_facts), sort_keys=True, default=str)
+
+
 def peek_limits(
     cache: Any | None,
     key_facts: Mapping[str, Any],
@@ -637,7 +642,7 @@ def peek_limits(
     report header, before any sweep has run)."""
     if cache is None:
         return None
-    fingerprint = json.dumps(dict(key_facts), sort_keys=True, default=str)
+    fingerprint = _fingerprint(key_facts)
     found = _fresh_entry(
         _stored_machines(cache.get(CACHE_KEY, None)).get(fingerprint), now(), max_age
     )
@@ -666,7 +671,7 @@ def cached_limits(
     if cache is None:
         probed = probe(wanted)
         return replace(probed, limits={k: probed[k] for k in wanted})
-    fingerprint = json.dumps(dict(key_facts), sort_keys=True, default=str)
+    fingerprint = _fingerprint(key_facts)
     machines = _stored_machines(cache.get(CACHE_KEY, None))
     found = _fresh_entry(machines.get(fingerprint), now(), max_age)
     cached = None if found is None else found[0]

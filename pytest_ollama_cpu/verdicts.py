@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from .machine import cpus_text
 from .quantities import (
+    GENERATION,
     GENERATION_RATE,
     PREFILL_RATE,
     QUANTITIES,
@@ -556,8 +557,11 @@ def busy_cause(result: ThreadResult) -> str:
     )
 
 
-def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str:
-    """What the machine proves about why ``threads`` fell short, first things first.
+def likely_cause(
+    sweep: Sweep, threads: int, quantity: str, rate: str = GENERATION_RATE.name
+) -> str:
+    """What the machine proves about why ``threads`` fell short, first things first;
+    ``rate`` is the quantity the check read (its phase picks the roofline).
 
     The decision read undisturbed samples only, so load from other processes is
     never the cause here: a count the load disturbed is ``busy``, not failed.
@@ -585,8 +589,7 @@ def likely_cause(sweep: Sweep, threads: int, quantity: str) -> str:
             f"no cause shown: the server may use {machine.usable_cpus:g} CPUs and other "
             "processes left it the CPUs it needed, yet its threads were not all running"
         )
-    phase = "prefill" if quantity.startswith(("prefill", "pp", "compute", "ttft")) else None
-    found = roofline_cause(sweep, threads, phase or "generation")
+    found = roofline_cause(sweep, threads, QUANTITIES[rate].phase or GENERATION)
     if found is not None:
         return f"cause: {found}"
     util = None if result is None else result.thread_utilization
@@ -743,7 +746,9 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
             scaled.estimate,
             scaled.low,
             scaled.high,
-            likely_cause(sweep, plan.threads, plan.quantity) if outcome == "fail" else None,
+            likely_cause(sweep, plan.threads, plan.quantity, plan.rate)
+            if outcome == "fail"
+            else None,
             alpha_used=alpha,
             baseline=base,
         )
@@ -755,8 +760,8 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
             why = sweep.roofline_note or f"the limit at {plan.threads} threads is not known"
             return unavailable(f"no roofline: {why}")
         if sorted(values)[len(values) // 2] > OVER_LIMIT:
-            named = "prefill" if plan.rate == ROOFLINE_BY_PHASE["prefill"][0] else "generation"
-            return unavailable(roofline_cause(sweep, plan.threads, named) or "above the limit")
+            over = roofline_cause(sweep, plan.threads, QUANTITIES[plan.rate].phase or GENERATION)
+            return unavailable(over or "above the limit")
     if not values:
         if sweep.server.local:
             phase = QUANTITIES[plan.rate].phase
@@ -789,7 +794,7 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
         bounds_.estimate,
         bounds_.low,
         bounds_.high,
-        likely_cause(sweep, plan.threads, plan.quantity) if outcome == "fail" else None,
+        likely_cause(sweep, plan.threads, plan.quantity, plan.rate) if outcome == "fail" else None,
         alpha_used=alpha,
     )
 
