@@ -30,7 +30,8 @@ from pytest_ollama_cpu.machine import read_machine_facts
 from pytest_ollama_cpu.processes import locate_server
 from pytest_ollama_cpu.results import ServerFacts, Sweep
 from pytest_ollama_cpu.sampler import SweepRunner, Workload
-from pytest_ollama_cpu.verdicts import Thresholds, Verdict, decide_adaptively, evaluate
+from pytest_ollama_cpu.thresholds import Thresholds
+from pytest_ollama_cpu.verdicts import Verdict, decide_adaptively, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -39,6 +39,7 @@ from pytest_benchmark.utils import get_machine_id as _machine_id
 
 from . import __version__
 from .client import ModelFacts
+from .errors import OllamaCpuError
 from .limits import MachineLimits
 from .machine import MachineFacts
 from .quantities import GENERATION_RATE, QUANTITIES
@@ -66,7 +67,7 @@ STALE_TURN = 20.0
 _DAMAGED = "the file is damaged or was edited by hand"
 
 
-class BaselineError(Exception):
+class BaselineError(OllamaCpuError):
     """A saved run that cannot be used; the message names the file and what to do."""
 
 

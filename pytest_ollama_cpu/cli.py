@@ -32,21 +32,19 @@ from . import __version__, html_report
 from .baseline import BaselineError, find, load_file, recorded_sweeps, run_label
 from .comparison import RuleError, compare, parse_rule
 from .embedded import DEFAULT_ROOT, MODEL_NAME, EmbeddedUnavailable, running
+from .machine import parse_cpu_list
 from .report import comparison_lines, comparison_markdown
 from .storage import StorageError, check_writable, temporary_beside
-from .verdicts import Thresholds, evaluate
+from .thresholds import Thresholds
+from .verdicts import evaluate
 
 
-def _parse_cpus(text: str) -> list[int]:
-    cpus: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            low, high = part.split("-", 1)
-            cpus.extend(range(int(low), int(high) + 1))
-        elif part:
-            cpus.append(int(part))
-    return cpus
+def _cpu_list(text: str) -> tuple[int, ...]:
+    """argparse's reading of ``--cpus``: its error names the bad part."""
+    try:
+        return parse_cpu_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 #: Seconds a command gets to end by itself once it has been passed a stop signal.
@@ -120,13 +118,12 @@ def _embedded(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    cpus = _parse_cpus(args.cpus) if args.cpus else None
     # SIGTERM and SIGHUP unwind like Ctrl-C, stopping the server (Python's default
     # would end this process on the spot and leave the server running); SIGINT
     # too, even where a shell started this in the background with it ignored
     _on_stop_signals(_raise_stopped)
     try:
-        with running(Path(args.root), port=args.port, cpus=cpus) as server:
+        with running(Path(args.root), port=args.port, cpus=args.cpus) as server:
             print(
                 f"pytest-ollama-cpu: embedded Ollama at {server.host} with model {MODEL_NAME} "
                 f"(log: {server.log_path})",
@@ -321,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"folder for the server's files and models (default: {DEFAULT_ROOT})",
     )
     embedded.add_argument("--port", type=int, default=None, help="port (default: a free one)")
-    embedded.add_argument("--cpus", default=None, help="confine the server to CPUs, e.g. 0-3,8")
+    embedded.add_argument(
+        "--cpus", type=_cpu_list, default=None, help="confine the server to CPUs, e.g. 0-3,8"
+    )
     embedded.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND to run")
 
     comparing = commands.add_parser(

@@ -23,14 +23,12 @@ from typing import Any
 import httpx
 import ollama
 
+from .errors import OllamaCpuError
+
 #: The most a reply may hold. A sweep's replies are a few kilobytes (the text of
 #: num_predict tokens, and for generate the context's token ids: about 7 bytes a
 #: token); more than this is not Ollama answering, and is not read into memory.
 MAX_REPLY_BYTES = 16 * 2**20
-
-
-class OllamaCpuError(Exception):
-    """Base of the plugin's errors; the message is meant for the person running pytest."""
 
 
 class ServerUnreachable(OllamaCpuError):

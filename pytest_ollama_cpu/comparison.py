@@ -17,6 +17,7 @@ from typing import Any
 
 from .baseline import EXTRA_KEY, SavedRun
 from .disturbance import describe_load
+from .errors import InputError
 from .quantities import QUANTITIES, Quantity, lookup, names
 from .statistics import (
     Difference,
@@ -33,8 +34,8 @@ from .statistics import (
 _RULE = re.compile(r"^\s*([a-z_]+)\s*:\s*([0-9]*\.?[0-9]+)\s*(%?)\s*$")
 
 
-class RuleError(ValueError):
-    pass
+class RuleError(InputError):
+    """A comparison rule that cannot be read; the message shows how to write one."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import httpx
 
+from .errors import OllamaCpuError
 from .processes import process_started
 
 DEFAULT_ROOT = Path(".ollama-embedded")
@@ -60,7 +61,7 @@ _STUB_NAME = "libollama-ggml-sycl.so"
 _RUNTIME_LIBS = {"intel-openmp": "libiomp5.so", "intel-cmplr-lib-rt": "libimf.so"}
 
 
-class EmbeddedUnavailable(Exception):
+class EmbeddedUnavailable(OllamaCpuError):
     """The embedded server cannot run here; the message says why and what to do."""
 
 
@@ -519,7 +520,7 @@ def running(
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 
 
-class QuotaUnavailable(Exception):
+class QuotaUnavailable(OllamaCpuError):
     """No writable cgroup v1 cpu controller here (not root, or cgroup v2)."""
 
 

@@ -9,19 +9,20 @@ alone, since a traceback into the plugin would not help anyone.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, NoReturn
 
 import pytest
 
-from .client import ModelFacts, OllamaCpuError
+from .client import ModelFacts
+from .errors import OllamaCpuError
 from .limits import LimitsProbeError
 from .locking import LockTimeout, taking_turns
 from .markers import AUTO, ThreadSpec, expand_threads
 from .options import Settings
 from .progress import Progress
-from .quantities import GENERATION_RATE, PREFILL_RATE
-from .results import MIN_RATE_TOKENS, MachineBusy, Sweep
+from .quantities import GENERATION_RATE, MIN_RATE_TOKENS, PREFILL_RATE
+from .results import MachineBusy, Sweep
 from .roofline import ModelFactsMissing, Roofline
 from .sampler import (
     DETERMINISTIC_OPTIONS,
@@ -32,7 +33,8 @@ from .sampler import (
     Workload,
 )
 from .session import Connection, CpuSetRefused, RunState
-from .verdicts import Thresholds, Verdict, decide_adaptively
+from .thresholds import Thresholds
+from .verdicts import Verdict, check, decide_adaptively
 from .workloads import (
     FILLER_TEXT,
     MIN_PREFILL_TOKENS,
@@ -43,6 +45,18 @@ from .workloads import (
 
 #: Longest wait for other sweeps (other xdist workers, another pytest) to finish.
 LOCK_TIMEOUT = 3600.0
+
+
+class MeasuredSweep(Sweep):
+    """What ``ollama_cpu.generate(...)`` and its kin return: the sweep's measurements
+    (``sweep[2]`` is 2 threads), and ``check`` to apply thresholds to them."""
+
+    @classmethod
+    def of(cls, sweep: Sweep) -> MeasuredSweep:
+        return cls(**{f.name: getattr(sweep, f.name) for f in fields(sweep)})
+
+    #: ``sweep.check(min_speedup=1.5, ...)``: see ``verdicts.check``
+    check = check
 
 
 class OllamaCpu:
@@ -105,8 +119,8 @@ class OllamaCpu:
         num_predict: int | None = None,
         options: Mapping[str, Any] | None = None,
         prompt_cache: bool = False,
-    ) -> Sweep:
-        """Sweep ``/api/generate`` with ``prompt``; returns a ``Sweep``.
+    ) -> MeasuredSweep:
+        """Sweep ``/api/generate`` with ``prompt``; returns a ``MeasuredSweep``.
 
         Each request's prompt starts with a unique line, so Ollama's prompt cache
         cannot serve it and every sample processes the whole prompt;
@@ -124,8 +138,8 @@ class OllamaCpu:
         num_predict: int | None = None,
         options: Mapping[str, Any] | None = None,
         prompt_cache: bool = False,
-    ) -> Sweep:
-        """Sweep ``/api/chat`` with ``messages``; returns a ``Sweep``.
+    ) -> MeasuredSweep:
+        """Sweep ``/api/chat`` with ``messages``; returns a ``MeasuredSweep``.
 
         The first message's content starts with a unique line per request (see
         ``generate``); ``prompt_cache=True`` sends the messages as given.
@@ -143,7 +157,7 @@ class OllamaCpu:
         *,
         model: str | None = None,
         options: Mapping[str, Any] | None = None,
-    ) -> Sweep:
+    ) -> MeasuredSweep:
         """Sweep prompt processing, as llama-bench's ``pp512``: a prompt that Ollama
         counts as ``tokens`` prompt tokens (calibrated with its own counts), and the
         fewest generated tokens a rate is taken from (8; llama-bench generates none).
@@ -184,7 +198,7 @@ class OllamaCpu:
         *,
         model: str | None = None,
         options: Mapping[str, Any] | None = None,
-    ) -> Sweep:
+    ) -> MeasuredSweep:
         """Sweep generation, as llama-bench's ``tg128``: a short prompt the model writes
         at length about, and ``tokens`` generated tokens a request (a reply that ends
         sooner is asked again with another first line, up to 3 requests)."""
@@ -216,7 +230,7 @@ class OllamaCpu:
         focus: str = GENERATION_RATE.name,
         calibrate: Callable[[], str] | None = None,
         full_length: bool = False,
-    ) -> Sweep:
+    ) -> MeasuredSweep:
         reserved = sorted(set(options or {}) & set(RESERVED_OPTIONS))
         if reserved:
             raise ValueError(
@@ -317,9 +331,9 @@ class OllamaCpu:
 
     def _sweep(
         self, runner: SweepRunner, workload: Workload, model_facts: ModelFacts
-    ) -> tuple[Sweep, Verdict]:
+    ) -> tuple[MeasuredSweep, Verdict]:
         """Sample until every threshold is decided or ``max_rounds`` is reached."""
-        sweep = runner.run(workload, model_facts, self.threads, self.rounds)
+        sweep = MeasuredSweep.of(runner.run(workload, model_facts, self.threads, self.rounds))
 
         def take_more(more: dict[int, int]) -> None:
             runner.extend(sweep, workload, more)

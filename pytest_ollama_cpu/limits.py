@@ -71,7 +71,7 @@ from typing import Any
 
 import psutil
 
-from .client import OllamaCpuError
+from .errors import OllamaCpuError
 from .machine import CGROUP_ROOT, PROC_ROOT, parse_proc_cgroup
 
 #: Bytes each worker reads round and round: far beyond any last-level cache.

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .client import OllamaCpuError
+from .errors import OllamaCpuError
 from .processes import process_started
 
 LOCK_DIR_ENV = "PYTEST_OLLAMA_CPU_LOCK_DIR"

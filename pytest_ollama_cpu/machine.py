@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,40 @@ def read_cgroup_quota(
     if not found:
         return None
     return min(found, key=lambda q: q.cpus)
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """``"0-3,8"`` -> ``(0, 1, 2, 3, 8)``, as taskset -c and llama-bench's masks read."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            first = int(low)
+            last = int(high) if high else first
+        except ValueError:
+            raise ValueError(f"{part!r} is not a CPU number or range; write e.g. 0-3,8") from None
+        if first < 0 or last < first:
+            raise ValueError(f"{part!r} is not a CPU range from low to high, e.g. 0-3")
+        cpus.update(range(first, last + 1))
+    if not cpus:
+        raise ValueError("no CPUs given; write e.g. 0-3,8")
+    return tuple(sorted(cpus))
+
+
+def format_cpu_list(cpus: Iterable[int]) -> str:
+    """``(0, 1, 2, 3, 8)`` -> ``"0-3,8"``: the inverse of ``parse_cpu_list``."""
+    parts: list[str] = []
+    ordered = sorted(set(cpus))
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
+            first, last = ordered[start], ordered[i - 1]
+            parts.append(str(first) if first == last else f"{first}-{last}")
+            start = i
+    return ",".join(parts)
 
 
 def usable_cpus(affinity_count: int, quota: CgroupQuota | None) -> float:

@@ -21,18 +21,14 @@ import pytest
 from .comparison import Rule, RuleError, parse_rule
 from .disturbance import DEFAULT_QUIET_WAIT, DEFAULT_RETAKES, RetakeBudget
 from .host import DEFAULT_HOST, Credentials, mask_password, parse_host, shown_host
+from .machine import format_cpu_list, parse_cpu_list
 from .markers import (
     AUTO,
-    MarkerError,
     ThreadSpec,
-    check_alpha,
-    check_threshold,
-    format_cpu_list,
-    parse_cpu_list,
     parse_thread_list,
 )
-from .results import MIN_RATE_TOKENS
-from .verdicts import DEFAULT_ALPHA, Thresholds
+from .quantities import MIN_RATE_TOKENS
+from .thresholds import DEFAULT_ALPHA, Thresholds, check_alpha, check_threshold
 
 DEFAULT_STORAGE = Path(".benchmarks")
 
@@ -544,7 +540,7 @@ def resolve_settings(
             continue
         try:
             value = check_threshold(key, float(raw.value))
-        except (ValueError, MarkerError):
+        except ValueError:
             raise _usage_error(
                 raw, spec, f"expected a finite number above 0, e.g. {THRESHOLD_EXAMPLES[key]}"
             ) from None
@@ -555,7 +551,7 @@ def resolve_settings(
     if raw_alpha is not None:
         try:
             alpha = check_alpha(float(raw_alpha.value))
-        except (ValueError, MarkerError):
+        except ValueError:
             raise _usage_error(
                 raw_alpha, ALPHA, "expected a number between 0 and 0.5, e.g. 0.01"
             ) from None

@@ -11,7 +11,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 
 import pytest
 
-from .client import OllamaCpuError
+from .errors import OllamaCpuError
 from .fixture import OllamaCpu, decide_test
 from .markers import MARKER_HELP, MARKER_NAME, MarkerError, ThreadsMarker, parse_marker
 from .options import ENABLE, MODEL, add_options, merge_thresholds, resolve_settings

@@ -20,6 +20,11 @@ from typing import Any
 PREFILL = "prefill"
 GENERATION = "generation"
 
+#: The fewest generated tokens a rate is taken from: a reply that stops sooner
+#: (the model ended its answer, a stop sequence matched) times a token or two,
+#: milliseconds, and its "rate" says nothing about generation speed.
+MIN_RATE_TOKENS = 8
+
 
 @dataclass(frozen=True)
 class Quantity:

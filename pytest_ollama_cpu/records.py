@@ -13,7 +13,8 @@ from typing import Any
 
 from .limits import MachineLimits
 from .results import Sweep
-from .verdicts import Thresholds, Verdict
+from .thresholds import Thresholds
+from .verdicts import Verdict
 
 
 @dataclass(frozen=True)

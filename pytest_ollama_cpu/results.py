@@ -9,23 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .client import ModelFacts, OllamaCpuError, Timings
+from .client import ModelFacts, Timings
 from .disturbance import describe_load, excess_cores, spare_cpus
+from .errors import OllamaCpuError
 from .machine import MachineFacts
-from .quantities import GENERATION_RATE, QUANTITIES, Quantity, lookup, names
+from .quantities import GENERATION_RATE, MIN_RATE_TOKENS, QUANTITIES, Quantity, lookup, names
 from .roofline import Roofline, share
 from .statistics import Summary, ratio
-
-if TYPE_CHECKING:
-    from .verdicts import Verdict
-
-
-#: The fewest generated tokens a rate is taken from: a reply that stops sooner
-#: (the model ended its answer, a stop sequence matched) times a token or two,
-#: milliseconds, and its "rate" says nothing about generation speed.
-MIN_RATE_TOKENS = 8
 
 
 def short_reply(timings: Timings, asked: int) -> str | None:
@@ -532,42 +524,6 @@ class Sweep:
     def waited_for_quiet(self) -> float:
         """Seconds spent waiting for the server's CPUs to be quiet, over all thread counts."""
         return sum(r.waited_seconds for r in self)
-
-    def check(
-        self,
-        *,
-        min_speedup: float | Mapping[Any, Any] | None = None,
-        min_efficiency: float | Mapping[str, Any] | None = None,
-        min_utilization: float | Mapping[str, float] | None = None,
-        min_machine_utilization: float | None = None,
-        min_roofline: float | Mapping[str, float] | None = None,
-        alpha: float = 0.01,
-    ) -> Verdict:
-        """Apply thresholds to the samples as they are (no more are taken).
-
-        ``bool(verdict)`` is False when a threshold is shown to be missed;
-        ``verdict.message()`` says which, with the numbers. A convenience for test
-        bodies, and the one call from the measurements up to ``verdicts``: made at
-        call time, so that importing this module never imports that one.
-        """
-        from .markers import MarkerError, check_alpha, check_threshold
-        from .verdicts import Thresholds, evaluate
-
-        given = {
-            "min_speedup": min_speedup,
-            "min_efficiency": min_efficiency,
-            "min_utilization": min_utilization,
-            "min_machine_utilization": min_machine_utilization,
-            "min_roofline": min_roofline,
-        }
-        try:
-            checked: dict[str, Any] = {
-                k: check_threshold(k, v) for k, v in given.items() if v is not None
-            }
-            checked_alpha = check_alpha(alpha)
-        except MarkerError as exc:
-            raise ValueError(str(exc)) from None
-        return evaluate(self, Thresholds(alpha=checked_alpha, **checked))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from .errors import OllamaCpuError
+
 if TYPE_CHECKING:
     from .client import Timings
     from .limits import Limit, MachineLimits
@@ -47,7 +49,7 @@ NEAR_LIMIT = 0.7
 OVER_LIMIT = 1.05
 
 
-class ModelFactsMissing(ValueError):
+class ModelFactsMissing(OllamaCpuError, ValueError):
     """The model's facts do not give what a figure needs; the message says what."""
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .baseline import SavedRun, entry_of
-from .client import ModelFacts, OllamaClient, OllamaCpuError
+from .client import ModelFacts, OllamaClient
 from .comparison import Gate
+from .errors import OllamaCpuError
 from .limits import (
     DAY,
     LimitsFile,
@@ -35,14 +36,14 @@ from .locking import (
     note_confinement,
     taking_turns,
 )
-from .machine import MachineFacts, parse_proc_cgroup, read_machine_facts
-from .markers import format_cpu_list
+from .machine import MachineFacts, format_cpu_list, parse_proc_cgroup, read_machine_facts
 from .options import Settings
 from .processes import ServerProcess, locate_server
 from .records import RecordedSweep
 from .results import ServerFacts, Sweep
 from .roofline import ModelCost, model_cost
-from .verdicts import Thresholds, Verdict
+from .thresholds import Thresholds
+from .verdicts import Verdict
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import OllamaCpuError
 from .records import RecordedSweep, by_machine, merged_limits
 
 FORMAT = "pytest-ollama-cpu"
 SCHEMA_VERSION = 1
 
 
-class StorageError(Exception):
-    pass
+class StorageError(OllamaCpuError):
+    """The JSON file cannot be written or read; the message names it and what to do."""
 
 
 def temporary_beside(folder: Path, prefix: str) -> tuple[int, str]:

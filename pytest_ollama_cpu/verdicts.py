@@ -31,12 +31,12 @@ from .quantities import (
 from .results import Sweep, ThreadResult
 from .roofline import NEAR_LIMIT, OVER_LIMIT
 from .statistics import Bounds, format_interval, mean_bounds, ratio_bounds, spent_alpha
+from .thresholds import DEFAULT_ALPHA, Thresholds, check_alpha, check_threshold
 
 #: ``busy``: too few undisturbed samples, because other processes took the CPU the
 #: server needed; never a failure, whatever the samples taken under load say.
 Outcome = Literal["pass", "fail", "inconclusive", "unavailable", "busy"]
 
-DEFAULT_ALPHA = 0.01
 
 #: A smaller thread count is recommended when its tokens/s is shown to be at least
 #: this share of the best's.
@@ -53,70 +53,6 @@ ROOFLINE_BY_PHASE: dict[str, tuple[str, str]] = {
     "generation": ("generation_roofline", "memory roofline"),
     "prefill": ("prefill_roofline", "compute roofline"),
 }
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The minimums a test asks for; ``None`` means not checked."""
-
-    #: a minimum for the generation rate's speedup, {threads: minimum}, or either
-    #: per rate: {"prompt_tokens_per_second": 1.6, "tokens_per_second": 1.1}
-    min_speedup: float | Mapping[Any, Any] | None = None
-    min_efficiency: float | Mapping[str, Any] | None = None
-    #: a minimum for the whole request, or per phase: {"prefill": 0.8, "generation": 0.8}
-    min_utilization: float | Mapping[str, float] | None = None
-    min_machine_utilization: float | None = None
-    #: the least share of the machine's limit (the roofline) a rate must reach: a
-    #: plain one is for the workload's rate, or per phase: {"prefill": 0.3, "generation": 0.5}
-    min_roofline: float | Mapping[str, float] | None = None
-    alpha: float = DEFAULT_ALPHA
-
-    @property
-    def any(self) -> bool:
-        return any(
-            v is not None
-            for v in (
-                self.min_speedup,
-                self.min_efficiency,
-                self.min_utilization,
-                self.min_machine_utilization,
-                self.min_roofline,
-            )
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "min_speedup": _keys_to_text(self.min_speedup),
-            "min_efficiency": _keys_to_text(self.min_efficiency),
-            "min_utilization": _keys_to_text(self.min_utilization),
-            "min_machine_utilization": self.min_machine_utilization,
-            "min_roofline": _keys_to_text(self.min_roofline),
-            "alpha": self.alpha,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Thresholds:
-        return cls(
-            min_speedup=_keys_from_text(data.get("min_speedup")),
-            min_efficiency=_keys_from_text(data.get("min_efficiency")),
-            min_utilization=_keys_from_text(data.get("min_utilization")),
-            min_machine_utilization=data.get("min_machine_utilization"),
-            min_roofline=_keys_from_text(data.get("min_roofline")),
-            alpha=float(data.get("alpha", DEFAULT_ALPHA)),
-        )
-
-
-def _keys_to_text(value: Any) -> Any:
-    """JSON keys are text: thread counts become "2", rates stay as they are."""
-    if not isinstance(value, Mapping):
-        return value
-    return {str(k): _keys_to_text(v) for k, v in value.items()}
-
-
-def _keys_from_text(value: Any) -> Any:
-    if not isinstance(value, Mapping):
-        return None if value is None else float(value)
-    return {int(k) if k.isdigit() else k: _keys_from_text(v) for k, v in value.items()}
 
 
 @dataclass(frozen=True)
@@ -896,6 +832,30 @@ def evaluate(
         tuple(notes),
         recommend_by_phase(sweep, thresholds.alpha) if with_recommendation else (),
     )
+
+
+def check(
+    sweep: Sweep,
+    *,
+    min_speedup: float | Mapping[Any, Any] | None = None,
+    min_efficiency: float | Mapping[str, Any] | None = None,
+    min_utilization: float | Mapping[str, float] | None = None,
+    min_machine_utilization: float | None = None,
+    min_roofline: float | Mapping[str, float] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+) -> Verdict:
+    """``sweep.check(...)``: thresholds applied to the samples as they are (no more
+    are taken), each read as a marker's would be; a bad one raises ``ThresholdError``
+    (a ``ValueError``) naming it."""
+    given = {
+        "min_speedup": min_speedup,
+        "min_efficiency": min_efficiency,
+        "min_utilization": min_utilization,
+        "min_machine_utilization": min_machine_utilization,
+        "min_roofline": min_roofline,
+    }
+    checked = {k: check_threshold(k, v) for k, v in given.items() if v is not None}
+    return evaluate(sweep, Thresholds(alpha=check_alpha(alpha), **checked))
 
 
 def recommend_by_phase(sweep: Sweep, alpha: float = DEFAULT_ALPHA) -> tuple[Recommendation, ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import cycle, islice
 
-from .client import OllamaCpuError
+from .errors import OllamaCpuError
 
 #: Text a prefill prompt is cut from, and the question after it, which the model
 #: answers at some length (a reply that stops at once has no generation rate).

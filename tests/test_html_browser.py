@@ -21,7 +21,8 @@ import pytest
 
 from pytest_ollama_cpu import html_report
 from pytest_ollama_cpu.records import RecordedSweep
-from pytest_ollama_cpu.verdicts import Thresholds, evaluate
+from pytest_ollama_cpu.thresholds import Thresholds
+from pytest_ollama_cpu.verdicts import evaluate
 
 from .test_verdicts import disturbed, sample, sweep_of
 

@@ -19,7 +19,8 @@ from pytest_ollama_cpu.baseline import SavedRun, build_document
 from pytest_ollama_cpu.comparison import compare, parse_rule
 from pytest_ollama_cpu.records import RecordedSweep
 from pytest_ollama_cpu.results import Sample
-from pytest_ollama_cpu.verdicts import Thresholds, evaluate
+from pytest_ollama_cpu.thresholds import Thresholds
+from pytest_ollama_cpu.verdicts import evaluate
 
 from .conftest import run_fake
 from .fake_ollama import FakeOllama

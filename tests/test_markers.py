@@ -53,7 +53,7 @@ def test_option_list_form():
 
 
 def test_cpu_lists():
-    from pytest_ollama_cpu.markers import format_cpu_list, parse_cpu_list
+    from pytest_ollama_cpu.machine import format_cpu_list, parse_cpu_list
 
     assert parse_cpu_list("0-3,8") == (0, 1, 2, 3, 8)
     assert format_cpu_list((8, 0, 1, 2, 3)) == "0-3,8"
@@ -66,7 +66,7 @@ def test_cpu_lists():
 
 
 def test_speedup_and_efficiency_thresholds_may_name_a_phase() -> None:
-    from pytest_ollama_cpu.markers import check_threshold
+    from pytest_ollama_cpu.thresholds import ThresholdError, check_threshold
 
     assert check_threshold("min_speedup", {"prefill": 1.6, "generation": {2: 1.2}}) == {
         "prompt_tokens_per_second": 1.6,
@@ -74,11 +74,13 @@ def test_speedup_and_efficiency_thresholds_may_name_a_phase() -> None:
     }
     assert check_threshold("min_efficiency", {"ttft": 0.8}) == {"time_to_first_token": 0.8}
     assert check_threshold("min_speedup", {4: 2.0}) == {4: 2.0}
-    with pytest.raises(MarkerError, match="'colour' is not a phase or a rate to scale; use one"):
+    with pytest.raises(ThresholdError, match="'colour' is not a phase or a rate to scale; use one"):
         check_threshold("min_speedup", {"colour": 2})
-    with pytest.raises(MarkerError, match="utilization"):
+    with pytest.raises(ThresholdError, match="utilization"):
         check_threshold("min_efficiency", {"utilization": 0.5})
-    with pytest.raises(MarkerError, match="keys of min_efficiency are phases"):
+    with pytest.raises(ThresholdError, match="keys of min_efficiency are phases"):
         check_threshold("min_efficiency", {2: 0.5})
-    with pytest.raises(MarkerError, match=r"min_speedup\['prefill'\]=0 must be a number above 0"):
+    with pytest.raises(
+        ThresholdError, match=r"min_speedup\['prefill'\]=0 must be a number above 0"
+    ):
         check_threshold("min_speedup", {"prefill": 0})

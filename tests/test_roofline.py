@@ -10,11 +10,11 @@ import pytest
 
 from pytest_ollama_cpu.client import Timings
 from pytest_ollama_cpu.limits import Limit, MachineLimits
-from pytest_ollama_cpu.markers import MarkerError, check_threshold
 from pytest_ollama_cpu.report import roofline_lines
 from pytest_ollama_cpu.results import Sample, Sweep, ThreadResult
 from pytest_ollama_cpu.roofline import ModelFactsMissing, Roofline, model_cost, share
-from pytest_ollama_cpu.verdicts import Thresholds, evaluate, likely_cause
+from pytest_ollama_cpu.thresholds import ThresholdError, Thresholds, check_threshold
+from pytest_ollama_cpu.verdicts import evaluate, likely_cause
 
 from .test_verdicts import MACHINE, MODEL, SERVER
 
@@ -162,7 +162,7 @@ def test_min_roofline_per_phase_and_for_a_prefill_workload() -> None:
     both = evaluate(sweep, Thresholds(min_roofline={"prefill": 0.01, "generation": 0.01}))
     assert sorted(c.quantity for c in both.checks) == ["compute roofline", "memory roofline"]
     assert check_threshold("min_roofline", {"prefill": 0.3}) == {"prefill": 0.3}
-    with pytest.raises(MarkerError, match="one per phase"):
+    with pytest.raises(ThresholdError, match="one per phase"):
         check_threshold("min_roofline", {"decode": 0.3})
 
 

@@ -16,14 +16,14 @@ import pytest
 from pytest_ollama_cpu.client import ModelFacts, Timings
 from pytest_ollama_cpu.fixture import decide_test
 from pytest_ollama_cpu.machine import MachineFacts
-from pytest_ollama_cpu.markers import MarkerError, check_threshold
 from pytest_ollama_cpu.options import merge_thresholds
 from pytest_ollama_cpu.results import Sample, ServerFacts, Sweep, ThreadResult
 from pytest_ollama_cpu.statistics import mean_bounds, ratio_bounds, spent_alpha, t_quantile
+from pytest_ollama_cpu.thresholds import ThresholdError, Thresholds, check_threshold
 from pytest_ollama_cpu.verdicts import (
     Recommendation,
-    Thresholds,
     Verdict,
+    check,
     decide_adaptively,
     evaluate,
     planned_looks,
@@ -427,16 +427,16 @@ def test_speedup_per_thread_count_and_machine_utilization():
         8: [sample(8, v, util=0.9) for v in (120.0, 121.0, 119.0)],
     }
     sweep = sweep_of(data)
-    verdict = sweep.check(min_speedup={2: 1.5, 8: 4.0}, min_machine_utilization=0.5)
+    verdict = check(sweep, min_speedup={2: 1.5, 8: 4.0}, min_machine_utilization=0.5)
     outcomes = {(c.quantity, c.threads): c.outcome for c in verdict.checks}
     assert outcomes == {
         ("speedup", 2): "pass",
         ("speedup", 8): "fail",
         ("machine utilization", 8): "pass",
     }
-    assert sweep.check(min_speedup=2.5).passed
+    assert check(sweep, min_speedup=2.5).passed
     with pytest.raises(ValueError, match="min_efficiency=-1 must be a number above 0"):
-        sweep.check(min_efficiency=-1)
+        check(sweep, min_efficiency=-1)
 
 
 def test_recommendation_is_the_smallest_count_shown_as_fast_as_the_best():
@@ -706,5 +706,5 @@ def test_utilization_thresholds_per_phase():
     (check,) = evaluate(sweep_of(data), Thresholds(min_utilization={"prefill": 0.8})).checks
     assert check.outcome == "unavailable"
     assert check.cause is not None and "use a longer prompt" in check.cause
-    with pytest.raises(MarkerError, match="one per phase"):
+    with pytest.raises(ThresholdError, match="one per phase"):
         check_threshold("min_utilization", {"decode": 0.8})
