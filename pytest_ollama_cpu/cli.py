@@ -30,10 +30,11 @@ from pathlib import Path
 
 from . import __version__, html_report
 from .baseline import BaselineError, find, load_file, recorded_sweeps, run_label
-from .comparison import RuleError, compare, parse_rule
+from .comparison import compare
 from .embedded import DEFAULT_ROOT, MODEL_NAME, EmbeddedUnavailable, running
 from .machine import parse_cpu_list
 from .report import comparison_lines, comparison_markdown
+from .rules import RuleError, parse_rule
 from .storage import StorageError, check_writable, temporary_beside
 from .thresholds import Thresholds
 from .verdicts import evaluate

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from .comparison import Rule, RuleError, parse_rule
 from .disturbance import DEFAULT_QUIET_WAIT, DEFAULT_RETAKES, RetakeBudget
 from .host import DEFAULT_HOST, Credentials, mask_password, parse_host, shown_host
 from .machine import format_cpu_list, parse_cpu_list
@@ -28,6 +27,7 @@ from .markers import (
     parse_thread_list,
 )
 from .quantities import MIN_RATE_TOKENS
+from .rules import Rule, RuleError, parse_rule
 from .thresholds import DEFAULT_ALPHA, Thresholds, check_alpha, check_threshold
 
 DEFAULT_STORAGE = Path(".benchmarks")

@@ -15,8 +15,9 @@ import pytest
 
 from pytest_ollama_cpu import baseline
 from pytest_ollama_cpu.baseline import BaselineError, SavedRun, find, load_file, save
-from pytest_ollama_cpu.comparison import RuleError, compare, parse_rule
+from pytest_ollama_cpu.comparison import compare
 from pytest_ollama_cpu.report import comparison_lines, comparison_markdown
+from pytest_ollama_cpu.rules import RuleError, parse_rule
 
 from .conftest import run_behaviour
 from .fake_ollama import Behaviour

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pytest_ollama_cpu.baseline import SavedRun
-from pytest_ollama_cpu.comparison import GATE_RULE, Gate, compare, parse_rule
+from pytest_ollama_cpu.comparison import GATE_RULE, Gate, compare
+from pytest_ollama_cpu.rules import parse_rule
 
 RULE = parse_rule("tokens_per_second:5%")
 

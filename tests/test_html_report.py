@@ -16,9 +16,10 @@ import pytest
 
 from pytest_ollama_cpu import cli, html_report
 from pytest_ollama_cpu.baseline import SavedRun, build_document
-from pytest_ollama_cpu.comparison import compare, parse_rule
+from pytest_ollama_cpu.comparison import compare
 from pytest_ollama_cpu.records import RecordedSweep
 from pytest_ollama_cpu.results import Sample
+from pytest_ollama_cpu.rules import parse_rule
 from pytest_ollama_cpu.thresholds import Thresholds
 from pytest_ollama_cpu.verdicts import evaluate
 
