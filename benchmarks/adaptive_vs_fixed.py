@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 from pytest_ollama_cpu.client import OllamaClient
+from pytest_ollama_cpu.connection import ServerFacts
 from pytest_ollama_cpu.embedded import MODEL_NAME, running
 from pytest_ollama_cpu.machine import read_machine_facts
 from pytest_ollama_cpu.processes import locate_server
-from pytest_ollama_cpu.results import ServerFacts, Sweep
+from pytest_ollama_cpu.results import Sweep
 from pytest_ollama_cpu.sampler import SweepRunner, Workload
 from pytest_ollama_cpu.thresholds import Thresholds
 from pytest_ollama_cpu.verdicts import Verdict, decide_adaptively, evaluate

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from pytest_ollama_cpu.client import OllamaClient
+from pytest_ollama_cpu.connection import ServerFacts
 from pytest_ollama_cpu.embedded import MODEL_NAME, running
 from pytest_ollama_cpu.machine import read_machine_facts
 from pytest_ollama_cpu.processes import ServerProcess, locate_server
-from pytest_ollama_cpu.results import ServerFacts
 from pytest_ollama_cpu.sampler import SweepRunner, Workload
 
 ROOT = Path(__file__).resolve().parent.parent

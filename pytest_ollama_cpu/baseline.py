@@ -39,12 +39,13 @@ from pytest_benchmark.utils import get_machine_id as _machine_id
 
 from . import __version__
 from .client import ModelFacts
+from .connection import ServerFacts
 from .errors import OllamaCpuError
 from .limits import MachineLimits
 from .machine import MachineFacts
 from .quantities import GENERATION_RATE, QUANTITIES
 from .records import RecordedSweep, by_machine, merged_limits
-from .results import Sample, ServerFacts, Sweep, ThreadResult
+from .results import Sample, Sweep, ThreadResult
 from .roofline import ModelCost, Roofline
 from .storage import advice, reason, temporary_beside
 

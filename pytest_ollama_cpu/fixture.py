@@ -9,12 +9,13 @@ alone, since a traceback into the plugin would not help anyone.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
-from typing import Any, Literal, NoReturn
+from dataclasses import fields, replace
+from typing import Any, NoReturn
 
 import pytest
 
 from .client import ModelFacts
+from .connection import Connection, CpuSetRefused
 from .errors import OllamaCpuError
 from .limits import LimitsProbeError
 from .locking import LockTimeout, taking_turns
@@ -22,8 +23,9 @@ from .markers import AUTO, ThreadSpec, expand_threads
 from .options import Settings
 from .progress import Progress
 from .quantities import GENERATION_RATE, MIN_RATE_TOKENS, PREFILL_RATE
-from .results import MachineBusy, Sweep
+from .results import Sweep
 from .roofline import ModelFactsMissing, Roofline
+from .run import RunState
 from .sampler import (
     DETERMINISTIC_OPTIONS,
     RESERVED_OPTIONS,
@@ -32,7 +34,6 @@ from .sampler import (
     UniqueLines,
     Workload,
 )
-from .session import Connection, CpuSetRefused, RunState
 from .thresholds import Thresholds
 from .verdicts import Verdict, check, decide_adaptively
 from .workloads import (
@@ -366,57 +367,3 @@ def _fail(exc: Exception) -> NoReturn:
     failure = pytest.fail.Exception(str(exc), pytrace=False)
     failure.__suppress_context__ = True
     raise failure
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What a test's verdicts mean for it: ``fail``, ``skip`` or ``pass`` (maybe warned)."""
-
-    outcome: Literal["pass", "fail", "skip"]
-    message: str = ""
-    warning: str | None = None
-
-
-def decide_test(
-    verdicts: Sequence[Verdict],
-    inconclusive: str,
-    busy: MachineBusy | None = None,
-    sweeps: Sequence[Sweep] = (),
-) -> Decision:
-    """Fold the verdicts of one test's sweeps under the ``--ollama-cpu-inconclusive`` policy.
-
-    A thread count of ``sweeps`` that got no undisturbed sample, and ``busy`` (a
-    figure the test body asked of such a count), are inconclusive like a check the
-    load left undecided: the test's own assertions on them could not be made, and
-    that is said, never blamed on the server.
-    """
-    failed = [v for v in verdicts if v.failed]
-    if failed:
-        return Decision("fail", "\n".join(v.message() for v in failed))
-    undecided = [v for v in verdicts if v.inconclusive]
-    unmeasured = [r for sweep in sweeps for r in sweep if r.busy]
-    if not undecided and busy is None and not unmeasured:
-        return Decision("pass")
-    messages = [v.message() for v in undecided]
-    if unmeasured:
-        messages.append(
-            "no undisturbed sample at "
-            + "; ".join(f"{r.threads} threads ({r.describe_load()})" for r in unmeasured)
-            + ": the test's figures there were not measured"
-        )
-    if busy is not None:
-        messages.append(f"the test's own assertions could not run: {busy}")
-    reasons = [c.outcome for v in undecided for c in v.inconclusive]
-    reasons += ["busy"] if busy is not None or unmeasured else []
-    if all(r == "busy" for r in reasons):
-        why = "because the machine was busy"
-    elif "busy" in reasons:
-        why = "because the machine was busy, or undecided after the most rounds allowed"
-    else:
-        why = "undecided after the most rounds allowed, or not measurable"
-    text = f"inconclusive ({why}):\n" + "\n".join(messages)
-    if inconclusive == "fail":
-        return Decision("fail", text)
-    if inconclusive == "skip":
-        return Decision("skip", text)
-    return Decision("pass", warning=text)

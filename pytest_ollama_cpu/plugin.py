@@ -12,7 +12,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 import pytest
 
 from .errors import OllamaCpuError
-from .fixture import OllamaCpu, decide_test
+from .fixture import OllamaCpu
 from .markers import MARKER_HELP, MARKER_NAME, MarkerError, ThreadsMarker, parse_marker
 from .options import ENABLE, MODEL, add_options, merge_thresholds, resolve_settings
 from .outputs import Outputs
@@ -20,7 +20,8 @@ from .progress import Progress, ProgressDisplay
 from .report import comparison_lines, describe_model, header_lines, summary_lines
 from .results import MachineBusy
 from .roofline import ModelFactsMissing
-from .session import RunState
+from .run import RunState
+from .verdicts import decide_test
 from .xdist import (
     WORKER_OUTPUT_KEY,
     XDIST_GROUP,

@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from .client import ModelFacts, Timings
+from .connection import ServerFacts
 from .disturbance import describe_load, excess_cores, spare_cpus
 from .errors import OllamaCpuError
 from .machine import MachineFacts
@@ -380,26 +381,6 @@ class ThreadResult:
             float(data.get("waited_seconds", 0.0)),
             bool(data.get("gave_up", False)),
         )
-
-
-@dataclass(frozen=True)
-class ServerFacts:
-    host: str
-    version: str
-    local: bool
-    utilization_note: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "host": self.host,
-            "version": self.version,
-            "local": self.local,
-            "utilization_note": self.utilization_note,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ServerFacts:
-        return cls(data["host"], data["version"], bool(data["local"]), data["utilization_note"])
 
 
 @dataclass

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .client import ModelFacts, OllamaClient, Timings
+from .connection import ServerFacts
 from .disturbance import QUIET_WINDOW, RetakeBudget, is_disturbed, spare_cpus
 from .errors import OllamaCpuError
 from .machine import MachineFacts
 from .processes import CpuSnapshot, ServerProcess
 from .progress import Phase, Progress
 from .quantities import GENERATION_RATE, MIN_RATE_TOKENS
-from .results import Sample, ServerFacts, Sweep, ThreadResult, short_reply
+from .results import Sample, Sweep, ThreadResult, short_reply
 from .roofline import Roofline
 
 #: Options the plugin owns; a test may not set them through ``options``.

@@ -14,7 +14,7 @@ Which test, and why: see "How verdicts are decided" in the README.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ from .quantities import (
     Quantity,
     lookup,
 )
-from .results import Sweep, ThreadResult
+from .results import MachineBusy, Sweep, ThreadResult
 from .roofline import NEAR_LIMIT, OVER_LIMIT
 from .statistics import Bounds, format_interval, mean_bounds, ratio_bounds, spent_alpha
 from .thresholds import DEFAULT_ALPHA, Thresholds, check_alpha, check_threshold
@@ -931,3 +931,57 @@ def decide_adaptively(
         recommendation=recommend(sweep, thresholds.alpha, sweep.focus),
         by_phase=recommend_by_phase(sweep, thresholds.alpha),
     )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a test's verdicts mean for it: ``fail``, ``skip`` or ``pass`` (maybe warned)."""
+
+    outcome: Literal["pass", "fail", "skip"]
+    message: str = ""
+    warning: str | None = None
+
+
+def decide_test(
+    verdicts: Sequence[Verdict],
+    inconclusive: str,
+    busy: MachineBusy | None = None,
+    sweeps: Sequence[Sweep] = (),
+) -> Decision:
+    """Fold the verdicts of one test's sweeps under the ``--ollama-cpu-inconclusive`` policy.
+
+    A thread count of ``sweeps`` that got no undisturbed sample, and ``busy`` (a
+    figure the test body asked of such a count), are inconclusive like a check the
+    load left undecided: the test's own assertions on them could not be made, and
+    that is said, never blamed on the server.
+    """
+    failed = [v for v in verdicts if v.failed]
+    if failed:
+        return Decision("fail", "\n".join(v.message() for v in failed))
+    undecided = [v for v in verdicts if v.inconclusive]
+    unmeasured = [r for sweep in sweeps for r in sweep if r.busy]
+    if not undecided and busy is None and not unmeasured:
+        return Decision("pass")
+    messages = [v.message() for v in undecided]
+    if unmeasured:
+        messages.append(
+            "no undisturbed sample at "
+            + "; ".join(f"{r.threads} threads ({r.describe_load()})" for r in unmeasured)
+            + ": the test's figures there were not measured"
+        )
+    if busy is not None:
+        messages.append(f"the test's own assertions could not run: {busy}")
+    reasons = [c.outcome for v in undecided for c in v.inconclusive]
+    reasons += ["busy"] if busy is not None or unmeasured else []
+    if all(r == "busy" for r in reasons):
+        why = "because the machine was busy"
+    elif "busy" in reasons:
+        why = "because the machine was busy, or undecided after the most rounds allowed"
+    else:
+        why = "undecided after the most rounds allowed, or not measurable"
+    text = f"inconclusive ({why}):\n" + "\n".join(messages)
+    if inconclusive == "fail":
+        return Decision("fail", text)
+    if inconclusive == "skip":
+        return Decision("skip", text)
+    return Decision("pass", warning=text)

@@ -33,7 +33,7 @@ import pytest
 
 from .progress import Progress, ProgressDisplay
 from .records import RecordedSweep
-from .session import RunState
+from .run import RunState
 
 WORKER_OUTPUT_KEY = "pytest_ollama_cpu"
 

@@ -113,10 +113,11 @@ def test_a_row_is_never_sized_from_its_own_samples() -> None:
     0.05): a saved row with no baseline entry takes the most rounds, whatever its
     samples; one with an entry takes what the entry's samples plan."""
     from pytest_ollama_cpu.client import ModelFacts, Timings
+    from pytest_ollama_cpu.connection import ServerFacts
     from pytest_ollama_cpu.machine import MachineFacts
     from pytest_ollama_cpu.options import Settings
-    from pytest_ollama_cpu.results import Sample, ServerFacts, Sweep, ThreadResult
-    from pytest_ollama_cpu.session import RunState
+    from pytest_ollama_cpu.results import Sample, Sweep, ThreadResult
+    from pytest_ollama_cpu.run import RunState
 
     def sweep_of(values: list[float]) -> Sweep:
         sweep = Sweep(

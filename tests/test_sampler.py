@@ -13,11 +13,11 @@ import pytest
 
 from pytest_ollama_cpu import sampler
 from pytest_ollama_cpu.client import ModelFacts, Timings
+from pytest_ollama_cpu.connection import ServerFacts
 from pytest_ollama_cpu.disturbance import RetakeBudget, is_disturbed, spare_cpus
 from pytest_ollama_cpu.machine import MachineFacts
 from pytest_ollama_cpu.processes import CpuSnapshot, CpuUse
 from pytest_ollama_cpu.progress import Progress
-from pytest_ollama_cpu.results import ServerFacts
 from pytest_ollama_cpu.sampler import SweepRunner, Workload
 
 TWO_CPUS = MachineFacts("h", "cpu", 2, 2, (0, 1), None, None, 2.0, 1)

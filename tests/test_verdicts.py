@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from pytest_ollama_cpu.client import ModelFacts, Timings
-from pytest_ollama_cpu.fixture import decide_test
+from pytest_ollama_cpu.connection import ServerFacts
 from pytest_ollama_cpu.machine import MachineFacts
 from pytest_ollama_cpu.options import merge_thresholds
-from pytest_ollama_cpu.results import Sample, ServerFacts, Sweep, ThreadResult
+from pytest_ollama_cpu.results import Sample, Sweep, ThreadResult
 from pytest_ollama_cpu.statistics import mean_bounds, ratio_bounds, spent_alpha, t_quantile
 from pytest_ollama_cpu.thresholds import ThresholdError, Thresholds, check_threshold
 from pytest_ollama_cpu.verdicts import (
@@ -25,6 +25,7 @@ from pytest_ollama_cpu.verdicts import (
     Verdict,
     check,
     decide_adaptively,
+    decide_test,
     evaluate,
     planned_looks,
     recommend,

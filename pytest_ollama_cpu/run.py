@@ -1,22 +1,21 @@
-"""Per-run state: the connection to Ollama, found once, and the sweeps recorded.
+"""The run's state: its connection, the sweeps recorded, and what a baseline asks of them.
 
-The server is contacted on first use, not at start-up, so a run whose tests
-are all skipped never waits on the network. A failed connection is remembered
-and reported to every test that needs it, with the same message.
+One ``RunState`` per pytest process (a pytest-xdist worker hands its sweeps and
+warnings to the controller's). It holds the saved run this one is compared with and
+the gate that plans how many samples each compared row needs, and finds the
+machine's limits for the roofline (cached per machine, see ``limits.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .baseline import SavedRun, entry_of
-from .client import ModelFacts, OllamaClient
 from .comparison import Gate
+from .connection import Connection, connect
 from .errors import OllamaCpuError
 from .limits import (
     DAY,
@@ -27,74 +26,12 @@ from .limits import (
     peek_limits,
     probe_limits,
 )
-from .locking import (
-    LockTimeout,
-    clear_confinement,
-    confinement_note,
-    left_confined,
-    lock_dir,
-    note_confinement,
-    taking_turns,
-)
-from .machine import MachineFacts, format_cpu_list, parse_proc_cgroup, read_machine_facts
+from .machine import parse_proc_cgroup
 from .options import Settings
-from .processes import ServerProcess, locate_server
 from .records import RecordedSweep
-from .results import ServerFacts, Sweep
-from .roofline import ModelCost, model_cost
+from .results import Sweep
 from .thresholds import Thresholds
 from .verdicts import Verdict
-
-
-@dataclass(frozen=True)
-class Connection:
-    client: OllamaClient
-    server: ServerProcess | None
-    facts: ServerFacts
-    machine: MachineFacts
-    cpus: tuple[int, ...] | None = None
-
-    def cost_of(self, model: ModelFacts) -> ModelCost:
-        """The model's cost of a token, from its facts on the server; raises
-        ``OllamaCpuError`` or ``ModelFactsMissing`` where they cannot be read."""
-        return model_cost(self.client.model_info(model.name), model.size)
-
-    @contextlib.contextmanager
-    def confined(self) -> Iterator[None]:
-        """Keep the server on ``cpus`` (``--ollama-cpu-cpus``) for the duration.
-
-        Called with the server's lock held. However the sweep ends, Ctrl-C
-        included, every process of the server's tree gets its mask back; a note
-        beside the locks lets the next sweep undo what a killed one could not.
-        """
-        if self.cpus is None or self.server is None:
-            yield
-            return
-        server = self.server
-        note = confinement_note(lock_dir(), server.pid, server.started)
-        previous: dict[int, set[int]] = {}
-        try:
-            current = os.sched_getaffinity(server.pid)
-            original = left_confined(note, current)
-            note_confinement(note, original or current, set(self.cpus))
-            previous = server.confine(self.cpus, original)
-        except OSError as exc:
-            clear_confinement(note)
-            raise CpuSetRefused(
-                f"cannot confine the Ollama server (pid {server.pid}) to CPUs "
-                f"{format_cpu_list(self.cpus)}: {exc.strerror or exc}. Run pytest as the server's "
-                "user or as root, or start the server under 'taskset -c LIST' and drop "
-                "--ollama-cpu-cpus."
-            ) from None
-        try:
-            yield
-        finally:
-            server.restore(previous)
-            clear_confinement(note)
-
-
-class CpuSetRefused(OllamaCpuError):
-    pass
 
 
 @dataclass
@@ -195,7 +132,7 @@ class RunState:
         if self._error is not None:
             raise self._error
         try:
-            self._connection = _connect(self.settings)
+            self._connection = connect(self.settings)
         except OllamaCpuError as exc:
             self._error = exc
             raise
@@ -256,41 +193,3 @@ def _read_text(path: str) -> str:
             return file.read()
     except OSError:
         return ""
-
-
-def _connect(settings: Settings) -> Connection:
-    auth = settings.credentials.auth if settings.credentials else None
-    client = OllamaClient(settings.host, settings.timeout, auth)
-    version = client.version()
-    located = locate_server(settings.host)
-    server = located.server
-    if settings.cpus is not None and server is None:
-        raise CpuSetRefused(
-            f"--ollama-cpu-cpus {format_cpu_list(settings.cpus)} cannot be applied: "
-            f"{located.reason.split(', so')[0]}. The plugin can confine only a server on this "
-            "machine; start a remote server under 'taskset -c LIST' instead."
-        )
-    if server is not None:
-        _undo_killed_confinement(settings.host, server)
-    machine = read_machine_facts(server.pid if server else None, settings.cpus)
-    facts = ServerFacts(
-        host=settings.host,
-        version=version,
-        local=server is not None,
-        utilization_note=located.reason,
-    )
-    return Connection(client, server, facts, machine, settings.cpus)
-
-
-def _undo_killed_confinement(host: str, server: ServerProcess) -> None:
-    """A sweep killed while it kept the server confined (``--ollama-cpu-cpus``) left
-    it so: give it its mask back before its usable CPUs are read, unless a sweep is
-    running against it now (that one does it, under the lock)."""
-    note = confinement_note(lock_dir(), server.pid, server.started)
-    if not note.exists():
-        return
-    with contextlib.suppress(LockTimeout, OSError), taking_turns(host, (), 0.0):
-        original = left_confined(note, os.sched_getaffinity(server.pid))
-        if original:
-            server.confine(sorted(original))  # every thread of the tree, back to it
-            clear_confinement(note)
