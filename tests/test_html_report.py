@@ -82,7 +82,8 @@ def test_every_test_thread_count_verdict_and_the_recommendation_are_on_the_page(
     assert "speedup" in flat and "99" in flat and "CI" in flat and "<td>1.6</td>" in flat
     assert 'class="text outcome fail">FAILED' in flat
     # the recommended num_thread: in the session table, and its row highlighted
-    pick = recorded[0].verdict.recommendation  # type: ignore[union-attr]
+    assert recorded[0].verdict is not None
+    pick = recorded[0].verdict.recommendation
     assert pick is not None
     assert f"recommended num_thread {pick.threads}" in scales
     assert re.search(rf'<tr class="pick"><td>{pick.threads}</td>', scales)

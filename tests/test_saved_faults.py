@@ -112,14 +112,15 @@ def test_a_damaged_sample_stops_the_run_before_measuring(
     pytester.makepyfile(SWEEP_TEST)
     damaged = _saved(pytester.path / ".benchmarks", _with_sample(value), "edited")
     before = damaged.read_bytes()
-    result = run_behaviour(pytester, Behaviour(), "--ollama-cpu-compare")
+    fake = Behaviour()
+    result = run_behaviour(pytester, fake, "--ollama-cpu-compare")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     shown = damaged.relative_to(pytester.path)  # the storage folder as given: relative
     assert (
         f"ERROR: baseline {shown}: {FULLNAME}: sample 2 has {message}; {DAMAGED}"
         in result.stderr.lines
     )
-    assert result.requests == []  # type: ignore[attr-defined]
+    assert fake.requests == []
     assert damaged.read_bytes() == before
 
 
@@ -291,10 +292,11 @@ def test_the_default_storage_being_a_file_stops_the_run_before_measuring(
     pytester.makepyfile(SWEEP_TEST)
     (pytester.path / ".benchmarks").write_text("my notes")
     for flag in ("--ollama-cpu-save=base", "--ollama-cpu-compare"):
-        result = run_behaviour(pytester, Behaviour(), flag)
+        fake = Behaviour()
+        result = run_behaviour(pytester, fake, flag)
         assert result.ret == pytest.ExitCode.USAGE_ERROR, flag
         result.stderr.fnmatch_lines(["ERROR: the storage folder .benchmarks is a file, not a *"])
-        assert result.requests == []  # type: ignore[attr-defined]
+        assert fake.requests == []
     assert (pytester.path / ".benchmarks").read_text() == "my notes"
 
 
@@ -610,10 +612,11 @@ def test_a_bad_run_name_is_refused(tmp_path: Path, name: str, message: str) -> N
 def test_run_names_in_a_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP_TEST)
     # refused before anything is measured, not after
-    result = run_behaviour(pytester, Behaviour(), "--ollama-cpu-save=///")
+    fake = Behaviour()
+    result = run_behaviour(pytester, fake, "--ollama-cpu-save=///")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --ollama-cpu-save '///': give a name of letters*"])
-    assert result.requests == []  # type: ignore[attr-defined]
+    assert fake.requests == []
     # cleaned, and the summary says into what
     result = run_behaviour(pytester, Behaviour(), "--ollama-cpu-save=../feat/x")
     assert result.ret == pytest.ExitCode.OK
