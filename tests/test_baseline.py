@@ -482,51 +482,6 @@ def test_save_compare_and_gate_in_a_run(pytester: pytest.Pytester) -> None:
     assert bench.returncode == 0, bench.stderr
     assert "test_sweep[tiny-generate-t1] (0001_base)" in bench.stdout
 
-    # and so does ours, with Markdown for a CI job summary
-    summary = pytester.path / "summary.md"
-    cli = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("pytest-ollama-cpu")),
-            "compare",
-            "1",
-            "2",
-            "--fail",
-            "tokens_per_second:5%",
-            "--markdown",
-            str(summary),
-            "--json",
-            "-",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=pytester.path,
-    )
-    assert cli.returncode == 1, cli.stderr
-    # stdout holds the JSON asked for and nothing else; the table goes to stderr
-    assert json.loads(cli.stdout)["regressions"]
-    assert "REGRESSION" in cli.stderr
-    markdown = summary.read_text()
-    assert markdown.startswith("### pytest-ollama-cpu: Regressions found")
-    assert "**REGRESSION (> 5% worse)**" in markdown
-    ok = subprocess.run(
-        [str(Path(sys.executable).with_name("pytest-ollama-cpu")), "compare", "1", "1"],
-        capture_output=True,
-        text=True,
-        cwd=pytester.path,
-    )
-    assert ok.returncode == 0
-    assert "note: the baseline and the new run are the same file" in ok.stdout
-    both = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("pytest-ollama-cpu")),
-            *("compare", "1", "2", "--json", "-", "--markdown", "-"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=pytester.path,
-    )
-    assert both.returncode == 2 and "would mix on stdout" in both.stderr
-
 
 def test_a_bad_baseline_stops_the_run_before_measuring(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP_TEST)

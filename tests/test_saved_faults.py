@@ -790,34 +790,6 @@ def _raising(exc: BaseException) -> Callable[..., None]:
     return fake
 
 
-@pytest.mark.parametrize("flag", ["--markdown", "--json"])
-def test_the_compare_command_never_writes_over_a_file_it_did_not_write(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
-) -> None:
-    storage_folder = tmp_path / "store"
-    _saved(storage_folder, _document([40.0, 40.4, 39.6]), "a")
-    _saved(storage_folder, _document([40.1, 40.2, 39.9]), "b")
-    users = tmp_path / "README.md"
-    users.write_text("# my project\n")
-    status, err = _compare_cli(capsys, "1", "2", "--storage", str(storage_folder), flag, str(users))
-    assert status == 2
-    assert f"{users} ({flag}) already exists and is not a comparison this command wrote" in err
-    assert "left untouched. Give another path, or --append to add to it." in err
-    assert users.read_text() == "# my project\n"
-    # what an earlier compare wrote is replaced whole; --append adds to anything
-    ours = tmp_path / "out"
-    assert _compare_cli(capsys, "1", "2", "--storage", str(storage_folder), flag, str(ours))[0] == 0
-    first = ours.read_text()
-    assert _compare_cli(capsys, "1", "2", "--storage", str(storage_folder), flag, str(ours))[0] == 0
-    assert ours.read_text() == first
-    status, _ = _compare_cli(
-        capsys, "1", "2", "--storage", str(storage_folder), flag, str(users), "--append"
-    )
-    assert status == 0 and users.read_text().startswith("# my project\n")
-    assert len(users.read_text()) > len("# my project\n")
-    assert not list(tmp_path.glob(".*.tmp"))
-
-
 def test_files_of_ours_get_the_mode_a_new_file_gets_under_the_umask(tmp_path: Path) -> None:
     """mkstemp makes 0600 files: a report or saved run renamed from one would be unreadable
     to the rest of a team."""
