@@ -308,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pytest-ollama-cpu", description="Tools around the pytest-ollama-cpu plugin."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="subcommand", required=True)
     embedded = commands.add_parser(
         "embedded",

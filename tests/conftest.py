@@ -33,7 +33,7 @@ from pytest_ollama_cpu.embedded import (
 from pytest_ollama_cpu.embedded import cpu_quota as embedded_cpu_quota
 from pytest_ollama_cpu.locking import LOCK_DIR_ENV
 
-from .fake_ollama import Behaviour, FakeOllama
+from .fake_ollama import Behaviour, FakeOllama, SpawnedFakeOllama
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def _clean_env(
 
 def run_fake(
     pytester: pytest.Pytester,
-    fake: FakeOllama | None,
+    fake: FakeOllama | SpawnedFakeOllama | None,
     *args: str,
     in_subprocess: bool = False,
 ) -> pytest.RunResult:
@@ -82,11 +82,9 @@ def run_fake(
 
 def run_behaviour(pytester: pytest.Pytester, behaviour: Behaviour, *args: str) -> pytest.RunResult:
     """``run_fake`` against a fake of its own that behaves as ``behaviour``; the
-    requests it answered are in the result's ``requests``."""
+    requests it answered are in ``behaviour.requests``."""
     with FakeOllama(behaviour) as fake:
-        result = run_fake(pytester, fake, *args)
-    result.requests = fake.behaviour.requests  # type: ignore[attr-defined]
-    return result
+        return run_fake(pytester, fake, *args)
 
 
 @pytest.fixture

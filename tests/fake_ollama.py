@@ -248,6 +248,7 @@ class FakeOllama:
     @property
     def host(self) -> str:
         address, port = self._server.server_address[:2]
+        assert isinstance(address, str)  # what getsockname gives for AF_INET and AF_INET6
         return f"http://{f'[{address}]' if ':' in address else address}:{port}"
 
     @property

@@ -114,6 +114,7 @@ def test_a_real_server_killed_mid_sweep(
     """A second real server is killed as soon as its 2-thread runner starts."""
     victim = EmbeddedServer(embedded_ollama.installation)
     victim.start()
+    assert victim.process is not None
     try:
         pytester.makeconftest(
             f"""
@@ -243,6 +244,7 @@ def test_a_cpu_set_confines_the_real_runner(
     """Two threads confined to one CPU share it: each is busy half the time."""
     import psutil
 
+    assert embedded_ollama.process is not None
     server = psutil.Process(embedded_ollama.process.pid)
     before = server.cpu_affinity()
     pytester.makepyfile(

@@ -52,7 +52,7 @@ def ollama_processes(pid: int) -> list[psutil.Process]:
 
 def gone(process: psutil.Process) -> bool:
     try:
-        return process.status() == psutil.STATUS_ZOMBIE
+        return bool(process.status() == psutil.STATUS_ZOMBIE)  # psutil is untyped: Any
     except psutil.NoSuchProcess:
         return True
 

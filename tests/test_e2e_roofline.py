@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ def test_generation(ollama_cpu):
 """
 
 
-def _sweep(path: str) -> dict:  # type: ignore[type-arg]
+def _sweep(path: str) -> dict[str, Any]:
     data = json.loads(Path(path).read_text())
     (sweep,) = data["sweeps"]
     return {"data": data, "sweep": sweep}

@@ -226,14 +226,15 @@ def test_a_fault_while_taking_more_keeps_the_earlier_samples_and_the_new() -> No
             model: str,
             prompt: str,
             options: Mapping[str, Any],
+            keep_alive: str | None = None,
             on_first: Callable[[], None] | None = None,
         ) -> Timings:
             if len(self.requests) == 7:  # round 2 of the extra rounds at 2 threads
                 raise ServerFailed("the server failed")
-            return super().generate(model, prompt, options, on_first)
+            return super().generate(model, prompt, options, keep_alive, on_first)
 
     client = FailingClient()
-    runner = SweepRunner(client, None, SERVER, TWO_CPUS)  # type: ignore[arg-type]
+    runner = SweepRunner(client, None, SERVER, TWO_CPUS)
     sweep = runner.run(WORKLOAD, MODEL, [1, 2], 2)
     with pytest.raises(SweepInterrupted) as failure:
         runner.extend(sweep, WORKLOAD, {1: 2, 2: 2})  # 2 threads first: still loaded

@@ -9,6 +9,7 @@ it) and copied to ``$OLLAMA_CPU_SCREENSHOT_DIR`` when that is set.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -133,7 +134,7 @@ def test_the_browser_draws_every_chart_and_table_and_fetches_nothing(tmp_path: P
     assert f'data-charts-rendered="{charts}"' in dom
     assert dom.count("<table") == source.count("<table") > 0
     for nodeid in TESTS:
-        assert html_report.html.escape(nodeid) in dom
+        assert html.escape(nodeid) in dom
     for number, section in enumerate(re.findall(r'<section class="sweep".*?</section>', dom, re.S)):
         rows = re.findall(r"<tr[^>]*><td>(\d+)</td>", section)
         assert rows[: len(THREADS)] == [str(t) for t in THREADS], f"sweep {number + 1}"

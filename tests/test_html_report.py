@@ -84,7 +84,8 @@ def test_every_test_thread_count_verdict_and_the_recommendation_are_on_the_page(
     assert "speedup" in flat and "99" in flat and "CI" in flat and "<td>1.6</td>" in flat
     assert 'class="text outcome fail">FAILED' in flat
     # the recommended num_thread: in the session table, and its row highlighted
-    pick = recorded[0].verdict.recommendation  # type: ignore[union-attr]
+    assert recorded[0].verdict is not None
+    pick = recorded[0].verdict.recommendation
     assert pick is not None
     assert f"recommended num_thread {pick.threads}" in scales
     assert re.search(rf'<tr class="pick"><td>{pick.threads}</td>', scales)
@@ -314,21 +315,6 @@ def test_the_report_command_draws_the_history_of_three_runs(
     # a chart per test, each with a value per run and thread count
     assert len(svgs(part)) == 2
     assert len(re.findall(r"tokens/s</td><td>\d</td>(?:<td>[\d.]+</td>){3}", part)) == 4
-
-
-def test_the_report_command_refuses_bad_input(
-    pytester: pytest.Pytester, fake_ollama: FakeOllama, capsys: pytest.CaptureFixture[str]
-) -> None:
-    storage = saved_runs(pytester, fake_ollama, ["one"])
-    mine = pytester.path / "mine.html"
-    mine.write_text("mine")
-    args = ["--storage", str(storage)]
-    assert cli.main(["report", "1", "-o", str(mine), *args]) == 2
-    assert "is not a pytest-ollama-cpu HTML report" in capsys.readouterr().err
-    assert mine.read_text() == "mine"
-    assert cli.main(["report", "7", "-o", str(pytester.path / "x.html"), *args]) == 2
-    assert "no saved run '7'" in capsys.readouterr().err
-    assert not (pytester.path / "x.html").exists()
 
 
 def test_a_saved_run_that_cannot_be_read_back_is_named(

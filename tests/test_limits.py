@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from pytest_ollama_cpu import limits as limits_module
@@ -143,7 +144,7 @@ def test_arrays_shrink_to_fit_memory_and_a_probe_that_cannot_fit_is_refused(
     class Memory:
         available = 2 * 2**30
 
-    monkeypatch.setattr(limits_module.psutil, "virtual_memory", lambda: Memory)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)  # as limits.py reads it
     assert limits_module._fit_size(256 * 2**20, 2) == 256 * 2**20  # 512 MiB of 1 GiB
     assert limits_module._fit_size(256 * 2**20, 8) == 128 * 2**20
     with pytest.raises(LimitsProbeError, match=r"needs 2048 MiB \(32 workers of 64 MiB\)"):
@@ -240,7 +241,7 @@ def test_no_permission_to_join_says_whom_to_run_as(
     def refuse(*args: Any) -> int:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(limits_module.os, "open", refuse)
+    monkeypatch.setattr(os, "open", refuse)  # as limits.py calls it
     note = join_cgroup(9, 123, root, proc).note
     assert note is not None and "Permission denied" in note
     assert "run the tests as root or as the server's user" in note

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,7 @@ def test_parsers():
     assert paths[""] == "/user.slice" and paths["memory"] == "/m"
 
 
-def _proc(tmp_path, text):
+def _proc(tmp_path: Path, text: str) -> Path:
     proc = tmp_path / "proc" / "123"
     proc.mkdir(parents=True)
     (proc / "cgroup").write_text(text)
@@ -82,7 +83,7 @@ def test_facts_of_this_process_agree_with_the_os():
     facts = read_machine_facts()
     assert set(facts.affinity) == os.sched_getaffinity(0)
     assert 0 < facts.usable_cpus <= len(facts.affinity)
-    assert facts.logical_cores >= len(facts.affinity)
+    assert facts.logical_cores is not None and facts.logical_cores >= len(facts.affinity)
     assert "usable CPUs" in facts.describe()
 
 

@@ -36,6 +36,7 @@ from pytest_ollama_cpu.options import (
     THREADS,
     TIMEOUT,
     OptionSpec,
+    Settings,
     resolve_settings,
 )
 
@@ -158,10 +159,11 @@ def test_a_bad_number_names_the_option_the_value_and_what_is_allowed(
         cli[COMPARE.dest] = "latest"  # a rule needs a baseline
     getoption = cli.get
     getini = ini.get
-    if value == "0" and NUMERIC[spec] is not None:
+    zero_means = NUMERIC[spec]
+    if value == "0" and zero_means is not None:
         # 0 means something here, and the help says what
         resolve_settings(getoption, getini, env)
-        assert NUMERIC[spec] in spec.help
+        assert zero_means in spec.help
         return
     with pytest.raises(pytest.UsageError) as info:
         resolve_settings(getoption, getini, env)
@@ -237,13 +239,13 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
 
 @pytest.mark.parametrize("source", ["cli", "ini", "env"])
 def test_the_roofline_probe_takes_on_fresh_or_off(source: str) -> None:
-    def settings(value: str) -> object:
+    def settings(value: str) -> Settings:
         cli = {ROOFLINE_PROBE.dest: value} if source == "cli" else {}
         ini = {ROOFLINE_PROBE.ini: value} if source == "ini" else {}
         env = {"OLLAMA_CPU_ROOFLINE": value} if source == "env" else {}
         return resolve_settings(cli.get, ini.get, env)
 
-    assert settings(" Fresh ").roofline == "fresh"  # type: ignore[attr-defined]
-    assert "roofline probe off" in settings("off").describe()  # type: ignore[attr-defined]
+    assert settings(" Fresh ").roofline == "fresh"
+    assert "roofline probe off" in settings("off").describe()
     with pytest.raises(pytest.UsageError, match="'sometimes' .* expected one of on, fresh, off"):
         settings("sometimes")

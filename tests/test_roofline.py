@@ -4,6 +4,7 @@ the min_roofline verdict and the causes it names. Pure: no server, no probe."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from pytest_ollama_cpu.verdicts import evaluate, likely_cause
 from .test_verdicts import MACHINE, MODEL, SERVER
 
 #: Gemma 3 270M's facts as the embedded Ollama's /api/show gives them
-GEMMA = {
+GEMMA: dict[str, Any] = {
     "general.architecture": "gemma3",
     "general.parameter_count": 268098176,
     "gemma3.attention.head_count": 4,
@@ -129,6 +130,7 @@ def roof_sweep(data: dict[int, list[Sample]], focus: str = "tokens_per_second") 
 
 def test_a_sample_reads_its_rates_against_the_limits_at_its_thread_count() -> None:
     s = roof_sample(2, 100.0)
+    assert s.bytes_per_token is not None and s.flops_per_token is not None
     position = 100 + 64 / 2
     assert s.bytes_per_token == GEMMA_SIZE + 18432 * position
     assert s.generation_roofline == pytest.approx(100 * s.bytes_per_token / 50e9)
@@ -214,7 +216,7 @@ def test_a_sweep_keeps_its_roofline_through_its_saved_form() -> None:
     again = Sweep.from_dict(sweep.to_dict())
     assert again.roofline == sweep.roofline
     assert again.limits_at(2) == sweep.limits_at(2)
-    assert again.limits_at(2)["generation_limit"] == pytest.approx(
-        50e9 / sweep.results[2].samples[0].bytes_per_token
-    )
+    bytes_per_token = sweep.results[2].samples[0].bytes_per_token
+    assert bytes_per_token is not None
+    assert again.limits_at(2)["generation_limit"] == pytest.approx(50e9 / bytes_per_token)
     assert sweep.to_dict()["results"][1]["summary"]["generation_roofline"]["median"] > 0

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from pytest_ollama_cpu import sampler
-from pytest_ollama_cpu.client import ModelFacts, Timings
+from pytest_ollama_cpu.client import ModelFacts, OllamaClient, Timings
 from pytest_ollama_cpu.connection import ServerFacts
 from pytest_ollama_cpu.disturbance import RetakeBudget, is_disturbed, spare_cpus
 from pytest_ollama_cpu.machine import MachineFacts
-from pytest_ollama_cpu.processes import CpuSnapshot, CpuUse
+from pytest_ollama_cpu.processes import CpuSnapshot, CpuUse, ServerProcess
 from pytest_ollama_cpu.progress import Progress
 from pytest_ollama_cpu.sampler import SweepRunner, Workload
 
@@ -27,7 +27,10 @@ MODEL = ModelFacts("m", None, None, None, None, None)
 WORKLOAD = Workload("generate", "m", 8, prompt="x")
 
 
-class StubClient:
+class StubClient(OllamaClient):
+    """Answers at once, as a server that loads the model again for another thread
+    count; no connection (OllamaClient's own ``__init__`` is not called)."""
+
     def __init__(self) -> None:
         self.loaded: int | None = None
         self.requests: list[int] = []
@@ -37,6 +40,7 @@ class StubClient:
         model: str,
         prompt: str,
         options: Mapping[str, Any],
+        keep_alive: str | None = None,
         on_first: Callable[[], None] | None = None,
     ) -> Timings:
         threads = int(options["num_thread"])
@@ -50,8 +54,9 @@ class StubClient:
         return Timings(0.1 + load, load, 4, 0.01, 8, 0.1)
 
 
-class StubServer:
-    """Other processes' load: ``during`` per request in turn, ``idle`` per look."""
+class StubServer(ServerProcess):
+    """Other processes' load: ``during`` per request in turn, ``idle`` per look; no
+    process behind it (ServerProcess's own ``__init__`` is not called)."""
 
     cpus = frozenset({0, 1})
 
@@ -64,7 +69,9 @@ class StubServer:
     def snapshot(self) -> CpuSnapshot:
         return CpuSnapshot(time.perf_counter(), {}, 0.0)
 
-    def cpu_use(self, before: CpuSnapshot, after: CpuSnapshot) -> CpuUse:
+    # ServerProcess.cpu_use is a static method (a function of the two snapshots); the
+    # stub's keeps the scripted load of each request, so it needs the instance
+    def cpu_use(self, before: CpuSnapshot, after: CpuSnapshot) -> CpuUse:  # type: ignore[override]
         wall = after.at - before.at
         # one load per request: its phases (from the same start) share it
         if before.at not in self._loads:
@@ -96,7 +103,7 @@ def sweep_with(
     machine: MachineFacts = TWO_CPUS,
 ) -> tuple[Any, StubClient]:
     client = StubClient()
-    runner = SweepRunner(client, server, SERVER, machine, budget=budget)  # type: ignore[arg-type]
+    runner = SweepRunner(client, server, SERVER, machine, budget=budget)
     return runner.run(WORKLOAD, MODEL, threads, rounds), client
 
 
@@ -155,7 +162,7 @@ def test_a_machine_that_stays_busy_is_given_up_in_bounded_time() -> None:
     assert 0.1 <= result.waited_seconds < 1.0
     assert len(client.requests) == 2
     # later looks at the sweep ask for nothing more at a count given up
-    SweepRunner(client, server, SERVER, TWO_CPUS).extend(sweep, WORKLOAD, {2: 5})  # type: ignore[arg-type]
+    SweepRunner(client, server, SERVER, TWO_CPUS).extend(sweep, WORKLOAD, {2: 5})
     assert len(client.requests) == 2
 
 
@@ -170,7 +177,7 @@ def test_without_waiting_the_retakes_run_out() -> None:
 def test_the_budget_is_per_thread_count_and_sweep() -> None:
     server = StubServer(during=[0.0, 1.0, 0.0, 0.0] + [1.0, 0.0] + [0.0] * 10)
     client = StubClient()
-    runner = SweepRunner(  # type: ignore[arg-type]
+    runner = SweepRunner(
         client, server, SERVER, TWO_CPUS, budget=RetakeBudget(retakes=1, quiet_wait=0.0)
     )
     sweep = runner.run(WORKLOAD, MODEL, [2], 2)
@@ -184,7 +191,7 @@ def test_the_sweep_tells_where_it_is_as_it_goes() -> None:
     # as in the retake test above: rounds 2 and 3 disturbed, one busy look, then quiet
     server = StubServer(during=[0.0, 0.0, 1.0, 1.0, 0.0, 0.0], idle=[1.0, 0.0, 0.0])
     events: list[Progress] = []
-    runner = SweepRunner(  # type: ignore[arg-type]
+    runner = SweepRunner(
         StubClient(),
         server,
         SERVER,
@@ -210,7 +217,7 @@ def test_the_sweep_tells_where_it_is_as_it_goes() -> None:
     # a prompt the cache serves measures no prefill
     events.clear()
     cached = replace(WORKLOAD, prompt_cache=True)
-    runner = SweepRunner(StubClient(), None, SERVER, TWO_CPUS, on_progress=events.append)  # type: ignore[arg-type]
+    runner = SweepRunner(StubClient(), None, SERVER, TWO_CPUS, on_progress=events.append)
     runner.run(cached, MODEL, [1], 1)
     assert [(e.phase, e.generation_rate, e.prefill_rate) for e in events] == [
         ("warm-up", None, None),
@@ -239,13 +246,13 @@ def test_a_full_length_workload_asks_a_short_reply_again_then_keeps_it(
     """generation(N) is tg N: a reply that ends sooner is asked again (another first line),
     up to 3 requests; a plain workload keeps it at once (and the summary names it)."""
     client = ShortThenFull(short)
-    runner = SweepRunner(client, StubServer([0.0] * 20), SERVER, TWO_CPUS)  # type: ignore[arg-type]
+    runner = SweepRunner(client, StubServer([0.0] * 20), SERVER, TWO_CPUS)
     full = replace(WORKLOAD, num_predict=16, full_length=True)
     sweep = runner.run(full, MODEL, [1], 1)
     # the warm-up's short reply is asked again as well; then the round's
     assert len(client.requests) == requests
     assert [s.timings.eval_count for s in sweep[1].samples] == [kept]
     plain = ShortThenFull(5)
-    runner = SweepRunner(plain, StubServer([0.0] * 20), SERVER, TWO_CPUS)  # type: ignore[arg-type]
+    runner = SweepRunner(plain, StubServer([0.0] * 20), SERVER, TWO_CPUS)
     sweep = runner.run(replace(full, full_length=False), MODEL, [1], 1)
     assert len(plain.requests) == 2 and sweep[1].samples[0].timings.eval_count == 8

@@ -112,14 +112,15 @@ def test_a_damaged_sample_stops_the_run_before_measuring(
     pytester.makepyfile(SWEEP_TEST)
     damaged = _saved(pytester.path / ".benchmarks", _with_sample(value), "edited")
     before = damaged.read_bytes()
-    result = run_behaviour(pytester, Behaviour(), "--ollama-cpu-compare")
+    fake = Behaviour()
+    result = run_behaviour(pytester, fake, "--ollama-cpu-compare")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     shown = damaged.relative_to(pytester.path)  # the storage folder as given: relative
     assert (
         f"ERROR: baseline {shown}: {FULLNAME}: sample 2 has {message}; {DAMAGED}"
         in result.stderr.lines
     )
-    assert result.requests == []  # type: ignore[attr-defined]
+    assert fake.requests == []
     assert damaged.read_bytes() == before
 
 
@@ -291,10 +292,11 @@ def test_the_default_storage_being_a_file_stops_the_run_before_measuring(
     pytester.makepyfile(SWEEP_TEST)
     (pytester.path / ".benchmarks").write_text("my notes")
     for flag in ("--ollama-cpu-save=base", "--ollama-cpu-compare"):
-        result = run_behaviour(pytester, Behaviour(), flag)
+        fake = Behaviour()
+        result = run_behaviour(pytester, fake, flag)
         assert result.ret == pytest.ExitCode.USAGE_ERROR, flag
         result.stderr.fnmatch_lines(["ERROR: the storage folder .benchmarks is a file, not a *"])
-        assert result.requests == []  # type: ignore[attr-defined]
+        assert fake.requests == []
     assert (pytester.path / ".benchmarks").read_text() == "my notes"
 
 
@@ -610,10 +612,11 @@ def test_a_bad_run_name_is_refused(tmp_path: Path, name: str, message: str) -> N
 def test_run_names_in_a_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SWEEP_TEST)
     # refused before anything is measured, not after
-    result = run_behaviour(pytester, Behaviour(), "--ollama-cpu-save=///")
+    fake = Behaviour()
+    result = run_behaviour(pytester, fake, "--ollama-cpu-save=///")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --ollama-cpu-save '///': give a name of letters*"])
-    assert result.requests == []  # type: ignore[attr-defined]
+    assert fake.requests == []
     # cleaned, and the summary says into what
     result = run_behaviour(pytester, Behaviour(), "--ollama-cpu-save=../feat/x")
     assert result.ret == pytest.ExitCode.OK
@@ -785,34 +788,6 @@ def _raising(exc: BaseException) -> Callable[..., None]:
         raise exc
 
     return fake
-
-
-@pytest.mark.parametrize("flag", ["--markdown", "--json"])
-def test_the_compare_command_never_writes_over_a_file_it_did_not_write(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
-) -> None:
-    storage_folder = tmp_path / "store"
-    _saved(storage_folder, _document([40.0, 40.4, 39.6]), "a")
-    _saved(storage_folder, _document([40.1, 40.2, 39.9]), "b")
-    users = tmp_path / "README.md"
-    users.write_text("# my project\n")
-    status, err = _compare_cli(capsys, "1", "2", "--storage", str(storage_folder), flag, str(users))
-    assert status == 2
-    assert f"{users} ({flag}) already exists and is not a comparison this command wrote" in err
-    assert "left untouched. Give another path, or --append to add to it." in err
-    assert users.read_text() == "# my project\n"
-    # what an earlier compare wrote is replaced whole; --append adds to anything
-    ours = tmp_path / "out"
-    assert _compare_cli(capsys, "1", "2", "--storage", str(storage_folder), flag, str(ours))[0] == 0
-    first = ours.read_text()
-    assert _compare_cli(capsys, "1", "2", "--storage", str(storage_folder), flag, str(ours))[0] == 0
-    assert ours.read_text() == first
-    status, _ = _compare_cli(
-        capsys, "1", "2", "--storage", str(storage_folder), flag, str(users), "--append"
-    )
-    assert status == 0 and users.read_text().startswith("# my project\n")
-    assert len(users.read_text()) > len("# my project\n")
-    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_files_of_ours_get_the_mode_a_new_file_gets_under_the_umask(tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ def test_wider_confidence_gives_wider_interval():
     values = [1.0, 2.0, 3.0, 4.0, 5.0]
     narrow = Summary.from_values(values, confidence=0.90)
     wide = Summary.from_values(values, confidence=0.99)
+    assert narrow.ci_low is not None and narrow.ci_high is not None
+    assert wide.ci_low is not None and wide.ci_high is not None
     assert wide.ci_low < narrow.ci_low < narrow.ci_high < wide.ci_high
 
 

@@ -528,9 +528,8 @@ def test_a_recorded_sweep_travels_as_plain_json_and_comes_back_the_same():
     assert back.to_dict() == recorded.to_dict()
     assert back.sweep.results[2].samples == sweep.results[2].samples
     assert sweep_lines(back) == sweep_lines(recorded)
-    assert back.verdict is not None and back.verdict.undecided_threads() == (
-        recorded.verdict.undecided_threads()
-    )
+    assert back.verdict is not None and recorded.verdict is not None
+    assert back.verdict.undecided_threads() == recorded.verdict.undecided_threads()
 
 
 def test_the_report_of_a_sweep_the_load_left_unmeasured():

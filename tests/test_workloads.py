@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from pytest_ollama_cpu.workloads import (
@@ -12,7 +14,7 @@ from pytest_ollama_cpu.workloads import (
 )
 
 
-def counter(per_word: float, fixed: int = 15) -> tuple[list[str], object]:
+def counter(per_word: float, fixed: int = 15) -> tuple[list[str], Callable[[str], int]]:
     sent: list[str] = []
 
     def count(prompt: str) -> int:
@@ -26,7 +28,7 @@ def counter(per_word: float, fixed: int = 15) -> tuple[list[str], object]:
 @pytest.mark.parametrize("tokens", [32, 128, 512, 2048])
 def test_a_prompt_of_the_tokens_asked_whatever_the_tokenizer(per_word: float, tokens: int) -> None:
     sent, count = counter(per_word)
-    prompt, got = prefill_prompt(count, tokens)  # type: ignore[arg-type]
+    prompt, got = prefill_prompt(count, tokens)
     assert abs(got - tokens) <= tolerance(tokens)
     assert prompt.endswith("\nExplain the text above.")
     assert len(sent) <= 4  # a handful of requests, each as long as the prompt
