@@ -11,7 +11,7 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -432,7 +432,7 @@ class NoServer:
     host: str = "http://127.0.0.1:1"
     log_path: Path = Path("serve-1.log")
     process: subprocess.Popen[bytes] | None = None
-    started: list[tuple[Path, int | None, list[int] | None]] = field(default_factory=list)
+    started: list[tuple[Path, int | None, Sequence[int] | None]] = field(default_factory=list)
 
     def log_tail(self) -> str:
         return "the log's last lines"
@@ -445,7 +445,7 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[NoServer]:
     server = NoServer()
 
     @contextlib.contextmanager
-    def running(root: Path, port: int | None, cpus: list[int] | None) -> Iterator[NoServer]:
+    def running(root: Path, port: int | None, cpus: Sequence[int] | None) -> Iterator[NoServer]:
         server.started.append((root, port, cpus))
         yield server
 
@@ -476,12 +476,24 @@ def test_embedded_passes_its_options_and_runs_the_command_against_the_server(
     )
     out, err = capfd.readouterr()
     assert status == 7  # the command's
-    assert no_server.started == [(tmp_path, 11500, [0, 1, 2, 5])]
+    assert no_server.started == [(tmp_path, 11500, (0, 1, 2, 5))]
     assert out == f"{no_server.host} {MODEL_NAME}\n"
     assert err == (
         f"pytest-ollama-cpu: embedded Ollama at {no_server.host} with model {MODEL_NAME} "
         f"(log: {no_server.log_path})\n"
     )
+
+
+def test_embedded_says_which_cpu_list_it_cannot_read(
+    no_server: NoServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["embedded", "--cpus", "0-x", "--", "true"])
+    assert stopped.value.code == 2
+    assert "argument --cpus: '0-x' is not a CPU number or range; write e.g. 0-3,8" in (
+        capsys.readouterr().err
+    )
+    assert no_server.started == []
 
 
 def test_embedded_says_when_the_command_is_not_found(
@@ -505,7 +517,7 @@ def test_embedded_without_a_command_says_when_the_server_stopped(
 def test_embedded_says_why_the_server_cannot_run(
     no_server: NoServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def unavailable(root: Path, port: int | None, cpus: list[int] | None) -> Any:
+    def unavailable(root: Path, port: int | None, cpus: Sequence[int] | None) -> Any:
         raise EmbeddedUnavailable("its pieces are not installed here")
 
     monkeypatch.setattr(cli, "running", unavailable)
