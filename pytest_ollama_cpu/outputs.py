@@ -35,7 +35,7 @@ from .baseline import build_document as build_benchmark_document
 from .comparison import Comparison, compare
 from .options import HTML, Settings
 from .records import RecordedSweep
-from .report import comparison_markdown
+from .report import Line, comparison_markdown, comparison_report, summary_lines
 from .storage import StorageError, build_document, check_writable, write_json_atomic
 
 
@@ -55,6 +55,32 @@ class Outputs:
     notices: list[str] = field(default_factory=list)
     #: set on a pipeline's first run: no saved run of this machine to compare with yet
     first_run: NoSavedRuns | None = None
+
+    def terminal_lines(self, sweeps: list[RecordedSweep], warnings: list[str]) -> list[Line]:
+        """The end of pytest's output: the sweeps' tables and warnings, what was written
+        where, the comparison with the baseline, and what went wrong."""
+        if not sweeps:
+            return [Line(f"ollama-cpu: {error}", "yellow") for error in self.errors]
+        lines = [Line("ollama-cpu: thread sweeps", heading=True)]
+        lines += [Line(line) for line in summary_lines(sweeps)]
+        lines += [Line(f"WARNING {warning}", "yellow") for warning in warnings]
+        if self.json_written is not None:
+            lines.append(Line(f"ollama-cpu: samples written to {self.json_written}"))
+        if self.html_written is not None:
+            lines.append(
+                Line(
+                    f"ollama-cpu: report written to {self.html_written} "
+                    f"({self.html_bytes / 1000:.0f} kB, drawn in {self.html_seconds:.1f} s)"
+                )
+            )
+        if self.saved is not None:
+            lines.append(Line(f"ollama-cpu: run saved as {self.saved}"))
+        lines += [Line(f"ollama-cpu: {notice}", "yellow") for notice in self.notices]
+        if self.comparison is not None:
+            lines.append(Line("ollama-cpu: comparison with the baseline", heading=True))
+            lines += comparison_report(self.comparison)
+        lines += [Line(f"ollama-cpu: ERROR: {error}", "red") for error in self.errors]
+        return lines
 
     def prepare(self) -> None:
         """Check paths and load the baseline; raise ``pytest.UsageError`` on a problem."""

@@ -11,15 +11,13 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 
 import pytest
 
-from .errors import OllamaCpuError
 from .fixture import OllamaCpu
 from .markers import MARKER_HELP, MARKER_NAME, MarkerError, ThreadsMarker, parse_marker
-from .options import ENABLE, MODEL, add_options, merge_thresholds, resolve_settings
+from .options import ENABLE, add_options, merge_thresholds, resolve_settings
 from .outputs import Outputs
 from .progress import Progress, ProgressDisplay
-from .report import comparison_lines, describe_model, header_lines, summary_lines
+from .report import run_header
 from .results import MachineBusy
-from .roofline import ModelFactsMissing
 from .run import RunState
 from .verdicts import decide_test
 from .xdist import (
@@ -144,43 +142,7 @@ class LiveProgress:
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     state = config.stash.get(STATE_KEY, None)
-    if state is None or not state.settings.enabled:
-        return None
-    if is_distributing(config):
-        # the workers measure, each against its own OLLAMA_HOST (see --tx env:)
-        return [
-            f"ollama-cpu: {state.settings.describe()}",
-            "ollama-cpu: measured by the pytest-xdist workers, each against its own server; "
-            "sweeps take turns per server and CPU",
-        ]
-    try:
-        connection = state.connect()
-    except OllamaCpuError as exc:
-        return header_lines(state.settings.describe(), None, None, f"NOT CONNECTED: {exc}")
-    model = (
-        f"NO MODEL GIVEN: pass {MODEL.flag} NAME or set {MODEL.env}; each test that does not "
-        "call generate(..., model=NAME) fails until then"
-    )
-    cost = None
-    if state.settings.model:
-        try:
-            facts = connection.client.model_facts(state.settings.model)
-            model = describe_model(facts)
-        except OllamaCpuError as exc:
-            model = f"MODEL NOT AVAILABLE: {exc}"
-        else:
-            if connection.server is not None and state.settings.roofline != "off":
-                with contextlib.suppress(OllamaCpuError, ModelFactsMissing):
-                    cost = connection.cost_of(facts)
-    return header_lines(
-        state.settings.describe(),
-        connection.facts.version,
-        connection.machine,
-        connection.facts.utilization_note,
-        model,
-        cost,
-        state.known_limits(connection),
-    )
+    return None if state is None else run_header(state, is_distributing(config))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -316,34 +278,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     state = terminalreporter.config.stash.get(STATE_KEY, None)
     if state is None:
         return
-    if not state.sweeps:
-        for error in terminalreporter.config.stash[OUTPUTS_KEY].errors:
-            terminalreporter.write_line(f"ollama-cpu: {error}", yellow=True)
-        return
-    terminalreporter.write_sep("=", "ollama-cpu: thread sweeps")
-    for line in summary_lines(state.ordered()):
-        terminalreporter.write_line(line)
-    for warning in state.warnings:
-        terminalreporter.write_line(f"WARNING {warning}", yellow=True)
     outputs = terminalreporter.config.stash[OUTPUTS_KEY]
-    if outputs.json_written is not None:
-        terminalreporter.write_line(f"ollama-cpu: samples written to {outputs.json_written}")
-    if outputs.html_written is not None:
-        terminalreporter.write_line(
-            f"ollama-cpu: report written to {outputs.html_written} "
-            f"({outputs.html_bytes / 1000:.0f} kB, drawn in {outputs.html_seconds:.1f} s)"
-        )
-    if outputs.saved is not None:
-        terminalreporter.write_line(f"ollama-cpu: run saved as {outputs.saved}")
-    for notice in outputs.notices:
-        terminalreporter.write_line(f"ollama-cpu: {notice}", yellow=True)
-    if outputs.comparison is not None:
-        terminalreporter.write_sep("=", "ollama-cpu: comparison with the baseline")
-        for line in comparison_lines(outputs.comparison):
-            red = "REGRESSION" in line or "machine differs" in line
-            terminalreporter.write_line(line, red=red)
-    for error in outputs.errors:
-        terminalreporter.write_line(f"ollama-cpu: ERROR: {error}", red=True)
+    for line in outputs.terminal_lines(state.ordered(), state.warnings):
+        if line.heading:
+            terminalreporter.write_sep("=", line.text)
+        elif line.colour is None:
+            terminalreporter.write_line(line.text)
+        else:
+            terminalreporter.write_line(line.text, **{line.colour: True})
 
 
 @pytest.hookimpl(trylast=True)

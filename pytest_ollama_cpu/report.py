@@ -1,17 +1,24 @@
-"""Text a person reads: the report header and the per-test tables.
+"""Text a person reads: the report header, the per-test tables, the comparison.
 
-Pure formatting: takes results, returns lines.
+Formatting: takes results, returns lines (``Line`` where the terminal shows one in
+colour, decided from the data, never from the words). The hooks in ``plugin.py``
+only write what these functions return.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from .client import ModelFacts
 from .comparison import Comparison
 from .disturbance import MARGIN_CORES
+from .errors import OllamaCpuError
 from .limits import MachineLimits
 from .machine import MachineFacts, cpus_text
+from .options import MODEL
 from .quantities import (
     GENERATION_RATE,
     GENERATION_ROOFLINE,
@@ -24,9 +31,21 @@ from .quantities import (
 )
 from .records import RecordedSweep, by_machine, merged_limits
 from .results import Sweep, ThreadResult, stopped_because
-from .roofline import OVER_LIMIT, ModelCost
+from .roofline import OVER_LIMIT, ModelCost, ModelFactsMissing
+from .run import RunState
 from .statistics import Summary, format_interval
 from .verdicts import Recommendation, Verdict, roofline_cause
+
+
+@dataclass(frozen=True)
+class Line:
+    """A line of the terminal summary: red (a regression, an error), yellow (a warning),
+    or a heading (pytest's ``=== text ===``)."""
+
+    text: str
+    colour: Literal["red", "yellow"] | None = None
+    heading: bool = False
+
 
 COLUMNS = (
     "threads",
@@ -433,6 +452,50 @@ def describe_model(model: ModelFacts) -> str:
     return f"model {model.name}: {', '.join(parts)}"
 
 
+def run_header(state: RunState, distributing: bool) -> list[str] | None:
+    """The lines pytest prints above the tests: settings, server, model, machine and,
+    where already probed, its limits; None when the plugin is off. Connects to the
+    server (a failure is said here, and again by each test that needs it)."""
+    settings = state.settings
+    if not settings.enabled:
+        return None
+    if distributing:
+        # the workers measure, each against its own OLLAMA_HOST (see --tx env:)
+        return [
+            f"ollama-cpu: {settings.describe()}",
+            "ollama-cpu: measured by the pytest-xdist workers, each against its own server; "
+            "sweeps take turns per server and CPU",
+        ]
+    try:
+        connection = state.connect()
+    except OllamaCpuError as exc:
+        return header_lines(settings.describe(), None, None, f"NOT CONNECTED: {exc}")
+    model = (
+        f"NO MODEL GIVEN: pass {MODEL.flag} NAME or set {MODEL.env}; each test that does not "
+        "call generate(..., model=NAME) fails until then"
+    )
+    cost = None
+    if settings.model:
+        try:
+            facts = connection.client.model_facts(settings.model)
+            model = describe_model(facts)
+        except OllamaCpuError as exc:
+            model = f"MODEL NOT AVAILABLE: {exc}"
+        else:
+            if connection.server is not None and settings.roofline != "off":
+                with contextlib.suppress(OllamaCpuError, ModelFactsMissing):
+                    cost = connection.cost_of(facts)
+    return header_lines(
+        settings.describe(),
+        connection.facts.version,
+        connection.machine,
+        connection.facts.utilization_note,
+        model,
+        cost,
+        state.known_limits(connection),
+    )
+
+
 def header_lines(
     settings_text: str,
     version: str | None,
@@ -515,6 +578,10 @@ def _roofline_change(shares: tuple[float | None, float | None]) -> str:
     return " -> ".join("-" if v is None else f"{v:.0%}" for v in shares)
 
 
+def _difference_notes(comparison: Comparison) -> list[str]:
+    return [f"the baseline's machine differs: {d}" for d in comparison.differences]
+
+
 def comparison_notes(comparison: Comparison) -> list[str]:
     notes = []
     if comparison.baseline == comparison.new:
@@ -522,7 +589,7 @@ def comparison_notes(comparison: Comparison) -> list[str]:
             f"the baseline and the new run are the same file ({comparison.new}): name two "
             "different runs"
         )
-    notes += [f"the baseline's machine differs: {d}" for d in comparison.differences]
+    notes += _difference_notes(comparison)
     notes += [f"only in the baseline: {name}" for name in comparison.only_in_baseline]
     notes += [f"only in this run: {name}" for name in comparison.only_in_new]
     if comparison.gating and not comparison.rows:
@@ -581,16 +648,31 @@ def comparison_legend(comparison: Comparison) -> list[str]:
     ]
 
 
-def comparison_lines(comparison: Comparison) -> list[str]:
-    lines = [comparison_title(comparison)]
+def comparison_report(comparison: Comparison) -> list[Line]:
+    """The comparison for the terminal: a regression's row and a machine that differs
+    are red."""
+    lines = [Line(comparison_title(comparison))]
     rows = comparison_rows(comparison)
     if rows:
-        lines += ["  " + line for line in format_table(rows, COMPARISON_COLUMNS)]
+        table = format_table(rows, COMPARISON_COLUMNS)
+        lines.append(Line("  " + table[0]))  # the header
+        lines += [
+            Line("  " + line, "red" if row.regression else None)
+            for row, line in zip(comparison.rows, table[1:], strict=True)
+        ]
     else:
-        lines.append("  no test was measured in both runs")
-    lines += [f"  note: {n}" for n in comparison_notes(comparison)]
-    lines += [f"  {line}" for line in comparison_legend(comparison)]
+        lines.append(Line("  no test was measured in both runs"))
+    differs = set(_difference_notes(comparison))
+    lines += [
+        Line(f"  note: {n}", "red" if n in differs else None) for n in comparison_notes(comparison)
+    ]
+    lines += [Line(f"  {line}") for line in comparison_legend(comparison)]
     return lines
+
+
+def comparison_lines(comparison: Comparison) -> list[str]:
+    """The comparison as plain text (the ``compare`` command's table)."""
+    return [line.text for line in comparison_report(comparison)]
 
 
 def comparison_markdown(comparison: Comparison) -> str:
@@ -611,9 +693,9 @@ def comparison_markdown(comparison: Comparison) -> str:
         "| " + " | ".join(COMPARISON_COLUMNS) + " |",
         "|" + "---|" * len(COMPARISON_COLUMNS),
     ]
-    for row in comparison_rows(comparison):
-        cells = [c.replace("|", "\\|") for c in row]
-        if cells[-1].startswith("REGRESSION"):
+    for row, cells in zip(comparison.rows, comparison_rows(comparison), strict=True):
+        cells = [c.replace("|", "\\|") for c in cells]
+        if row.regression:
             cells[-1] = f"**{cells[-1]}**"
         lines.append("| " + " | ".join(cells) + " |")
     notes = comparison_notes(comparison)

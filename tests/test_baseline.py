@@ -17,7 +17,7 @@ import pytest
 from pytest_ollama_cpu import baseline
 from pytest_ollama_cpu.baseline import BaselineError, SavedRun, find, load_file, save
 from pytest_ollama_cpu.comparison import compare
-from pytest_ollama_cpu.report import comparison_lines, comparison_markdown
+from pytest_ollama_cpu.report import comparison_lines, comparison_markdown, comparison_report
 from pytest_ollama_cpu.rules import RuleError, parse_rule
 
 from .conftest import run_behaviour
@@ -398,6 +398,17 @@ def test_compare_absolute_utilization_and_machine_differences():
         "usable CPUs: 2.0 in the baseline, 1.0 now",
         "model m: digest dddddddddddd in the baseline, eeeeeeeeeeee now",
     )
+    # the terminal shows the regressed row and each machine difference in red, from
+    # the data: a legend or note that merely mentions a regression stays plain
+    lines = comparison_report(result)
+    red = [line.text for line in lines if line.colour == "red"]
+    assert len(red) == 3
+    assert "REGRESSION" in red[0] and "test_a" in red[0]
+    assert all("the baseline's machine differs" in text for text in red[1:])
+    plain = [line for line in lines if line.colour is None]
+    assert any("1 regression(s) at alpha" in line.text for line in plain)  # the legend
+    calm = compare(old, old, [parse_rule("utilization:0.1")], 0.01)
+    assert [line for line in comparison_report(calm) if line.colour] == []
 
 
 # -- in a pytest run -------------------------------------------------------------------
