@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_ROOT = Path("/proc")
 
@@ -258,6 +256,8 @@ class MachineFacts:
 def read_machine_facts(pid: int | None = None, cpus: Sequence[int] | None = None) -> MachineFacts:
     """Facts for ``pid`` (the Ollama server), or for this process when ``None``;
     ``cpus``, when given, is the set the server will be confined to."""
+    import psutil  # here: a run without --ollama-cpu reads CPU lists only
+
     target = pid if pid is not None else os.getpid()
     try:
         affinity = tuple(sorted(psutil.Process(target).cpu_affinity() or []))

@@ -343,6 +343,19 @@ class Settings:
     #: probe the machine's limits: "on" (cached), "fresh" or "off"
     roofline: str = "on"
 
+    @property
+    def has_work(self) -> bool:
+        """Whether the plugin measures, writes or compares anything in this run: without
+        ``--ollama-cpu`` and the file options its tests are only skipped."""
+        return bool(
+            self.enabled
+            or self.json_path
+            or self.html_path
+            or self.save
+            or self.autosave
+            or self.compare
+        )
+
     def rounds_limit(self, rounds: int, marker_max: int | None = None) -> int:
         """Most rounds a thread count may get: marker, then option, then 4 x rounds."""
         limit = marker_max or self.max_rounds or 4 * rounds

@@ -1,44 +1,47 @@
 """pytest entry point: hooks and the fixture, each a few lines over the modules.
 
 Data flows one way: options and marker -> sweep against Ollama (sampler) ->
-samples and summaries (results, statistics) -> report and JSON (report, storage).
+samples and summaries (results, statistics) -> verdicts -> report and files
+(report, outputs). A run without ``--ollama-cpu`` (and without any of the plugin's
+file options) reads its options and markers only: the modules that talk to Ollama
+and do the statistics (ollama, httpx, numpy, scipy, pytest-benchmark) are imported
+when the plugin has work to do.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from .fixture import OllamaCpu
 from .markers import MARKER_HELP, MARKER_NAME, MarkerError, ThreadsMarker, parse_marker
-from .options import ENABLE, add_options, merge_thresholds, resolve_settings
-from .outputs import Outputs
+from .options import ENABLE, Settings, add_options, merge_thresholds, resolve_settings
 from .progress import Progress, ProgressDisplay
-from .report import run_header
-from .results import MachineBusy
-from .run import RunState
-from .verdicts import decide_test
 from .xdist import (
     WORKER_OUTPUT_KEY,
     XDIST_GROUP,
-    ProgressRelay,
-    XdistHooks,
     is_distributing,
     is_worker,
     ungrouped_nodeid,
-    worker_output,
     worker_progress,
 )
 
+if TYPE_CHECKING:  # imported where the plugin has work (see pytest_configure)
+    from .fixture import OllamaCpu
+    from .outputs import Outputs
+    from .results import MachineBusy
+    from .run import RunState
+
 FIXTURE_NAME = "ollama_cpu"
-STATE_KEY = pytest.StashKey[RunState]()
+SETTINGS_KEY = pytest.StashKey[Settings]()
+STATE_KEY: pytest.StashKey[RunState] = pytest.StashKey()
 MARKER_KEY = pytest.StashKey[ThreadsMarker]()
-FIXTURE_KEY = pytest.StashKey[OllamaCpu]()
-OUTPUTS_KEY = pytest.StashKey[Outputs]()
+FIXTURE_KEY: pytest.StashKey[OllamaCpu] = pytest.StashKey()
+OUTPUTS_KEY: pytest.StashKey[Outputs] = pytest.StashKey()
 ORDER_KEY = pytest.StashKey[int]()
-PROGRESS_KEY = pytest.StashKey["LiveProgress"]()
+PROGRESS_KEY: pytest.StashKey[LiveProgress] = pytest.StashKey()
 
 
 class OllamaCpuWarning(pytest.PytestWarning):
@@ -58,6 +61,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     settings = resolve_settings(config.getoption, config.getini, rootpath=config.rootpath)
+    config.stash[SETTINGS_KEY] = settings
+    if not settings.has_work:
+        return  # its tests are skipped; nothing is measured, written or compared
+    from .outputs import Outputs
+    from .run import RunState
+    from .xdist import ProgressRelay, XdistHooks
+
     outputs = Outputs(settings)
     if not _is_xdist_worker(config):
         outputs.prepare()
@@ -142,7 +152,11 @@ class LiveProgress:
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     state = config.stash.get(STATE_KEY, None)
-    return None if state is None else run_header(state, is_distributing(config))
+    if state is None or not state.settings.enabled:
+        return None
+    from .report import run_header
+
+    return run_header(state, is_distributing(config))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -185,7 +199,7 @@ def _bad_markers(items: Iterable[pytest.Item]) -> list[str]:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks we add
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    state = config.stash[STATE_KEY]
+    enabled = config.stash[SETTINGS_KEY].enabled
     skip = pytest.mark.skip(reason=SKIP_REASON)
     xdist_active = config.pluginmanager.hasplugin("xdist")
     # markers are checked as their modules are collected; this catches any a hook added since
@@ -200,7 +214,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         uses_fixture = _uses_fixture(item)
         # a marker alone measures nothing: such a test runs as it is, and is warned about
         # when it runs (where warnings filters apply as users expect)
-        if uses_fixture and not state.settings.enabled:
+        if uses_fixture and not enabled:
             item.add_marker(skip)
         elif uses_fixture and xdist_active:
             item.add_marker(pytest.mark.xdist_group(XDIST_GROUP))
@@ -213,9 +227,11 @@ def _uses_fixture(item: pytest.Item) -> bool:
 @pytest.fixture
 def ollama_cpu(request: pytest.FixtureRequest) -> Iterator[OllamaCpu]:
     """Sweeps a workload across the test's ``@pytest.mark.threads(...)`` counts."""
-    state = request.config.stash[STATE_KEY]
-    if not state.settings.enabled:
+    if not request.config.stash[SETTINGS_KEY].enabled:
         pytest.skip(SKIP_REASON)
+    from .fixture import OllamaCpu
+
+    state = request.config.stash[STATE_KEY]
     settings = state.settings
     marker = request.node.stash.get(MARKER_KEY, None) or ThreadsMarker(settings.threads)
     rounds = marker.rounds or settings.rounds
@@ -246,6 +262,11 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
             item.warn(warning)
         except OllamaCpuWarning:  # -W error: the message, not this hook's traceback
             raise pytest.fail.Exception(f"OllamaCpuWarning: {warning}", pytrace=False) from None
+    if not _uses_fixture(item) or not item.config.stash[SETTINGS_KEY].enabled:
+        return (yield)
+    from .results import MachineBusy
+    from .verdicts import decide_test
+
     busy: MachineBusy | None = None
     try:
         result = yield
@@ -296,6 +317,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state is None or outputs is None:
         return
     if _is_xdist_worker(config):
+        from .xdist import worker_output
+
         config.workeroutput[WORKER_OUTPUT_KEY] = worker_output(state)  # type: ignore[attr-defined]
         return
     status = outputs.finish(state.ordered(), _settings_dict(state))

@@ -27,13 +27,14 @@ import contextlib
 import json
 import threading
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .progress import Progress, ProgressDisplay
-from .records import RecordedSweep
-from .run import RunState
+
+if TYPE_CHECKING:
+    from .run import RunState
 
 WORKER_OUTPUT_KEY = "pytest_ollama_cpu"
 
@@ -102,6 +103,8 @@ def worker_output(state: RunState) -> dict[str, Any]:
 def take_worker_output(state: RunState, output: dict[str, Any] | None) -> None:
     if not output:
         return
+    from .records import RecordedSweep
+
     state.add(
         [RecordedSweep.from_dict(d) for d in output.get("sweeps", [])],
         list(output.get("warnings", [])),

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import pkgutil
 import signal
 import subprocess
 import sys
@@ -13,9 +15,10 @@ import psutil
 import pytest
 
 # Loaded here, before any in-process pytester run: such a run restores sys.modules when
-# it ends, and a C extension first loaded inside one (the plugin imports scipy only when
-# a verdict needs it) cannot be loaded again by the next ("cannot load module more than
-# once per process"). A pytest process outside these tests loads it once and keeps it.
+# it ends, and a C extension first loaded inside one (the plugin imports its modules, and
+# through them numpy, pydantic's core and scipy, only when it has work) cannot be loaded
+# again by the next ("cannot load module more than once per process"). A pytest process
+# outside these tests loads each once and keeps it.
 import scipy.optimize  # noqa: F401
 import scipy.special  # noqa: F401
 
@@ -23,6 +26,7 @@ with contextlib.suppress(ImportError):  # the report extra: drawn inside pyteste
     import matplotlib.figure  # noqa: F401
     import matplotlib.style  # noqa: F401
 
+import pytest_ollama_cpu
 from pytest_ollama_cpu.embedded import (
     MODEL_NAME,
     EmbeddedServer,
@@ -34,6 +38,10 @@ from pytest_ollama_cpu.embedded import cpu_quota as embedded_cpu_quota
 from pytest_ollama_cpu.locking import LOCK_DIR_ENV
 
 from .fake_ollama import Behaviour, FakeOllama, SpawnedFakeOllama
+
+# (see above) every module of the plugin, and so numpy, ollama, httpx, psutil
+for _module in pkgutil.iter_modules(pytest_ollama_cpu.__path__):
+    importlib.import_module(f"pytest_ollama_cpu.{_module.name}")
 
 ROOT = Path(__file__).resolve().parent.parent
 
