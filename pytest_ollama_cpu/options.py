@@ -275,7 +275,7 @@ MODEL = OptionSpec(
 )
 ROUNDS = OptionSpec(
     "--ollama-cpu-rounds",
-    "Measured requests per thread count, after one warm-up request. Default: 5.",
+    f"Measured requests per thread count, after one warm-up request. Default: {DEFAULT_ROUNDS}.",
     setting="rounds",
     read=_whole_number(1),
     default=DEFAULT_ROUNDS,
@@ -284,7 +284,7 @@ ROUNDS = OptionSpec(
 )
 NUM_PREDICT = OptionSpec(
     "--ollama-cpu-num-predict",
-    "Tokens to generate per request unless a test says otherwise. Default: 64.",
+    f"Tokens to generate per request unless a test says otherwise. Default: {DEFAULT_NUM_PREDICT}.",
     setting="num_predict",
     read=_whole_number(MIN_RATE_TOKENS, ": a rate from fewer tokens is mostly timer resolution"),
     default=DEFAULT_NUM_PREDICT,
@@ -301,7 +301,8 @@ THREADS = OptionSpec(
 )
 TIMEOUT = OptionSpec(
     "--ollama-cpu-timeout",
-    "Seconds one request may take, its whole reply included, before it fails. Default: 300.",
+    "Seconds one request may take, its whole reply included, before it fails. Default: "
+    f"{DEFAULT_TIMEOUT:g}.",
     setting="timeout",
     read=_number(
         float,
