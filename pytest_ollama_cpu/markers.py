@@ -18,19 +18,20 @@ from .machine import auto_thread_counts
 from .thresholds import THRESHOLD_KEYWORDS, ThresholdError, check_alpha, check_threshold
 
 MARKER_NAME = "threads"
-MARKER_HELP = (
-    "threads(*counts, rounds=None, max_rounds=None, min_speedup=None, min_efficiency=None, "
-    "min_utilization=None, min_machine_utilization=None, min_roofline=None, alpha=None): sweep "
-    "these num_thread "
-    "values with the ollama_cpu fixture; counts are ints, ranges or 'auto' (1, 2, 4, ... up to "
-    "the usable CPUs). rounds: measured requests per thread count; the min_* thresholds fail "
-    "the test when the samples show, at confidence 1 - alpha, that the value is below them."
-)
 
 AUTO: Final = "auto"
 ThreadSpec = tuple["int | Literal['auto']", ...]
 
+#: the marker's keywords: every threshold (``thresholds.Thresholds``) among them
 _KEYWORDS = ("rounds", "max_rounds", *THRESHOLD_KEYWORDS, "alpha")
+
+MARKER_HELP = (
+    f"{MARKER_NAME}(*counts, {', '.join(f'{key}=None' for key in _KEYWORDS)}): sweep these "
+    "num_thread values with the ollama_cpu fixture; counts are ints, ranges or 'auto' (1, 2, "
+    "4, ... up to the usable CPUs). rounds: measured requests per thread count; the min_* "
+    "thresholds fail the test when the samples show, at confidence 1 - alpha, that the value "
+    "is below them."
+)
 
 
 class MarkerError(InputError):

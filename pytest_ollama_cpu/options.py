@@ -3,8 +3,9 @@
 Every option is ``--ollama-cpu-*`` on the command line with an ini twin of the
 same name in snake case; some also read an environment variable. Precedence,
 highest first: the test's marker (for the keywords it takes), the command line,
-the environment, the ini file, the default. A bad value is a
-``pytest.UsageError`` that says where the value came from and what is allowed.
+the environment, the ini file, the default. Each option's ``OptionSpec`` names
+the function that reads its value; a bad value is a ``pytest.UsageError`` that
+says where the value came from and what is allowed.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from .disturbance import DEFAULT_QUIET_WAIT, DEFAULT_RETAKES, RetakeBudget
-from .host import DEFAULT_HOST, Credentials, mask_password, parse_host, shown_host
+from .host import DEFAULT_HOST, Credentials, Host, mask_password, parse_host, shown_host
 from .machine import format_cpu_list, parse_cpu_list
 from .markers import (
     AUTO,
@@ -27,20 +28,148 @@ from .markers import (
     parse_thread_list,
 )
 from .quantities import MIN_RATE_TOKENS
-from .rules import Rule, RuleError, parse_rule
-from .thresholds import DEFAULT_ALPHA, Thresholds, check_alpha, check_threshold
+from .rules import Rule, parse_rule
+from .thresholds import (
+    DEFAULT_ALPHA,
+    THRESHOLD_KEYWORDS,
+    THRESHOLDS,
+    Thresholds,
+    ThresholdSpec,
+    check_alpha,
+    check_threshold,
+)
 
 DEFAULT_STORAGE = Path(".benchmarks")
+DEFAULT_ROUNDS = 5
+DEFAULT_NUM_PREDICT = 32
+DEFAULT_TIMEOUT = 300.0
+INCONCLUSIVE_CHOICES = ("pass", "fail", "skip")
+ROOFLINE_CHOICES = ("on", "fresh", "off")
 
 GROUP = "ollama-cpu"
 
-N = TypeVar("N", int, float)
+
+@dataclass(frozen=True)
+class Given:
+    """One value as given for an option, and where it came from."""
+
+    value: str
+    #: "the command line", "environment variable X" or "ini option x": for messages
+    source: str
+    #: the folder a relative path in it is relative to: the rootdir for the ini file
+    #: (as pytest's own ini paths are), else None (the current folder)
+    base: Path | None = None
+
+    def path(self) -> Path:
+        """The value as a path: ``~`` expanded, a relative one from the ini file in ``base``."""
+        path = Path(self.value).expanduser()
+        return self.base / path if self.base is not None and not path.is_absolute() else path
+
+
+#: Reads one given value into the setting, or raises ``ValueError`` saying what is allowed.
+Reader = Callable[[Given], Any]
+
+
+def _text(given: Given) -> str:
+    return given.value
+
+
+def _switch(given: Given) -> bool:
+    """A flag: on the command line or true in the ini file (or its environment variable)."""
+    value = given.value.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError("expected true or false")
+    return value in ("1", "true", "yes", "on")
+
+
+def _number(
+    parse: Callable[[str], Any], allowed: str, accept: Callable[[Any], bool] | None = None
+) -> Reader:
+    """A number that ``parse`` reads (raising ``ValueError`` on a bad one) and ``accept``
+    accepts; anything else is refused with ``allowed``."""
+
+    def read(given: Given) -> Any:
+        try:
+            value = parse(given.value)
+        except ValueError:
+            raise ValueError(allowed) from None
+        if accept is not None and not accept(value):
+            raise ValueError(allowed)
+        return value
+
+    return read
+
+
+def _whole_number(least: int, why: str = "") -> Reader:
+    """A count of ``least`` or more; ``why`` says what the least means, or why."""
+    return _number(int, f"expected a whole number of {least} or more{why}", lambda v: v >= least)
+
+
+def _choice(choices: tuple[str, ...]) -> Reader:
+    """One of ``choices``, in any case and spacing."""
+
+    def read(given: Given) -> str:
+        value = given.value.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+
+    return read
+
+
+def _file(given: Given) -> Path:
+    """The file an option names; a folder is an error."""
+    path = given.path()
+    if path.is_dir():
+        raise ValueError("it is a folder; give a file name")
+    return path
+
+
+def _folder(given: Given) -> Path:
+    path = given.path()
+    if path.exists() and not path.is_dir():
+        raise ValueError("it is a file; give a folder")
+    return path
+
+
+def _host(given: Given) -> Host:
+    return parse_host(given.value)
+
+
+def _threads(given: Given) -> ThreadSpec:
+    return parse_thread_list(given.value)
+
+
+def _cpus(given: Given) -> tuple[int, ...]:
+    cpus = parse_cpu_list(given.value)
+    present = set(range(os.cpu_count() or 1))
+    missing = [c for c in cpus if c not in present]
+    if missing:
+        raise ValueError(
+            f"this machine has no CPU {format_cpu_list(missing)} (it has "
+            f"{format_cpu_list(present)})"
+        )
+    return cpus
+
+
+def _rule(given: Given) -> Rule:
+    return parse_rule(given.value)
 
 
 @dataclass(frozen=True)
 class OptionSpec:
+    """One option: how it is given (flag, ini key, environment variable), what it is
+    for (help), and how its value is read into the setting it fills."""
+
     flag: str
     help: str
+    #: the ``Settings`` field it fills (a threshold's name and ``alpha`` fill the
+    #: ``Thresholds``, ``retakes`` and ``quiet_wait`` the ``RetakeBudget``)
+    setting: str
+    #: reads one given value (each, for ``repeat``)
+    read: Reader = _text
+    #: the setting when the option is given nowhere
+    default: Any = None
     env: str | None = None
     metavar: str | None = None
     is_flag: bool = False
@@ -48,6 +177,8 @@ class OptionSpec:
     const: str | None = None
     #: may be given several times (and as several lines in the ini file)
     repeat: bool = False
+    #: how a bad value is shown in its message (a password is not)
+    shown: Callable[[str], str] | None = None
 
     @property
     def dest(self) -> str:
@@ -57,10 +188,69 @@ class OptionSpec:
     def ini(self) -> str:
         return self.dest
 
+    def resolve(self, sources: Sources) -> Any:
+        """The setting from the first source that gives it, read and checked; the
+        default where none does."""
+        given = sources.find(self)
+        if not given:
+            return self.default
+        values = [self._read(one) for one in given]
+        return tuple(values) if self.repeat else values[0]
+
+    def _read(self, given: Given) -> Any:
+        try:
+            return self.read(given)
+        except ValueError as exc:
+            raise _usage_error(given, self, str(exc)) from None
+
+
+def _usage_error(given: Given, spec: OptionSpec, allowed: str) -> pytest.UsageError:
+    value = spec.shown(given.value) if spec.shown is not None else given.value
+    return pytest.UsageError(
+        f"{spec.flag}: {value!r} (from {given.source}) is not valid: {allowed}"
+    )
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where options are given, highest precedence first: the command line, the
+    environment, the ini file (whose relative paths are relative to ``rootpath``)."""
+
+    getoption: Callable[[str], Any]
+    getini: Callable[[str], Any]
+    environ: Mapping[str, str]
+    rootpath: Path | None = None
+
+    def find(self, spec: OptionSpec) -> list[Given]:
+        """The option's values (one unless ``repeat``) as the first source that gives
+        it has them; none when no source does."""
+        cli = self.getoption(spec.dest)
+        if cli not in (None, [], False):  # a flag not given is None (or False)
+            return _values(spec, cli, "the command line")
+        if spec.env and self.environ.get(spec.env, "").strip():
+            return _values(spec, self.environ[spec.env].strip(), f"environment variable {spec.env}")
+        ini = self.getini(spec.ini)
+        if ini not in (None, "", [], False):
+            return _values(spec, ini, f"ini option {spec.ini}", self.rootpath)
+        return []
+
+
+def _values(spec: OptionSpec, value: Any, source: str, base: Path | None = None) -> list[Given]:
+    if isinstance(value, bool):  # a flag's
+        value = "true" if value else "false"
+    if spec.repeat:  # a list, or text with one value a line as in the ini file
+        if not isinstance(value, list):
+            value = [line.strip() for line in str(value).splitlines() if line.strip()]
+        return [Given(str(item), source, base) for item in value]
+    return [Given(str(value), source, base)]
+
 
 ENABLE = OptionSpec(
     "--ollama-cpu",
     "Run the ollama-cpu performance tests (they are skipped without it).",
+    setting="enabled",
+    read=_switch,
+    default=False,
     is_flag=True,
 )
 HOST = OptionSpec(
@@ -68,41 +258,65 @@ HOST = OptionSpec(
     "Ollama server to measure: host[:port], [IPv6][:port] or http(s)://[USER:PASSWORD@]host"
     "[:port][/path] (a path for a reverse proxy; the password is sent, never shown). "
     f"Default: $OLLAMA_HOST, else {DEFAULT_HOST}.",
+    setting="host",  # with its credentials
+    read=_host,
+    default=parse_host(DEFAULT_HOST),
     env="OLLAMA_HOST",
     metavar="URL",
+    shown=mask_password,  # never print a password
 )
 MODEL = OptionSpec(
     "--ollama-cpu-model",
     "Model the sweeps use unless a test names one (must be pulled on the server). "
     "Default: $OLLAMA_CPU_MODEL.",
+    setting="model",
     env="OLLAMA_CPU_MODEL",
     metavar="NAME",
 )
 ROUNDS = OptionSpec(
     "--ollama-cpu-rounds",
-    "Measured requests per thread count, after one warm-up request. Default: 5.",
+    f"Measured requests per thread count, after one warm-up request. Default: {DEFAULT_ROUNDS}.",
+    setting="rounds",
+    read=_whole_number(1),
+    default=DEFAULT_ROUNDS,
     env="OLLAMA_CPU_ROUNDS",
     metavar="N",
 )
 NUM_PREDICT = OptionSpec(
     "--ollama-cpu-num-predict",
-    "Tokens to generate per request unless a test says otherwise. Default: 64.",
+    f"Tokens to generate per request unless a test says otherwise. Default: {DEFAULT_NUM_PREDICT}.",
+    setting="num_predict",
+    read=_whole_number(MIN_RATE_TOKENS, ": a rate from fewer tokens is mostly timer resolution"),
+    default=DEFAULT_NUM_PREDICT,
     metavar="N",
 )
 THREADS = OptionSpec(
     "--ollama-cpu-threads",
     "Thread counts swept by tests without a threads marker: 'auto' (1, 2, 4, ... up to the "
     "usable CPUs) or a comma-separated list such as '1,2,4'. Default: auto.",
+    setting="threads",
+    read=_threads,
+    default=(AUTO,),
     metavar="LIST",
 )
 TIMEOUT = OptionSpec(
     "--ollama-cpu-timeout",
-    "Seconds one request may take, its whole reply included, before it fails. Default: 300.",
+    "Seconds one request may take, its whole reply included, before it fails. Default: "
+    f"{DEFAULT_TIMEOUT:g}.",
+    setting="timeout",
+    read=_number(
+        float,
+        f"expected a finite number of seconds above 0, e.g. {DEFAULT_TIMEOUT:g}",
+        lambda v: 0 < v < math.inf,
+    ),
+    default=DEFAULT_TIMEOUT,
     metavar="SECONDS",
 )
 JSON = OptionSpec(
     "--ollama-cpu-json",
     "Write every raw sample and the machine facts to this JSON file.",
+    setting="json_path",
+    read=_file,
     metavar="PATH",
 )
 HTML = OptionSpec(
@@ -110,6 +324,8 @@ HTML = OptionSpec(
     "Write a self-contained HTML report (charts of every sweep, its samples, utilization, "
     "verdicts and any comparison) to this file at the end of the run. Needs matplotlib: "
     "pip install 'pytest-ollama-cpu[report]'.",
+    setting="html_path",
+    read=_file,
     metavar="PATH",
 )
 
@@ -117,41 +333,41 @@ MAX_ROUNDS = OptionSpec(
     "--ollama-cpu-max-rounds",
     "Most measured requests per thread count when a threshold is still undecided: the sweep "
     "adds rounds until every verdict is clear or this is reached. Default: 4 x rounds.",
+    setting="max_rounds",
+    read=_whole_number(1),
     metavar="N",
 )
-MIN_SPEEDUP = OptionSpec(
-    "--ollama-cpu-min-speedup",
-    "Fail when the largest thread count's speedup over the smallest is shown to be below this.",
-    metavar="X",
-)
-MIN_EFFICIENCY = OptionSpec(
-    "--ollama-cpu-min-efficiency",
-    "Fail when a thread count's efficiency (speedup / thread ratio) is shown to be below this.",
-    metavar="X",
-)
-MIN_UTILIZATION = OptionSpec(
-    "--ollama-cpu-min-utilization",
-    "Fail when a thread count's thread utilization (cores busy / threads) is shown to be "
-    "below this.",
-    metavar="X",
-)
-MIN_MACHINE_UTILIZATION = OptionSpec(
-    "--ollama-cpu-min-machine-utilization",
-    "Fail when the largest thread count's machine utilization (cores busy / usable CPUs) is "
-    "shown to be below this.",
-    metavar="X",
-)
-MIN_ROOFLINE = OptionSpec(
-    "--ollama-cpu-min-roofline",
-    "Fail when a thread count's rate is shown to reach less than this share of the machine's "
-    "limit: generation against memory bandwidth, prefill (for a prefill workload) against "
-    "arithmetic peak, e.g. 0.5.",
-    metavar="X",
-)
+
+
+def _threshold_option(name: str, spec: ThresholdSpec) -> OptionSpec:
+    """A threshold's option: ``min_speedup`` is ``--ollama-cpu-min-speedup``."""
+    return OptionSpec(
+        f"--ollama-cpu-{name.replace('_', '-')}",
+        spec.help,
+        setting=name,
+        read=_number(
+            lambda text: check_threshold(name, float(text)),
+            f"expected a finite number above 0, e.g. {spec.example}",
+        ),
+        metavar="X",
+    )
+
+
+#: one option per threshold (``thresholds.Thresholds``), by the threshold's name
+THRESHOLD_OPTIONS = {name: _threshold_option(name, spec) for name, spec in THRESHOLDS.items()}
+MIN_SPEEDUP = THRESHOLD_OPTIONS["min_speedup"]
+MIN_EFFICIENCY = THRESHOLD_OPTIONS["min_efficiency"]
+MIN_UTILIZATION = THRESHOLD_OPTIONS["min_utilization"]
+MIN_MACHINE_UTILIZATION = THRESHOLD_OPTIONS["min_machine_utilization"]
+MIN_ROOFLINE = THRESHOLD_OPTIONS["min_roofline"]
+
 ROOFLINE_PROBE = OptionSpec(
     "--ollama-cpu-roofline",
     "Probe the machine's memory bandwidth and arithmetic peak per thread count (a few seconds, "
     "cached per machine for a day): on, fresh (probe again now) or off. Default: on.",
+    setting="roofline",
+    read=_choice(ROOFLINE_CHOICES),
+    default=ROOFLINE_CHOICES[0],
     env="OLLAMA_CPU_ROOFLINE",
     metavar="on|fresh|off",
 )
@@ -159,6 +375,12 @@ ALPHA = OptionSpec(
     "--ollama-cpu-alpha",
     "Significance of the verdicts: the most a test may fail by chance when every threshold is "
     "met. Default: 0.01.",
+    setting="alpha",
+    read=_number(
+        lambda text: check_alpha(float(text)),
+        "expected a number between 0 and 0.5, e.g. 0.01",
+    ),
+    default=DEFAULT_ALPHA,
     env="OLLAMA_CPU_ALPHA",
     metavar="ALPHA",
 )
@@ -166,6 +388,9 @@ INCONCLUSIVE = OptionSpec(
     "--ollama-cpu-inconclusive",
     "What an undecided verdict does after max-rounds: pass (with a warning in the summary), "
     "fail or skip. Default: pass.",
+    setting="inconclusive",
+    read=_choice(INCONCLUSIVE_CHOICES),
+    default=INCONCLUSIVE_CHOICES[0],
     metavar="pass|fail|skip",
 )
 RETAKES = OptionSpec(
@@ -173,6 +398,9 @@ RETAKES = OptionSpec(
     "Samples a thread count may set aside and take again, per sweep, when other processes took "
     "CPU the server needed; then it is given up as busy (0: at its first disturbed sample). "
     f"Default: {DEFAULT_RETAKES}.",
+    setting="retakes",  # of the RetakeBudget
+    read=_whole_number(0, " (0: a thread count is given up as busy at its first disturbed sample)"),
+    default=DEFAULT_RETAKES,
     metavar="N",
 )
 QUIET_WAIT = OptionSpec(
@@ -180,6 +408,14 @@ QUIET_WAIT = OptionSpec(
     "Seconds a thread count may wait, per sweep, for the server's CPUs to be quiet before "
     "retaking a disturbed sample; 0 retakes at once. Default: "
     f"{DEFAULT_QUIET_WAIT:g}.",
+    setting="quiet_wait",  # of the RetakeBudget
+    read=_number(
+        float,
+        "expected a finite number of seconds, 0 or more (0: a disturbed sample is taken again "
+        "at once, without waiting)",
+        lambda v: 0 <= v < math.inf,
+    ),
+    default=DEFAULT_QUIET_WAIT,
     metavar="SECONDS",
 )
 
@@ -188,27 +424,37 @@ CPUS = OptionSpec(
     "Confine the Ollama server's runner to these CPUs during each sweep, e.g. 0-3,8 (like "
     "llama-bench's --cpu-mask); usable CPUs and 'auto' follow. Needs a server on this machine "
     "whose CPU affinity pytest may set.",
+    setting="cpus",
+    read=_cpus,
     metavar="LIST",
 )
 SAVE = OptionSpec(
     "--ollama-cpu-save",
     "Save this run as NAME in the storage folder, in pytest-benchmark's format.",
+    setting="save",
     metavar="NAME",
 )
 AUTOSAVE = OptionSpec(
     "--ollama-cpu-autosave",
     "Save this run in the storage folder, named after the commit and the time.",
+    setting="autosave",
+    read=_switch,
+    default=False,
     is_flag=True,
 )
 STORAGE = OptionSpec(
     "--ollama-cpu-storage",
     "Folder of saved runs (one folder per machine inside). Default: .benchmarks",
+    setting="storage",
+    read=_folder,
+    default=DEFAULT_STORAGE,
     metavar="PATH",
 )
 COMPARE = OptionSpec(
     "--ollama-cpu-compare",
     "Compare this run with a saved one: the latest when no value is given, else its number, "
     "name or path.",
+    setting="compare",
     metavar="NUM|NAME|PATH",
     const="latest",
 )
@@ -216,21 +462,30 @@ COMPARE_FAIL = OptionSpec(
     "--ollama-cpu-compare-fail",
     "Fail the run when a comparison shows a drop larger than this, e.g. tokens_per_second:5% "
     "(relative) or utilization:0.1 (absolute). May be given several times.",
+    setting="compare_fail",
+    read=_rule,
+    default=(),
     metavar="EXPR",
     repeat=True,
 )
 COMPARE_MARKDOWN = OptionSpec(
     "--ollama-cpu-compare-markdown",
     "Append the comparison as a Markdown table to this file, e.g. $GITHUB_STEP_SUMMARY.",
+    setting="compare_markdown",
+    read=_file,
     metavar="PATH",
 )
 COMPARE_STRICT = OptionSpec(
     "--ollama-cpu-compare-strict",
     "Make a baseline from another machine (CPU, usable CPUs, Ollama version, model digest) an "
     "error instead of a warning.",
+    setting="compare_strict",
+    read=_switch,
+    default=False,
     is_flag=True,
 )
 
+#: every option, in the order ``--help`` lists them
 ALL_OPTIONS = (
     ENABLE,
     HOST,
@@ -242,11 +497,7 @@ ALL_OPTIONS = (
     TIMEOUT,
     JSON,
     HTML,
-    MIN_SPEEDUP,
-    MIN_EFFICIENCY,
-    MIN_UTILIZATION,
-    MIN_MACHINE_UTILIZATION,
-    MIN_ROOFLINE,
+    *THRESHOLD_OPTIONS.values(),
     ALPHA,
     INCONCLUSIVE,
     ROOFLINE_PROBE,
@@ -261,27 +512,6 @@ ALL_OPTIONS = (
     COMPARE_MARKDOWN,
     COMPARE_STRICT,
 )
-THRESHOLD_OPTIONS = {
-    "min_speedup": MIN_SPEEDUP,
-    "min_efficiency": MIN_EFFICIENCY,
-    "min_utilization": MIN_UTILIZATION,
-    "min_machine_utilization": MIN_MACHINE_UTILIZATION,
-    "min_roofline": MIN_ROOFLINE,
-}
-#: what a bad value's message suggests instead
-THRESHOLD_EXAMPLES = {
-    "min_speedup": "1.5",
-    "min_efficiency": "0.7",
-    "min_utilization": "0.8",
-    "min_machine_utilization": "0.5",
-    "min_roofline": "0.5",
-}
-INCONCLUSIVE_CHOICES = ("pass", "fail", "skip")
-ROOFLINE_CHOICES = ("on", "fresh", "off")
-
-DEFAULT_ROUNDS = 5
-DEFAULT_NUM_PREDICT = 32
-DEFAULT_TIMEOUT = 300.0
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -382,275 +612,30 @@ class Settings:
         return text
 
 
-@dataclass(frozen=True)
-class _Raw:
-    value: str
-    source: str
-
-
-class _Lookup:
-    """Finds an option's raw value and remembers where it came from."""
-
-    def __init__(
-        self,
-        getoption: Callable[[str], Any],
-        getini: Callable[[str], Any],
-        environ: Mapping[str, str],
-    ) -> None:
-        self._getoption = getoption
-        self._getini = getini
-        self._environ = environ
-
-    def __call__(self, spec: OptionSpec) -> _Raw | None:
-        cli = self._getoption(spec.dest)
-        if cli is not None:
-            return _Raw(str(cli), "the command line")
-        if spec.env and self._environ.get(spec.env, "").strip():
-            return _Raw(self._environ[spec.env].strip(), f"environment variable {spec.env}")
-        ini = self._getini(spec.ini)
-        if ini not in (None, "", []):
-            return _Raw(str(ini), f"ini option {spec.ini}")
-        return None
-
-
-def _usage_error(raw: _Raw, spec: OptionSpec, allowed: str) -> pytest.UsageError:
-    return pytest.UsageError(
-        f"{spec.flag}: {raw.value!r} (from {raw.source}) is not valid: {allowed}"
-    )
-
-
-def _path(raw: _Raw, rootpath: Path | None) -> Path:
-    """A path option; a relative one from the ini file is relative to the rootdir."""
-    path = Path(raw.value).expanduser()
-    if not path.is_absolute() and rootpath is not None and raw.source.startswith("ini"):
-        return rootpath / path
-    return path
-
-
-def _number(
-    raw: _Raw | None,
-    spec: OptionSpec,
-    default: N,
-    parse: Callable[[str], N],
-    accept: Callable[[N], bool],
-    allowed: str,
-) -> N:
-    """A numeric option: ``default`` when not given, else parsed and checked."""
-    if raw is None:
-        return default
-    try:
-        value = parse(raw.value)
-    except ValueError:
-        raise _usage_error(raw, spec, allowed) from None
-    if not accept(value):
-        raise _usage_error(raw, spec, allowed)
-    return value
-
-
-def _positive_int(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
-    return _number(
-        raw, spec, default, int, lambda v: v >= 1, "expected a whole number of 1 or more"
-    )
-
-
-def _rate_tokens(raw: _Raw | None, spec: OptionSpec, default: int) -> int:
-    return _number(
-        raw,
-        spec,
-        default,
-        int,
-        lambda v: v >= MIN_RATE_TOKENS,
-        f"expected a whole number of {MIN_RATE_TOKENS} or more: a rate from fewer tokens is "
-        "mostly timer resolution",
-    )
-
-
-def _whole_number(raw: _Raw | None, spec: OptionSpec, default: int, zero: str) -> int:
-    """A count that may be 0, which means ``zero``."""
-    return _number(
-        raw, spec, default, int, lambda v: v >= 0, f"expected a whole number of 0 or more ({zero})"
-    )
-
-
-def _seconds_or_zero(raw: _Raw | None, spec: OptionSpec, default: float, zero: str) -> float:
-    return _number(
-        raw,
-        spec,
-        default,
-        float,
-        lambda v: 0 <= v < math.inf,
-        f"expected a finite number of seconds, 0 or more ({zero})",
-    )
-
-
-def _positive_float(raw: _Raw | None, spec: OptionSpec, default: float, example: str) -> float:
-    return _number(
-        raw,
-        spec,
-        default,
-        float,
-        lambda v: 0 < v < math.inf,
-        f"expected a finite number of seconds above 0, e.g. {example}",
-    )
-
-
-def _file_path(raw: _Raw | None, spec: OptionSpec, rootpath: Path | None) -> Path | None:
-    """The file an option names (an ini value relative to the rootdir); a folder is an error."""
-    if raw is None:
-        return None
-    path = _path(raw, rootpath)
-    if path.is_dir():
-        raise _usage_error(raw, spec, "it is a folder; give a file name")
-    return path
-
-
-def _choice(raw: _Raw | None, spec: OptionSpec, choices: tuple[str, ...]) -> str:
-    """One of ``choices`` (the first when not given), in any case and spacing."""
-    if raw is None:
-        return choices[0]
-    value = raw.value.strip().lower()
-    if value not in choices:
-        raise _usage_error(raw, spec, f"expected one of {', '.join(choices)}")
-    return value
-
-
 def resolve_settings(
     getoption: Callable[[str], Any],
     getini: Callable[[str], Any],
     environ: Mapping[str, str] | None = None,
     rootpath: Path | None = None,
 ) -> Settings:
-    lookup = _Lookup(getoption, getini, os.environ if environ is None else environ)
-
-    enabled = bool(getoption(ENABLE.dest)) or bool(getini(ENABLE.ini))
-
-    raw_host = lookup(HOST)
-    try:
-        host = parse_host(raw_host.value if raw_host else DEFAULT_HOST)
-    except ValueError as exc:
-        assert raw_host is not None
-        shown = _Raw(mask_password(raw_host.value), raw_host.source)  # never print a password
-        raise _usage_error(shown, HOST, str(exc)) from None
-
-    raw_model = lookup(MODEL)
-    model = raw_model.value if raw_model else None
-
-    raw_threads = lookup(THREADS)
-    threads: ThreadSpec = (AUTO,)
-    if raw_threads is not None:
-        try:
-            threads = parse_thread_list(raw_threads.value)
-        except ValueError as exc:
-            raise _usage_error(raw_threads, THREADS, str(exc)) from None
-
-    json_path = _file_path(lookup(JSON), JSON, rootpath)
-    html_path = _file_path(lookup(HTML), HTML, rootpath)
-
-    thresholds: dict[str, float] = {}
-    for key, spec in THRESHOLD_OPTIONS.items():
-        raw = lookup(spec)
-        if raw is None:
-            continue
-        try:
-            value = check_threshold(key, float(raw.value))
-        except ValueError:
-            raise _usage_error(
-                raw, spec, f"expected a finite number above 0, e.g. {THRESHOLD_EXAMPLES[key]}"
-            ) from None
-        assert isinstance(value, float)
-        thresholds[key] = value
-    raw_alpha = lookup(ALPHA)
-    alpha = DEFAULT_ALPHA
-    if raw_alpha is not None:
-        try:
-            alpha = check_alpha(float(raw_alpha.value))
-        except ValueError:
-            raise _usage_error(
-                raw_alpha, ALPHA, "expected a number between 0 and 0.5, e.g. 0.01"
-            ) from None
-    inconclusive = _choice(lookup(INCONCLUSIVE), INCONCLUSIVE, INCONCLUSIVE_CHOICES)
-    roofline = _choice(lookup(ROOFLINE_PROBE), ROOFLINE_PROBE, ROOFLINE_CHOICES)
-    raw_max = lookup(MAX_ROUNDS)
-
-    raw_storage = lookup(STORAGE)
-    storage = DEFAULT_STORAGE
-    if raw_storage is not None:
-        storage = _path(raw_storage, rootpath)
-        if storage.exists() and not storage.is_dir():
-            raise _usage_error(raw_storage, STORAGE, "it is a file; give a folder")
-    raw_fail = getoption(COMPARE_FAIL.dest) or getini(COMPARE_FAIL.ini) or []
-    source = (
-        "the command line" if getoption(COMPARE_FAIL.dest) else f"ini option {COMPARE_FAIL.ini}"
-    )
-    rules = []
-    for text in raw_fail:
-        try:
-            rules.append(parse_rule(text))
-        except RuleError as exc:
-            raise _usage_error(_Raw(text, source), COMPARE_FAIL, str(exc)) from None
-    raw_compare = lookup(COMPARE)
-    compare = raw_compare.value if raw_compare is not None else None
-    if rules and compare is None:
+    """Every option resolved (``OptionSpec.resolve``) into the settings of this run."""
+    sources = Sources(getoption, getini, os.environ if environ is None else environ, rootpath)
+    values = {spec.setting: spec.resolve(sources) for spec in ALL_OPTIONS}
+    if values["compare_fail"] and values["compare"] is None:
         raise pytest.UsageError(
             f"{COMPARE_FAIL.flag} needs a baseline: add {COMPARE.flag} (the latest saved run) "
             f"or {COMPARE.flag}=NUM|NAME|PATH"
         )
-    raw_save = lookup(SAVE)
-    markdown = _file_path(lookup(COMPARE_MARKDOWN), COMPARE_MARKDOWN, rootpath)
-    raw_cpus = lookup(CPUS)
-    cpus = None
-    if raw_cpus is not None:
-        try:
-            cpus = parse_cpu_list(raw_cpus.value)
-        except ValueError as exc:
-            raise _usage_error(raw_cpus, CPUS, str(exc)) from None
-        present = set(range(os.cpu_count() or 1))
-        missing = [c for c in cpus if c not in present]
-        if missing:
-            raise _usage_error(
-                raw_cpus,
-                CPUS,
-                f"this machine has no CPU {format_cpu_list(missing)} (it has "
-                f"{format_cpu_list(present)})",
-            )
-
+    # the settings that are parts of one: the host's, the thresholds', the retakes'
+    host: Host = values.pop("host")
+    thresholds = Thresholds(**{key: values.pop(key) for key in (*THRESHOLD_KEYWORDS, "alpha")})
+    budget = RetakeBudget(retakes=values.pop("retakes"), quiet_wait=values.pop("quiet_wait"))
     return Settings(
-        max_rounds=None if raw_max is None else _positive_int(raw_max, MAX_ROUNDS, 1),
-        thresholds=Thresholds(alpha=alpha, **thresholds),
-        inconclusive=inconclusive,
-        roofline=roofline,
-        save=None if raw_save is None else raw_save.value,
-        autosave=bool(getoption(AUTOSAVE.dest)) or bool(getini(AUTOSAVE.ini)),
-        storage=storage,
-        compare=compare,
-        compare_fail=tuple(rules),
-        compare_strict=bool(getoption(COMPARE_STRICT.dest)) or bool(getini(COMPARE_STRICT.ini)),
-        compare_markdown=markdown,
-        cpus=cpus,
-        retake_budget=RetakeBudget(
-            retakes=_whole_number(
-                lookup(RETAKES),
-                RETAKES,
-                DEFAULT_RETAKES,
-                "0: a thread count is given up as busy at its first disturbed sample",
-            ),
-            quiet_wait=_seconds_or_zero(
-                lookup(QUIET_WAIT),
-                QUIET_WAIT,
-                DEFAULT_QUIET_WAIT,
-                "0: a disturbed sample is taken again at once, without waiting",
-            ),
-        ),
-        enabled=enabled,
         host=host.url,
         credentials=host.credentials,
-        model=model,
-        rounds=_positive_int(lookup(ROUNDS), ROUNDS, DEFAULT_ROUNDS),
-        num_predict=_rate_tokens(lookup(NUM_PREDICT), NUM_PREDICT, DEFAULT_NUM_PREDICT),
-        threads=threads,
-        timeout=_positive_float(lookup(TIMEOUT), TIMEOUT, DEFAULT_TIMEOUT, "300"),
-        json_path=json_path,
-        html_path=html_path,
+        thresholds=thresholds,
+        retake_budget=budget,
+        **values,
     )
 
 

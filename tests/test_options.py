@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+from dataclasses import fields, replace
+from pathlib import Path
+
 import pytest
 
+from pytest_ollama_cpu.disturbance import RetakeBudget
 from pytest_ollama_cpu.markers import MarkerError, parse_marker
 from pytest_ollama_cpu.options import (
     ALL_OPTIONS,
@@ -34,13 +40,17 @@ from pytest_ollama_cpu.options import (
     SAVE,
     STORAGE,
     THREADS,
+    THRESHOLD_OPTIONS,
     TIMEOUT,
     OptionSpec,
     Settings,
+    Sources,
     resolve_settings,
 )
+from pytest_ollama_cpu.rules import parse_rule
+from pytest_ollama_cpu.thresholds import Thresholds
 
-from .conftest import assert_usage_error, run_fake
+from .conftest import PLUGIN_ENV, ROOT, assert_usage_error, run_fake
 from .fake_ollama import FakeOllama
 
 SWEEP = """
@@ -249,3 +259,177 @@ def test_the_roofline_probe_takes_on_fresh_or_off(source: str) -> None:
     assert "roofline probe off" in settings("off").describe()
     with pytest.raises(pytest.UsageError, match="'sometimes' .* expected one of on, fresh, off"):
         settings("sometimes")
+
+
+# -- precedence, read directly (resolve_settings) ----------------------------------------------
+
+ROOTDIR = Path("/the/rootdir")  # where the ini file's relative paths lead
+LAST_CPU = (os.cpu_count() or 1) - 1
+
+#: two good values for every option that takes one, as given and as read (a path as
+#: given on the command line; from the ini file it is in ROOTDIR), and its default
+GOOD: dict[OptionSpec, tuple[str, str, object, object, object]] = {
+    HOST: ("a:1", "b:2", "http://a:1", "http://b:2", "http://127.0.0.1:11434"),
+    MODEL: ("tiny", "big", "tiny", "big", None),
+    ROUNDS: ("3", "4", 3, 4, 5),
+    MAX_ROUNDS: ("9", "12", 9, 12, None),
+    NUM_PREDICT: ("8", "64", 8, 64, 32),
+    THREADS: ("1, 2", "auto", (1, 2), ("auto",), ("auto",)),
+    TIMEOUT: ("2.5", "60", 2.5, 60.0, 300.0),
+    JSON: ("a.json", "b.json", Path("a.json"), Path("b.json"), None),
+    HTML: ("a.html", "b.html", Path("a.html"), Path("b.html"), None),
+    **{spec: ("1.5", "2", 1.5, 2.0, None) for spec in THRESHOLD_OPTIONS.values()},
+    ALPHA: ("0.05", "0.2", 0.05, 0.2, 0.01),
+    INCONCLUSIVE: (" Fail", "skip", "fail", "skip", "pass"),
+    ROOFLINE_PROBE: ("OFF", "fresh", "off", "fresh", "on"),
+    RETAKES: ("0", "3", 0, 3, 5),
+    QUIET_WAIT: ("0", "2.5", 0.0, 2.5, 10.0),
+    CPUS: ("0", f"0-{LAST_CPU}", (0,), tuple(range(LAST_CPU + 1)), None),
+    SAVE: ("first", "second", "first", "second", None),
+    STORAGE: ("runs", "old", Path("runs"), Path("old"), Path(".benchmarks")),
+    COMPARE: ("latest", "3", "latest", "3", None),
+    COMPARE_FAIL: (
+        "ttft:10%",
+        "tokens_per_second:5%",
+        (parse_rule("ttft:10%"),),
+        (parse_rule("tokens_per_second:5%"),),
+        (),
+    ),
+    COMPARE_MARKDOWN: ("a.md", "b.md", Path("a.md"), Path("b.md"), None),
+}
+FLAGS = (ENABLE, AUTOSAVE, COMPARE_STRICT)
+
+
+def test_every_option_has_good_values_here() -> None:
+    assert set(GOOD) | set(FLAGS) == set(ALL_OPTIONS)
+
+
+def setting(settings: Settings, name: str) -> object:
+    """A setting by its OptionSpec's name, wherever Settings keeps it."""
+    for holder in (settings, settings.thresholds, settings.retake_budget):
+        if name in {f.name for f in fields(holder)}:
+            return getattr(holder, name)
+    raise AssertionError(f"no setting {name}")
+
+
+def test_every_option_fills_a_setting() -> None:
+    # an OptionSpec's setting is a Settings field, or one inside the thresholds or the
+    # retake budget; the host fills two (the URL and its credentials)
+    parts = {"thresholds", "retake_budget", "credentials"}
+    expected = {f.name for f in fields(Settings)} - parts
+    expected |= {f.name for f in fields(Thresholds)} | {f.name for f in fields(RetakeBudget)}
+    assert sorted(spec.setting for spec in ALL_OPTIONS) == sorted(expected)
+
+
+def _resolve(spec: OptionSpec, cli: str | None, env: str | None, ini: str | None) -> object:
+    def stored(text: str | None) -> object:
+        return [text] if spec.repeat and text is not None else text
+
+    options = {spec.dest: stored(cli)}
+    if spec is COMPARE_FAIL:
+        options[COMPARE.dest] = "latest"  # a rule needs a baseline
+    environ = {spec.env: env} if spec.env and env is not None else {}
+    settings = resolve_settings(options.get, {spec.ini: stored(ini)}.get, environ, ROOTDIR)
+    return setting(settings, spec.setting)
+
+
+#: (command line, environment, ini file) -> which of GOOD's values wins
+PRECEDENCE = {
+    "default": ((None, None, None), "default"),
+    "ini": ((None, None, "b"), "b from ini"),
+    "env>ini": ((None, "a", "b"), "a"),
+    "cli>env>ini": (("a", "b", "b"), "a"),
+    "cli>ini": (("a", None, "b"), "a"),
+}
+
+
+@pytest.mark.parametrize(
+    ("spec", "given", "wins"),
+    [
+        pytest.param(spec, given, wins, id=f"{spec.dest}-{case}")
+        for spec in GOOD
+        for case, (given, wins) in PRECEDENCE.items()
+        if spec.env or given[1] is None  # the environment, where the option reads it
+    ],
+)
+def test_every_option_resolves_with_the_same_precedence(
+    spec: OptionSpec, given: tuple[str | None, ...], wins: str
+) -> None:
+    # the command line, then the environment, then the ini file, then the default: the
+    # README's Options section
+    a, b, read_a, read_b, default = GOOD[spec]
+    texts = {"a": a, "b": b, None: None}
+    cli, env, ini = (texts[g] for g in given)
+    expected = {"default": default, "a": read_a, "b from ini": read_b}[wins]
+    if wins == "b from ini" and isinstance(expected, Path):
+        expected = ROOTDIR / expected  # relative to the rootdir, as pytest's own ini paths
+    assert _resolve(spec, cli, env, ini) == expected
+
+
+@pytest.mark.parametrize("spec", FLAGS, ids=lambda spec: spec.dest)
+def test_a_flag_is_on_from_the_command_line_or_the_ini_file(spec: OptionSpec) -> None:
+    def resolved(cli: bool | None, ini: bool) -> object:
+        settings = resolve_settings({spec.dest: cli}.get, {spec.ini: ini}.get, {})
+        return setting(settings, spec.setting)
+
+    assert resolved(None, False) is False
+    assert resolved(True, False) is True
+    assert resolved(None, True) is True
+
+
+@pytest.mark.parametrize("spec", [JSON, HTML, STORAGE, COMPARE_MARKDOWN], ids=lambda s: s.dest)
+def test_a_relative_path_in_the_ini_file_is_in_the_rootdir(
+    spec: OptionSpec, tmp_path: Path
+) -> None:
+    # --ollama-cpu-compare-markdown once skipped this; the JSON and HTML paths did not
+    def resolved(cli: str | None, ini: str | None, rootpath: Path | None) -> object:
+        settings = resolve_settings({spec.dest: cli}.get, {spec.ini: ini}.get, {}, rootpath)
+        return setting(settings, spec.setting)
+
+    assert resolved(None, "out/x", tmp_path) == tmp_path / "out/x"
+    assert resolved("out/x", None, tmp_path) == Path("out/x")  # the current folder's
+    assert resolved(None, str(tmp_path / "y"), ROOTDIR) == tmp_path / "y"
+    assert resolved(None, "~/z", ROOTDIR) == Path.home() / "z"
+
+
+def test_compare_fail_is_read_as_every_other_option() -> None:
+    # --ollama-cpu-compare-fail was read apart (command line, else ini) and would have
+    # ignored an environment variable; it has none (the README lists none), and one
+    # declared for it is read in its place, one rule a line, as the ini file has them
+    spec = replace(COMPARE_FAIL, env="OLLAMA_CPU_COMPARE_FAIL")
+    ini = {spec.ini: ["tokens_per_second:50%"]}
+
+    def resolved(environ: dict[str, str]) -> object:
+        return spec.resolve(Sources({}.get, ini.get, environ))
+
+    assert resolved({}) == (parse_rule("tokens_per_second:50%"),)
+    both = resolved({"OLLAMA_CPU_COMPARE_FAIL": "ttft:10%\n utilization:0.1 \n"})
+    assert both == (parse_rule("ttft:10%"), parse_rule("utilization:0.1"))
+    with pytest.raises(pytest.UsageError) as info:
+        resolved({"OLLAMA_CPU_COMPARE_FAIL": "ttft:10%\nspeed:5%"})
+    assert str(info.value).startswith(
+        "--ollama-cpu-compare-fail: 'speed:5%' (from environment variable "
+        "OLLAMA_CPU_COMPARE_FAIL) is not valid: 'speed:5%': unknown quantity 'speed'"
+    )
+
+
+def _readme_options() -> dict[str, tuple[str, str]]:
+    """The README's Options table: flag -> (ini key, environment variable or "")."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if not line.startswith("| `--ollama-cpu"):
+            continue
+        cells = re.split(r"(?<!\\)\|", line)[1:-1]
+        flag, ini, env = (re.findall(r"`([^` =\[]+)", cell) for cell in cells[:3])
+        rows[flag[0]] = (ini[0], env[0] if env else "")
+    return rows
+
+
+def test_the_readme_documents_every_option_with_its_ini_key_and_environment_variable() -> None:
+    # every environment variable the README gives an option is read (the precedence test
+    # above sets each), and no other
+    assert _readme_options() == {spec.flag: (spec.ini, spec.env or "") for spec in ALL_OPTIONS}
+
+
+def test_the_tests_clear_every_environment_variable_the_options_read() -> None:
+    assert set(PLUGIN_ENV) == {spec.env for spec in ALL_OPTIONS if spec.env}
