@@ -38,7 +38,7 @@ from pytest_benchmark.utils import get_current_time as _current_time
 from pytest_benchmark.utils import get_machine_id as _machine_id
 
 from . import __version__
-from .client import ModelFacts
+from .client import ModelFacts, request_kind
 from .connection import ServerFacts
 from .errors import OllamaCpuError
 from .limits import MachineLimits
@@ -697,7 +697,7 @@ def _sweep_of(entries: Sequence[dict[str, Any]], facts: dict[str, Any]) -> Sweep
             ModelCost.from_dict(first["model_cost"]), MachineLimits.from_dict(facts["limits"])
         )
     return Sweep(
-        kind=str(first.get("kind") or "generate"),
+        kind=request_kind(first.get("kind") or "generate"),
         model=ModelFacts.from_dict(first["model"]),
         num_predict=int(first.get("num_predict") or 0),
         threads=tuple(sorted(results)),

@@ -18,12 +18,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import httpx
 import ollama
 
 from .errors import OllamaCpuError
+
+#: The two APIs a sweep's requests go to: ``/api/generate`` and ``/api/chat``.
+RequestKind = Literal["generate", "chat"]
+REQUEST_KINDS: tuple[RequestKind, ...] = get_args(RequestKind)
+
+
+def request_kind(value: object) -> RequestKind:
+    """``value`` as a request kind (read from a file); ``ValueError`` if it is none."""
+    for kind in REQUEST_KINDS:
+        if value == kind:
+            return kind
+    raise ValueError(f"{value!r} is not a request kind ({', '.join(REQUEST_KINDS)})")
+
 
 #: The most a reply may hold. A sweep's replies are a few kilobytes (the text of
 #: num_predict tokens, and for generate the context's token ids: about 7 bytes a

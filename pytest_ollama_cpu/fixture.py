@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from .client import ModelFacts
+from .client import ModelFacts, RequestKind
 from .connection import Connection, CpuSetRefused
 from .errors import OllamaCpuError
 from .limits import LimitsProbeError
@@ -221,7 +221,7 @@ class OllamaCpu:
 
     def _run(
         self,
-        kind: str,
+        kind: RequestKind,
         model: str | None,
         num_predict: int | None,
         options: Mapping[str, Any] | None,

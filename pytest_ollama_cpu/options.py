@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args
 
 import pytest
 
@@ -31,8 +31,10 @@ from .quantities import MIN_RATE_TOKENS
 from .rules import Rule, parse_rule
 from .thresholds import (
     DEFAULT_ALPHA,
+    INCONCLUSIVE_POLICIES,
     THRESHOLD_KEYWORDS,
     THRESHOLDS,
+    Inconclusive,
     Thresholds,
     ThresholdSpec,
     check_alpha,
@@ -43,8 +45,11 @@ DEFAULT_STORAGE = Path(".benchmarks")
 DEFAULT_ROUNDS = 5
 DEFAULT_NUM_PREDICT = 32
 DEFAULT_TIMEOUT = 300.0
-INCONCLUSIVE_CHOICES = ("pass", "fail", "skip")
-ROOFLINE_CHOICES = ("on", "fresh", "off")
+#: When the machine's limits are probed: once a day, in every run, or never.
+RooflineProbe = Literal["on", "fresh", "off"]
+ROOFLINE_CHOICES: tuple[RooflineProbe, ...] = get_args(RooflineProbe)
+
+_Choice = TypeVar("_Choice", bound=str)
 
 GROUP = "ollama-cpu"
 
@@ -105,14 +110,15 @@ def _whole_number(least: int, why: str = "") -> Reader:
     return _number(int, f"expected a whole number of {least} or more{why}", lambda v: v >= least)
 
 
-def _choice(choices: tuple[str, ...]) -> Reader:
+def _choice(choices: tuple[_Choice, ...]) -> Callable[[Given], _Choice]:
     """One of ``choices``, in any case and spacing."""
 
-    def read(given: Given) -> str:
+    def read(given: Given) -> _Choice:
         value = given.value.strip().lower()
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
-        return value
+        for choice in choices:
+            if value == choice:
+                return choice
+        raise ValueError(f"expected one of {', '.join(choices)}")
 
     return read
 
@@ -389,8 +395,8 @@ INCONCLUSIVE = OptionSpec(
     "What an undecided verdict does after max-rounds: pass (with a warning in the summary), "
     "fail or skip. Default: pass.",
     setting="inconclusive",
-    read=_choice(INCONCLUSIVE_CHOICES),
-    default=INCONCLUSIVE_CHOICES[0],
+    read=_choice(INCONCLUSIVE_POLICIES),
+    default=INCONCLUSIVE_POLICIES[0],
     metavar="pass|fail|skip",
 )
 RETAKES = OptionSpec(
@@ -558,7 +564,7 @@ class Settings:
     html_path: Path | None = None
     max_rounds: int | None = None
     thresholds: Thresholds = Thresholds()
-    inconclusive: str = "pass"
+    inconclusive: Inconclusive = "pass"
     save: str | None = None
     autosave: bool = False
     storage: Path = DEFAULT_STORAGE
@@ -571,7 +577,7 @@ class Settings:
     #: the user and password the host's URL carried; ``host`` never holds them
     credentials: Credentials | None = None
     #: probe the machine's limits: "on" (cached), "fresh" or "off"
-    roofline: str = "on"
+    roofline: RooflineProbe = "on"
 
     @property
     def has_work(self) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .client import ModelFacts, Timings
+from .client import ModelFacts, RequestKind, Timings, request_kind
 from .connection import ServerFacts
 from .disturbance import describe_load, excess_cores, spare_cpus
 from .errors import OllamaCpuError
@@ -391,7 +391,7 @@ class Sweep:
     thread counts measured until then are kept.
     """
 
-    kind: str
+    kind: RequestKind
     model: ModelFacts
     num_predict: int
     threads: tuple[int, ...]
@@ -538,7 +538,7 @@ class Sweep:
         results = [ThreadResult.from_dict(r) for r in data["results"]]
         roofline = data.get("roofline")
         return cls(
-            kind=data["kind"],
+            kind=request_kind(data["kind"]),
             model=ModelFacts.from_dict(data["model"]),
             num_predict=int(data["num_predict"]),
             threads=tuple(data["threads"]),

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .client import ModelFacts, OllamaClient, Timings
+from .client import ModelFacts, OllamaClient, RequestKind, Timings
 from .connection import ServerFacts
 from .disturbance import QUIET_WINDOW, RetakeBudget, is_disturbed, spare_cpus
 from .errors import OllamaCpuError
@@ -70,7 +70,7 @@ class SweepInterrupted(OllamaCpuError):
 class Workload:
     """What each request asks for: ``kind`` is ``generate`` or ``chat``."""
 
-    kind: str
+    kind: RequestKind
     model: str
     num_predict: int
     prompt: str | None = None

@@ -10,13 +10,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .errors import InputError
 from .quantities import QUANTITIES, lookup
 
 #: The chance of a false failure each verdict allows by default.
 DEFAULT_ALPHA = 0.01
+
+#: What a test no threshold could decide becomes (``--ollama-cpu-inconclusive``).
+Inconclusive = Literal["pass", "fail", "skip"]
+INCONCLUSIVE_POLICIES: tuple[Inconclusive, ...] = get_args(Inconclusive)
 
 
 class ThresholdError(InputError):

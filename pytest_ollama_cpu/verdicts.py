@@ -31,7 +31,7 @@ from .quantities import (
 from .results import MachineBusy, Sweep, ThreadResult
 from .roofline import NEAR_LIMIT, OVER_LIMIT
 from .statistics import Bounds, format_interval, mean_bounds, ratio_bounds, spent_alpha
-from .thresholds import DEFAULT_ALPHA, Thresholds, check_alpha, check_threshold
+from .thresholds import DEFAULT_ALPHA, Inconclusive, Thresholds, check_alpha, check_threshold
 
 #: ``busy``: too few undisturbed samples, because other processes took the CPU the
 #: server needed; never a failure, whatever the samples taken under load say.
@@ -944,7 +944,7 @@ class Decision:
 
 def decide_test(
     verdicts: Sequence[Verdict],
-    inconclusive: str,
+    inconclusive: Inconclusive,
     busy: MachineBusy | None = None,
     sweeps: Sequence[Sweep] = (),
 ) -> Decision:

@@ -363,12 +363,13 @@ def test_disturbed_samples_are_never_compared():
 def test_busy_rows_follow_the_inconclusive_policy():
     from pytest_ollama_cpu.options import Settings
     from pytest_ollama_cpu.outputs import Outputs
+    from pytest_ollama_cpu.thresholds import Inconclusive
 
     old = SavedRun(None, _document([40.0, 40.4, 39.6, 40.2, 39.8]))
     loaded = SavedRun(None, _under_load(_document([]), [20.0, 21.0, 19.5]))
     comparison = compare(old, loaded, [parse_rule("tokens_per_second:5%")], 0.01)
 
-    def outputs(policy: str) -> Outputs:
+    def outputs(policy: Inconclusive) -> Outputs:
         settings = Settings(True, "http://h:1", "m", 5, 64, ("auto",), 300.0, None)
         return Outputs(replace(settings, inconclusive=policy))
 

@@ -400,7 +400,8 @@ def test_compare_fail_is_read_as_every_other_option() -> None:
     ini = {spec.ini: ["tokens_per_second:50%"]}
 
     def resolved(environ: dict[str, str]) -> object:
-        return spec.resolve(Sources({}.get, ini.get, environ))
+        no_flags: dict[str, object] = {}
+        return spec.resolve(Sources(no_flags.get, ini.get, environ))
 
     assert resolved({}) == (parse_rule("tokens_per_second:50%"),)
     both = resolved({"OLLAMA_CPU_COMPARE_FAIL": "ttft:10%\n utilization:0.1 \n"})

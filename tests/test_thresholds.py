@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import fields
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,10 @@ from .conftest import ROOT
 
 #: every field of Thresholds but alpha is a threshold, in the fields' order
 NAMES = [f.name for f in fields(Thresholds) if f.name != "alpha"]
+
+
+#: an ini file that sets nothing
+NO_INI: dict[str, Any] = {}
 
 
 def test_the_thresholds_are_the_fields_of_thresholds() -> None:
@@ -39,10 +44,10 @@ def test_every_threshold_has_its_option_ini_key_and_message() -> None:
         assert spec.ini == "ollama_cpu_" + name
         assert spec.setting == name
         assert spec.help == THRESHOLDS[name].help
-        settings = resolve_settings({spec.dest: "1.5"}.get, {}.get, {})
+        settings = resolve_settings({spec.dest: "1.5"}.get, NO_INI.get, {})
         assert getattr(settings.thresholds, name) == 1.5
         with pytest.raises(pytest.UsageError, match=f"e.g. {THRESHOLDS[name].example}$"):
-            resolve_settings({spec.dest: "0"}.get, {}.get, {})
+            resolve_settings({spec.dest: "0"}.get, NO_INI.get, {})
 
 
 def test_sweep_check_takes_every_threshold_as_a_keyword_of_its_type() -> None:
