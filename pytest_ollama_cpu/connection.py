@@ -115,7 +115,7 @@ def connect(settings: Settings) -> Connection:
     if settings.cpus is not None and server is None:
         raise CpuSetRefused(
             f"--ollama-cpu-cpus {format_cpu_list(settings.cpus)} cannot be applied: "
-            f"{located.reason.split(', so')[0]}. The plugin can confine only a server on this "
+            f"{located.why}. The plugin can confine only a server on this "
             "machine; start a remote server under 'taskset -c LIST' instead."
         )
     if server is not None:

@@ -247,8 +247,16 @@ class ServerProcess:
 
 @dataclass(frozen=True)
 class Located:
+    """The server's process, where it can be watched; ``why`` says what was found
+    ("server pid 42", or why none), and ``so`` what that costs a sweep."""
+
     server: ServerProcess | None
-    reason: str
+    why: str
+    so: str = ""
+
+    @property
+    def reason(self) -> str:
+        return f"{self.why}, so {self.so}" if self.so else self.why
 
 
 def _listening_pid(port: int) -> int | None:
@@ -315,13 +323,16 @@ def _ollama_serve_pids() -> list[int]:
     return pids
 
 
+NOT_MEASURED = "CPU utilization is not measured; throughput still is"
+
+
 def locate_server(host: str) -> Located:
     """Find the process that serves ``host``; say why when it cannot be watched."""
     if not is_local(host):
         return Located(
             None,
-            f"{host} is not on this machine, so CPU utilization cannot be measured; "
-            "throughput still is",
+            f"{host} is not on this machine",
+            "CPU utilization cannot be measured; throughput still is",
         )
     _, port = split_host(host)
     pid = _listening_pid(port)
@@ -333,8 +344,8 @@ def locate_server(host: str) -> Located:
             return Located(
                 None,
                 f"port {port} is served by {owner} (pid {pid}), not by an Ollama server on this "
-                "machine (a proxy or a container?), so CPU utilization is not measured; "
-                "throughput still is",
+                "machine (a proxy or a container?)",
+                NOT_MEASURED,
             )
         pid = candidates[0]
     if pid is None:
@@ -345,8 +356,8 @@ def locate_server(host: str) -> Located:
             return Located(
                 None,
                 f"could not tell which process listens on port {port} (run pytest as the "
-                "server's user or as root), so CPU utilization is not measured; "
-                "throughput still is",
+                "server's user or as root)",
+                NOT_MEASURED,
             )
     try:
         return Located(ServerProcess(pid), f"server pid {pid}")
