@@ -91,14 +91,15 @@ def parse_host(value: str) -> Host:
             rest = f"[{rest}]"
     try:
         parts = urlsplit(f"{scheme}://{rest}")
-        port = parts.port
     except ValueError as exc:
-        if "port" in str(exc).lower():
-            raise ValueError(
-                f"its port is not a number from 1 to 65535 (Ollama listens on {DEFAULT_PORT} "
-                "unless told otherwise)"
-            ) from None
         raise ValueError(f"it is not an address ({exc}); {_FORM}") from None
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(
+            f"its port is not a number from 1 to 65535 (Ollama listens on {DEFAULT_PORT} "
+            "unless told otherwise)"
+        ) from None
     if port == 0:
         raise ValueError("port 0 cannot be connected to; give the port the server listens on")
     if parts.query or parts.fragment or text.endswith(("?", "#")):
