@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_ollama_cpu.baseline import SavedRun  # noqa: E402
 from pytest_ollama_cpu.comparison import Gate, compare  # noqa: E402
 from pytest_ollama_cpu.rules import parse_rule  # noqa: E402
+from pytest_ollama_cpu.saved_runs import SavedRun  # noqa: E402
 from pytest_ollama_cpu.statistics import difference, ratio_bounds, t_quantile  # noqa: E402
 
 

@@ -36,7 +36,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pytest_ollama_cpu.baseline import find, load_file  # noqa: E402
 from pytest_ollama_cpu.comparison import compare  # noqa: E402
 from pytest_ollama_cpu.embedded import (  # noqa: E402
     CGROUP_CPU,
@@ -46,6 +45,7 @@ from pytest_ollama_cpu.embedded import (  # noqa: E402
     running,
 )
 from pytest_ollama_cpu.rules import parse_rule  # noqa: E402
+from pytest_ollama_cpu.saved_runs import find, load_file  # noqa: E402
 
 SWEEP = """
 import pytest

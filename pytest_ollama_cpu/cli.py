@@ -29,13 +29,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__, html_report
-from .baseline import BaselineError, find, load_file, recorded_sweeps, run_label
 from .comparison import compare
 from .embedded import DEFAULT_ROOT, MODEL_NAME, EmbeddedUnavailable, running
 from .machine import parse_cpu_list
 from .report import comparison_lines, comparison_markdown
+from .results_file import OutputFileError, check_writable, temporary_beside
 from .rules import RuleError, parse_rule
-from .storage import StorageError, check_writable, temporary_beside
+from .saved_runs import SavedRunError, find, load_file, recorded_sweeps, run_label
 from .thresholds import Thresholds
 from .verdicts import evaluate
 
@@ -174,8 +174,8 @@ def _compare(args: argparse.Namespace) -> int:
         return 2
     try:
         old = load_file(find(storage, args.baseline))
-        new = load_file(find(storage, args.new), role="new run")
-    except BaselineError as exc:
+        new = load_file(find(storage, args.new, "new run"), role="new run")
+    except SavedRunError as exc:
         print(f"pytest-ollama-cpu compare: {exc}", file=sys.stderr)
         return 2
     result = compare(old, new, rules, args.alpha)
@@ -221,10 +221,12 @@ def _report(args: argparse.Namespace) -> int:
     storage, target = Path(args.storage), Path(args.output)
     output = html_report.report_file("-o")
     try:
-        runs = [load_file(find(storage, which), role="saved run") for which in args.runs]
+        runs = [
+            load_file(find(storage, which, "saved run"), role="saved run") for which in args.runs
+        ]
         rebuilt = [recorded_sweeps(run) for run in runs]
         check_writable(target, output)
-    except (BaselineError, StorageError) as exc:
+    except (SavedRunError, OutputFileError) as exc:
         print(f"pytest-ollama-cpu report: {exc}", file=sys.stderr)
         return 2
     # thresholds are not saved, so there are no checks; the recommendation needs none
@@ -248,7 +250,7 @@ def _report(args: argparse.Namespace) -> int:
     page = html_report.render(latest, facts, history=history)
     try:
         html_report.write(target, page, output)
-    except StorageError as exc:
+    except OutputFileError as exc:
         print(f"pytest-ollama-cpu report: {exc}", file=sys.stderr)
         return 2
     tests = len({r.nodeid for r in latest})

@@ -1,6 +1,6 @@
 """Comparing two saved runs: which rows got significantly worse, by how much.
 
-Pure functions over two documents in the saved layout (``baseline.py``), so the
+Pure functions over two documents in the saved layout (``saved_runs.py``), so the
 plugin (this run against a baseline) and the ``compare`` command (two files)
 share every line. A rule such as ``tokens_per_second:5%`` fails a row only when
 the samples show, at confidence 1 - alpha, that the drop is larger than 5%;
@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .baseline import EXTRA_KEY, SavedRun
 from .disturbance import describe_load
 from .rules import NO_RULE, Rule, parse_rule
+from .saved_runs import EXTRA_KEY, SavedRun
 from .statistics import (
     Difference,
     Shift,

@@ -49,8 +49,8 @@ from .report import (
     verdict_summary,
     workload_title,
 )
+from .results_file import OutputFile, write_text_atomic
 from .statistics import Summary
-from .storage import OutputFile, write_text_atomic
 
 GENERATOR = "pytest-ollama-cpu"
 #: what marks a page as ours: only such a file is ever replaced

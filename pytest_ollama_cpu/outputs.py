@@ -17,10 +17,15 @@ from pathlib import Path
 import pytest
 
 from . import __version__, html_report
-from .baseline import (
-    BaselineError,
+from .comparison import Comparison, compare
+from .options import HTML, Settings
+from .records import RecordedSweep
+from .report import Line, comparison_markdown, comparison_report, summary_lines
+from .results_file import OutputFileError, check_writable, results_document, write_json_atomic
+from .saved_runs import (
     NoSavedRuns,
     SavedRun,
+    SavedRunError,
     autosave_name,
     check_name,
     check_storage,
@@ -29,14 +34,9 @@ from .baseline import (
     run_name,
     run_number,
     save,
+    saved_run_document,
     saved_under,
 )
-from .baseline import build_document as build_benchmark_document
-from .comparison import Comparison, compare
-from .options import HTML, Settings
-from .records import RecordedSweep
-from .report import Line, comparison_markdown, comparison_report, summary_lines
-from .storage import StorageError, build_document, check_writable, write_json_atomic
 
 
 @dataclass
@@ -113,7 +113,7 @@ class Outputs:
                     "without --ollama-cpu-compare"
                 ) from None
             self.first_run = exc
-        except (StorageError, BaselineError) as exc:
+        except (OutputFileError, SavedRunError) as exc:
             raise pytest.UsageError(str(exc)) from None
 
     def load_baseline_quietly(self) -> None:
@@ -125,7 +125,7 @@ class Outputs:
             return
         try:
             self.baseline = load_file(find(s.storage, s.compare))
-        except (StorageError, BaselineError, OSError):
+        except (OutputFileError, SavedRunError, OSError):
             self.baseline = None
 
     def finish(self, sweeps: list[RecordedSweep], settings_dict: dict[str, object]) -> int | None:
@@ -149,7 +149,7 @@ class Outputs:
         page = html_report.render(sweeps, facts, self.comparison)
         try:
             html_report.write(path, page)
-        except StorageError as exc:
+        except OutputFileError as exc:
             self.errors.append(str(exc))  # it names the file and what to do
             return pytest.ExitCode.INTERNAL_ERROR
         self.html_written = path
@@ -168,9 +168,9 @@ class Outputs:
             return None
         if s.json_path is not None:
             try:
-                write_json_atomic(s.json_path, build_document(sweeps, __version__, settings_dict))
+                write_json_atomic(s.json_path, results_document(sweeps, __version__, settings_dict))
                 self.json_written = s.json_path
-            except StorageError as exc:
+            except OutputFileError as exc:
                 self.errors.append(str(exc))  # it names the file and what to do
                 status = pytest.ExitCode.INTERNAL_ERROR
             except OSError as exc:
@@ -178,13 +178,13 @@ class Outputs:
                 status = pytest.ExitCode.INTERNAL_ERROR
         if not (s.save or s.autosave or self.baseline is not None):
             return status
-        document = build_benchmark_document(sweeps)
+        document = saved_run_document(sweeps)
         if s.save or s.autosave:
             name = s.save or autosave_name(document["commit_info"])
             try:
                 earlier = saved_under(s.storage, name) if s.save else []
                 self.saved = save(document, s.storage, name)
-            except (BaselineError, OSError) as exc:
+            except (SavedRunError, OSError) as exc:
                 self.errors.append(f"could not save this run: {exc}")
                 status = pytest.ExitCode.INTERNAL_ERROR
             else:

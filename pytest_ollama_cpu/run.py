@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .baseline import SavedRun, entry_of
 from .comparison import Gate
 from .connection import Connection, connect
 from .errors import OllamaCpuError
@@ -30,6 +29,7 @@ from .machine import parse_proc_cgroup
 from .options import Settings
 from .records import RecordedSweep
 from .results import Sweep
+from .saved_runs import SavedRun, entry_of
 from .thresholds import Thresholds
 from .verdicts import Verdict
 

@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from pytest_ollama_cpu import __version__, baseline, cli, html_report
+from pytest_ollama_cpu import __version__, cli, html_report, saved_runs
 from pytest_ollama_cpu.embedded import MODEL_NAME, EmbeddedUnavailable
 from pytest_ollama_cpu.records import RecordedSweep
 from pytest_ollama_cpu.results import Sample
 
 from .conftest import run_behaviour
 from .fake_ollama import Behaviour
-from .test_baseline import SWEEP_TEST
+from .test_saved_runs import SWEEP_TEST
 from .test_verdicts import sample, sweep_of
 
 COMMAND = str(Path(sys.executable).with_name("pytest-ollama-cpu"))
@@ -73,7 +73,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     commands only read it."""
     folder = tmp_path_factory.mktemp("cli") / "store"
     base = recorded(1.0)
-    machine = baseline.machine_info(base)
+    machine = saved_runs.machine_info(base)
     other = copy.deepcopy(machine)
     other["ollama_cpu"]["server"]["version"] = "0.4.0"
     commit: dict[str, Any] = {"id": "abc1234", "dirty": False}
@@ -83,7 +83,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("same", recorded(1.0), machine),
         ("other", recorded(1.0), other),
     ):
-        baseline.save(baseline.build_document(sweeps, info, commit), folder, name)
+        saved_runs.save(saved_runs.saved_run_document(sweeps, info, commit), folder, name)
     return folder
 
 
@@ -235,7 +235,7 @@ def test_a_regression_under_a_rule_exits_1(capsys: pytest.CaptureFixture[str], s
     storage = ("--storage", str(store))
     status, out, err = run_cli(capsys, "compare", "base", "slower", "--fail", "tps:5%", *storage)
     assert status == 1 and err == ""
-    assert out.startswith(f"baseline {baseline.machine_folder(store)}/0001_base.json vs ")
+    assert out.startswith(f"baseline {saved_runs.machine_folder(store)}/0001_base.json vs ")
     assert out.count("-25.0%") == 2 and out.count("REGRESSION (> 5% worse)") == 2
     assert "2 regression(s) at alpha 0.01" in out
     # a rule it keeps: 0
@@ -303,7 +303,7 @@ def test_markdown_and_json_to_files_and_stdout(
     assert err.startswith("baseline ") and "no change shown" in err
 
 
-# moved from test_baseline.py (test_save_compare_and_gate_in_a_run), where it ran the
+# moved from test_saved_runs.py (test_save_compare_and_gate_in_a_run), where it ran the
 # console script on the runs that test saved
 def test_compare_reads_the_runs_the_plugin_saved(
     pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
@@ -403,7 +403,7 @@ def test_the_report_command_refuses_a_folder_and_a_missing_file(
     missing = tmp_path / "missing.json"
     status, _, err = run_cli(capsys, "report", str(missing), "-o", str(tmp_path / "x.html"))
     assert status == 2
-    assert f"{missing} does not exist (neither a file nor a saved run's name)" in err
+    assert f"saved run {missing} does not exist (neither a file nor a saved run's name)" in err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pytest_ollama_cpu.baseline import SavedRun
 from pytest_ollama_cpu.comparison import GATE_RULE, Gate, compare
 from pytest_ollama_cpu.rules import parse_rule
+from pytest_ollama_cpu.saved_runs import SavedRun
 
 RULE = parse_rule("tokens_per_second:5%")
 
@@ -146,10 +146,10 @@ def test_a_row_is_never_sized_from_its_own_samples() -> None:
     base = state.gate
     assert base is not None
     saved = sweep_of(steady_values * 4)
-    from pytest_ollama_cpu.baseline import build_document
     from pytest_ollama_cpu.records import RecordedSweep
+    from pytest_ollama_cpu.saved_runs import saved_run_document
 
-    document = build_document([RecordedSweep("t.py::test_a", saved)], machine={}, commit={})
+    document = saved_run_document([RecordedSweep("t.py::test_a", saved)], machine={}, commit={})
     settings = Settings(True, "http://h:1", "m", 5, 64, (2,), 300.0, None)
     compared = RunState(settings, baseline=SavedRun(None, document))
     plan = compared.sample_plan("t.py::test_a", 1, 20)

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from pytest_ollama_cpu import cli, html_report
-from pytest_ollama_cpu.baseline import SavedRun, build_document
 from pytest_ollama_cpu.comparison import compare
 from pytest_ollama_cpu.records import RecordedSweep
 from pytest_ollama_cpu.results import Sample
 from pytest_ollama_cpu.rules import parse_rule
+from pytest_ollama_cpu.saved_runs import SavedRun, saved_run_document
 from pytest_ollama_cpu.thresholds import Thresholds
 from pytest_ollama_cpu.verdicts import evaluate
 
@@ -144,8 +144,8 @@ def test_a_comparison_shows_each_row_and_a_forest_plot_with_regressions_marked()
     slower = roof_sweep({1: _noisy(1, 60.0), 2: _noisy(2, 80.0, seed=2), 4: _noisy(4, 150.0)})
     now = replace(before, sweep=slower, verdict=evaluate(slower, Thresholds()))
     commit: dict[str, object] = {"id": "abc", "dirty": False}
-    old = SavedRun(Path("0001_base.json"), build_document([before], {}, commit))
-    new = SavedRun(None, build_document([now], {}, commit))
+    old = SavedRun(Path("0001_base.json"), saved_run_document([before], {}, commit))
+    new = SavedRun(None, saved_run_document([now], {}, commit))
     comparison = compare(old, new, [parse_rule("tokens_per_second:5%")], 0.01)
     assert [row.threads for row in comparison.regressions] == [2]
     page = html_report.render([now], FACTS, comparison)

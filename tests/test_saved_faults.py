@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-from pytest_ollama_cpu import baseline, cli, storage
-from pytest_ollama_cpu.baseline import BaselineError, find, load_file, save
-from pytest_ollama_cpu.storage import StorageError, write_json_atomic
+from pytest_ollama_cpu import cli, results_file, saved_runs
+from pytest_ollama_cpu.results_file import OutputFileError, write_json_atomic
+from pytest_ollama_cpu.saved_runs import SavedRunError, find, load_file, save
 
 from .conftest import run_behaviour
 from .fake_ollama import Behaviour, FakeOllama
-from .test_baseline import SWEEP_TEST, _document, machine_dir
+from .test_saved_runs import SWEEP_TEST, _document, machine_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 FULLNAME = "t.py::test_a[m-generate-t1]"
@@ -234,7 +234,7 @@ def test_a_damaged_saved_run_is_named(
     path = tmp_path / "0001_x.json"
     data = content.encode("utf-8", "surrogateescape")
     path.write_bytes(data)
-    with pytest.raises(BaselineError) as caught:
+    with pytest.raises(SavedRunError) as caught:
         load_file(path)
     assert str(caught.value).startswith(f"baseline {path}")
     assert message in str(caught.value)
@@ -262,25 +262,25 @@ def test_a_storage_path_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFix
     path = tmp_path / "store"
     path.write_text("my notes")
     message = f"the storage folder {path} is a file, not a folder: move it away or choose"
-    with pytest.raises(BaselineError, match=re.escape(message)):
+    with pytest.raises(SavedRunError, match=re.escape(message)):
         find(path, "latest")
-    with pytest.raises(BaselineError, match=re.escape(message)):
+    with pytest.raises(SavedRunError, match=re.escape(message)):
         save(_document([40.0]), path, "x")
-    with pytest.raises(BaselineError, match=re.escape(message)):
-        baseline.check_storage(path)
+    with pytest.raises(SavedRunError, match=re.escape(message)):
+        saved_runs.check_storage(path)
     status, err = _compare_cli(capsys, "1", "2", "--storage", str(path))
     assert status == 2 and message in err
     # this machine's folder inside it is a file
     store = tmp_path / "other"
     store.mkdir()
-    folder = baseline.machine_folder(store)
+    folder = saved_runs.machine_folder(store)
     folder.write_text("mine")
     with pytest.raises(
-        BaselineError, match=re.escape(f"{folder} is a file, not a folder of saved runs")
+        SavedRunError, match=re.escape(f"{folder} is a file, not a folder of saved runs")
     ):
         save(_document([40.0]), store, "x")
     with pytest.raises(
-        BaselineError, match=re.escape(f"{folder} is a file, not a folder of saved runs")
+        SavedRunError, match=re.escape(f"{folder} is a file, not a folder of saved runs")
     ):
         find(store, "latest")
     assert path.read_text() == "my notes" and folder.read_text() == "mine"
@@ -307,14 +307,14 @@ def test_a_link_out_of_the_storage_folder_is_never_written_through(tmp_path: Pat
     store, outside = tmp_path / "store", tmp_path / "outside"
     store.mkdir()
     outside.mkdir()
-    folder = baseline.machine_folder(store)
+    folder = saved_runs.machine_folder(store)
     folder.symlink_to(outside)
     message = f"{folder} is a link to {outside.resolve()}, outside the storage folder {store}"
-    with pytest.raises(BaselineError, match=re.escape(message)):
+    with pytest.raises(SavedRunError, match=re.escape(message)):
         save(_document([40.0]), store, "x")
-    with pytest.raises(BaselineError, match=re.escape(message)):
-        baseline.check_storage(store)
-    with pytest.raises(BaselineError, match=re.escape(message)):
+    with pytest.raises(SavedRunError, match=re.escape(message)):
+        saved_runs.check_storage(store)
+    with pytest.raises(SavedRunError, match=re.escape(message)):
         find(store, "latest")
     assert list(outside.iterdir()) == []
 
@@ -336,7 +336,7 @@ def test_a_saved_run_linked_out_of_the_storage_folder_is_not_read(
         f"it was not read. To compare with that file, give its path"
     )
     for which in ("latest", "2", "linked"):
-        with pytest.raises(BaselineError, match=re.escape(message)):
+        with pytest.raises(SavedRunError, match=re.escape(message)):
             find(store, which)
     status, err = _compare_cli(capsys, "1", "latest", "--storage", str(store))
     assert status == 2 and message in err
@@ -434,13 +434,13 @@ def test_a_read_only_storage_folder_in_a_save(
     earlier = _saved(store, _document([40.0, 40.4]), "earlier")
     before = _files(store)
     monkeypatch.setattr(tempfile, "mkstemp", _os_error(errno.EROFS))
-    with pytest.raises(BaselineError) as caught:
-        baseline.check_storage(store)
+    with pytest.raises(SavedRunError) as caught:
+        saved_runs.check_storage(store)
     assert str(caught.value) == (
         f"cannot save runs in {earlier.parent}: Read-only file system; make the folder "
         "writable, or choose another storage folder with --ollama-cpu-storage"
     )
-    with pytest.raises(BaselineError) as caught:
+    with pytest.raises(SavedRunError) as caught:
         save(_document([40.0]), store, "new")
     assert str(caught.value) == (
         f"{earlier.parent}: Read-only file system; nothing was written there and the runs "
@@ -477,7 +477,7 @@ def test_a_full_disk_during_a_save(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     earlier = _saved(store, _document([40.0, 40.4]), "earlier")
     before = _files(store)
     monkeypatch.setattr(json, "dump", _half_then(OSError(errno.ENOSPC, "No space left on device")))
-    with pytest.raises(BaselineError) as caught:
+    with pytest.raises(SavedRunError) as caught:
         save(_document([40.0]), store, "new")
     monkeypatch.undo()
     assert str(caught.value) == (
@@ -488,7 +488,7 @@ def test_a_full_disk_during_a_save(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     _no_leftovers(store, before)
     # ENOSPC where the data reaches the disk (fsync), too
     monkeypatch.setattr(os, "fsync", _os_error(errno.ENOSPC))
-    with pytest.raises(BaselineError, match="No space left on device; nothing was written"):
+    with pytest.raises(SavedRunError, match="No space left on device; nothing was written"):
         save(_document([40.0]), store, "new")
     monkeypatch.undo()
     _no_leftovers(store, before)
@@ -583,9 +583,9 @@ def test_a_run_name_never_leaves_the_storage_folder(
 ) -> None:
     store = tmp_path / "deep" / "store"
     path = save(_document([40.0]), store, name)
-    assert path.parent == baseline.machine_folder(store)
+    assert path.parent == saved_runs.machine_folder(store)
     assert path.name == f"0001_{saved_as}.json"
-    assert baseline.check_name(name) == saved_as
+    assert saved_runs.check_name(name) == saved_as
     assert find(store, name) == path  # found as typed
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [path]
 
@@ -602,9 +602,9 @@ def test_a_run_name_never_leaves_the_storage_folder(
     ],
 )
 def test_a_bad_run_name_is_refused(tmp_path: Path, name: str, message: str) -> None:
-    with pytest.raises(BaselineError, match=re.escape(message)):
-        baseline.check_name(name)
-    with pytest.raises(BaselineError, match=re.escape(message)):
+    with pytest.raises(SavedRunError, match=re.escape(message)):
+        saved_runs.check_name(name)
+    with pytest.raises(SavedRunError, match=re.escape(message)):
         save(_document([40.0]), tmp_path, name)
     assert not list(tmp_path.rglob("*.json"))
 
@@ -635,14 +635,14 @@ def test_run_names_in_a_run(pytester: pytest.Pytester) -> None:
 
 def _slow_numbering(monkeypatch: pytest.MonkeyPatch) -> None:
     """Widen the race between choosing a number and taking it."""
-    real = baseline._next_number
+    real = saved_runs._next_number
 
     def slow(folder: Path) -> int:
         number = real(folder)
         time.sleep(0.02)
         return number
 
-    monkeypatch.setattr(baseline, "_next_number", slow)
+    monkeypatch.setattr(saved_runs, "_next_number", slow)
 
 
 def test_runs_saved_at_once_by_threads_get_numbers_of_their_own(
@@ -666,11 +666,11 @@ def test_runs_saved_at_once_by_threads_get_numbers_of_their_own(
     for t in threads:
         t.join()
     assert not errors
-    numbers = sorted(baseline.run_number(p) for p in saved)
+    numbers = sorted(saved_runs.run_number(p) for p in saved)
     assert numbers == list(range(2, 10))
-    assert len(baseline.saved_runs(earlier.parent)) == 9
+    assert len(saved_runs.saved_runs(earlier.parent)) == 9
     for path in saved:  # each file holds its own run
-        i = int(baseline.run_name(path)[3:])
+        i = int(saved_runs.run_name(path)[3:])
         entry = next(iter(load_file(path).entries.values()))
         assert entry["extra_info"]["ollama_cpu"]["samples"][0]["tokens_per_second"] == 40.0 + i
 
@@ -678,16 +678,16 @@ def test_runs_saved_at_once_by_threads_get_numbers_of_their_own(
 SAVING_PROCESS = """
 import sys, time
 from pathlib import Path
-from pytest_ollama_cpu import baseline
-real = baseline._next_number
+from pytest_ollama_cpu import saved_runs
+real = saved_runs._next_number
 def slow(folder):
     number = real(folder)
     time.sleep(0.05)
     return number
-baseline._next_number = slow
+saved_runs._next_number = slow
 while time.time() < {start}:
     time.sleep(0.005)
-print(baseline.save({{"benchmarks": []}}, Path({store!r}), sys.argv[1]).name)
+print(saved_runs.save({{"benchmarks": []}}, Path({store!r}), sys.argv[1]).name)
 """
 
 
@@ -713,9 +713,9 @@ def test_runs_saved_at_once_by_processes_get_numbers_of_their_own(tmp_path: Path
         assert process.returncode == 0, err
         names.append(out.strip())
     assert sorted(n[:4] for n in names) == ["0001", "0002", "0003", "0004"]
-    assert sorted(p.name for p in baseline.saved_runs(baseline.machine_folder(store))) == sorted(
-        names
-    )
+    assert sorted(
+        p.name for p in saved_runs.saved_runs(saved_runs.machine_folder(store))
+    ) == sorted(names)
 
 
 def test_a_turn_left_by_a_killed_run_is_taken_over(
@@ -725,20 +725,20 @@ def test_a_turn_left_by_a_killed_run_is_taken_over(
     earlier = _saved(store, _document([40.0]), "earlier")
     turn = earlier.parent / ".saving.lock"
     turn.mkdir()  # a run killed while numbering
-    old = time.time() - baseline.STALE_TURN - 5
+    old = time.time() - saved_runs.STALE_TURN - 5
     os.utime(turn, (old, old))
     assert save(_document([40.0]), store, "next").name == "0002_next.json"
     assert not turn.exists()
     # one held now: waited for, then a message that says what to do
     turn.mkdir()
-    monkeypatch.setattr(baseline, "NUMBERING_TIMEOUT", 0.2)
-    with pytest.raises(BaselineError) as caught:
+    monkeypatch.setattr(saved_runs, "NUMBERING_TIMEOUT", 0.2)
+    with pytest.raises(SavedRunError) as caught:
         save(_document([40.0]), store, "third")
     assert str(caught.value) == (
         f"{earlier.parent}: another run has been numbering its file there for 0.2s ({turn} "
         "exists); if no other pytest is saving there, remove it and save again"
     )
-    assert [p.name for p in baseline.saved_runs(earlier.parent)] == [
+    assert [p.name for p in saved_runs.saved_runs(earlier.parent)] == [
         "0001_earlier.json",
         "0002_next.json",
     ]
@@ -753,8 +753,8 @@ def test_a_json_path_in_a_read_only_folder_is_refused_before_the_run(
 ) -> None:
     path = tmp_path / "out.json"
     monkeypatch.setattr(tempfile, "mkstemp", _os_error(errno.EROFS))
-    with pytest.raises(StorageError) as caught:
-        storage.check_writable(path)
+    with pytest.raises(OutputFileError) as caught:
+        results_file.check_writable(path)
     monkeypatch.undo()
     assert str(caught.value) == (
         f"cannot write {path}: Read-only file system in {tmp_path}; make the folder writable, "
@@ -767,12 +767,12 @@ def test_ctrl_c_or_a_full_disk_while_writing_the_json_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "out.json"
-    old = {"format": storage.FORMAT, "schema_version": 1, "sweeps": []}
+    old = {"format": results_file.FORMAT, "schema_version": 1, "sweeps": []}
     path.write_text(json.dumps(old))
     before = path.read_bytes()
     for fault in (KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left on device")):
         monkeypatch.setattr(os, "replace", _raising(fault))
-        with pytest.raises((KeyboardInterrupt, StorageError)) as caught:
+        with pytest.raises((KeyboardInterrupt, OutputFileError)) as caught:
             write_json_atomic(path, {**old, "sweeps": [1]})
         monkeypatch.undo()
         assert path.read_bytes() == before
@@ -793,7 +793,7 @@ def _raising(exc: BaseException) -> Callable[..., None]:
 def test_files_of_ours_get_the_mode_a_new_file_gets_under_the_umask(tmp_path: Path) -> None:
     """mkstemp makes 0600 files: a report or saved run renamed from one would be unreadable
     to the rest of a team."""
-    from pytest_ollama_cpu.storage import temporary_beside
+    from pytest_ollama_cpu.results_file import temporary_beside
 
     old = os.umask(0o022)
     try:

@@ -45,8 +45,8 @@ STAGES = (
     "verdicts",
     "records",
     # keeping, comparing and showing
-    "storage",
-    "baseline",
+    "results_file",
+    "saved_runs",
     "comparison",
     "run",
     "report",

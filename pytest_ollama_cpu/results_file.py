@@ -27,7 +27,7 @@ FORMAT = "pytest-ollama-cpu"
 SCHEMA_VERSION = 1
 
 
-class StorageError(OllamaCpuError):
+class OutputFileError(OllamaCpuError):
     """The JSON file cannot be written or read; the message names it and what to do."""
 
 
@@ -85,8 +85,8 @@ def is_results_file(path: Path) -> bool:
 RESULTS_FILE = OutputFile("a pytest-ollama-cpu results file", "--ollama-cpu-json", is_results_file)
 
 
-def _not_written(path: Path, error: OSError, output: OutputFile) -> StorageError:
-    return StorageError(
+def _not_written(path: Path, error: OSError, output: OutputFile) -> OutputFileError:
+    return OutputFileError(
         f"could not write {path}: {reason(error)}; {path} is left as it was. "
         f"{advice(error).capitalize()}, or give another path with {output.flag}"
     )
@@ -98,13 +98,13 @@ def check_writable(path: Path, output: OutputFile = RESULTS_FILE) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not path.exists():
         if not folder.exists():
-            raise StorageError(
+            raise OutputFileError(
                 f"cannot write {path}: folder {folder} does not exist; create it first"
             )
     elif path.is_dir():
-        raise StorageError(f"cannot write {path}: it is a folder; give a file name")
+        raise OutputFileError(f"cannot write {path}: it is a folder; give a file name")
     elif not output.is_ours(path):
-        raise StorageError(
+        raise OutputFileError(
             f"{path} already exists and is not {output.kind}; it was left untouched. "
             f"Choose another path for {output.flag} or move that file away."
         )
@@ -113,13 +113,13 @@ def check_writable(path: Path, output: OutputFile = RESULTS_FILE) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise StorageError(
+        raise OutputFileError(
             f"cannot write {path}: {reason(exc)} in {folder}; {advice(exc)}, or give another "
             f"path with {output.flag}"
         ) from None
 
 
-def build_document(
+def results_document(
     sweeps: Sequence[RecordedSweep], plugin_version: str, settings: dict[str, Any]
 ) -> dict[str, Any]:
     groups = by_machine(sweeps)

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pytest_ollama_cpu import baseline
-from pytest_ollama_cpu.baseline import BaselineError, SavedRun, find, load_file, save
+from pytest_ollama_cpu import saved_runs
 from pytest_ollama_cpu.comparison import compare
 from pytest_ollama_cpu.report import comparison_lines, comparison_markdown, comparison_report
 from pytest_ollama_cpu.rules import RuleError, parse_rule
+from pytest_ollama_cpu.saved_runs import SavedRun, SavedRunError, find, load_file, save
 
 from .conftest import run_behaviour
 from .fake_ollama import Behaviour
@@ -34,7 +34,7 @@ def test_sweep(ollama_cpu):
 
 
 def machine_dir(root: Path) -> Path:
-    return baseline.machine_folder(root / ".benchmarks")
+    return saved_runs.machine_folder(root / ".benchmarks")
 
 
 # -- rules ----------------------------------------------------------------------
@@ -114,13 +114,13 @@ def test_save_numbers_files_and_never_overwrites(tmp_path: Path):
     assert second.name == "0003_base-line.json"
     assert mine.read_text() == "my own notes"
     assert not list(first.parent.glob(".saving-*"))
-    with pytest.raises(BaselineError, match="give a name of letters"):
+    with pytest.raises(SavedRunError, match="give a name of letters"):
         save(_document([40.0]), storage, "///")
 
 
 def test_find_by_latest_number_name_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     storage = tmp_path / "store"
-    with pytest.raises(BaselineError, match="no saved runs in .* save one first"):
+    with pytest.raises(SavedRunError, match="no saved runs in .* save one first"):
         find(storage, "latest")
     a = save(_document([1.0]), storage, "alpha")
     b = save(_document([1.0]), storage, "beta")
@@ -131,20 +131,20 @@ def test_find_by_latest_number_name_and_path(tmp_path: Path, monkeypatch: pytest
     assert find(storage, "beta") == b  # an exact name wins over a partial one
     again = save(_document([1.0]), storage, "beta")
     assert find(storage, "beta") == again  # a name saved again means its newest run
-    with pytest.raises(BaselineError, match="'bet' matches several saved runs"):
+    with pytest.raises(SavedRunError, match="'bet' matches several saved runs"):
         find(storage, "bet")
     assert find(storage, str(a)) == a
     with pytest.raises(
-        BaselineError,
+        SavedRunError,
         match="no saved run 'gamma'.*4 saved there, newest first: 0004_beta.json, 0003_beta2",
     ):
         find(storage, "gamma")
-    with pytest.raises(BaselineError, match=r"does not exist"):
+    with pytest.raises(SavedRunError, match=r"does not exist"):
         find(storage, str(tmp_path / "x.json"))
     # an existing file is taken as a path, whatever its name; loading then says what it is
     (tmp_path / "NOTES.md").write_text("# notes")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(BaselineError, match=r"baseline NOTES.md is not valid JSON"):
+    with pytest.raises(SavedRunError, match=r"baseline NOTES.md is not valid JSON"):
         load_file(find(storage, "NOTES.md"))
     # ... but a file that happens to share a saved run's name does not hide the run
     (tmp_path / "alpha").write_text("not a run")
@@ -153,7 +153,7 @@ def test_find_by_latest_number_name_and_path(tmp_path: Path, monkeypatch: pytest
     slashed = save(_document([1.0]), storage, "feat/x 2")
     assert slashed.name == "0005_feat-x-2.json"
     assert find(storage, "feat/x 2") == slashed
-    with pytest.raises(BaselineError, match="feat/y does not exist .neither a file nor a saved"):
+    with pytest.raises(SavedRunError, match="feat/y does not exist .neither a file nor a saved"):
         find(storage, "feat/y")
 
 
@@ -180,7 +180,7 @@ def test_find_by_latest_number_name_and_path(tmp_path: Path, monkeypatch: pytest
 def test_unusable_baselines_are_named(tmp_path: Path, content: str, message: str):
     path = tmp_path / "0001_x.json"
     path.write_text(content)
-    with pytest.raises(BaselineError, match=message) as info:
+    with pytest.raises(SavedRunError, match=message) as info:
         load_file(path)
     assert str(path) in str(info.value)
     assert path.read_text() == content  # nothing the user saved is touched
@@ -208,7 +208,7 @@ def test_a_damaged_sample_is_named_not_compared(
     document["benchmarks"][0]["extra_info"]["ollama_cpu"]["samples"][1][field] = value
     path = tmp_path / "0001_edited.json"
     path.write_text(json.dumps(document))  # NaN and Infinity as Python's json writes them
-    with pytest.raises(BaselineError) as caught:
+    with pytest.raises(SavedRunError) as caught:
         load_file(path)
     assert str(caught.value).startswith(
         f"baseline {path}: t.py::test_a[m-generate-t1]: sample 2 has {message}"
@@ -217,13 +217,13 @@ def test_a_damaged_sample_is_named_not_compared(
 
 
 def test_unreadable_baseline(tmp_path: Path):
-    with pytest.raises(BaselineError, match="does not exist"):
+    with pytest.raises(SavedRunError, match="does not exist"):
         load_file(tmp_path / "missing.json")
     if os.geteuid() != 0:  # root reads anything
         path = tmp_path / "locked.json"
         path.write_text("{}")
         path.chmod(0)
-        with pytest.raises(BaselineError, match="cannot read baseline"):
+        with pytest.raises(SavedRunError, match="cannot read baseline"):
             load_file(path)
 
 
@@ -235,7 +235,7 @@ def test_older_schemas_are_upgraded_on_load(tmp_path: Path, monkeypatch: pytest.
         document["ollama_cpu"]["schema"] = 1
         return document
 
-    monkeypatch.setitem(baseline.UPGRADES, 0, from_zero)
+    monkeypatch.setitem(saved_runs.UPGRADES, 0, from_zero)
     old = _document([40.0, 41.0])
     for bench in old["benchmarks"]:
         bench["extra_info"] = bench["extra_info"]["ollama_cpu"]

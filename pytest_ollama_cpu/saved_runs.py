@@ -46,8 +46,8 @@ from .machine import MachineFacts
 from .quantities import GENERATION_RATE, QUANTITIES
 from .records import RecordedSweep, by_machine, merged_limits
 from .results import Sample, Sweep, ThreadResult
+from .results_file import advice, reason, temporary_beside
 from .roofline import ModelCost, Roofline
-from .storage import advice, reason, temporary_beside
 
 #: Our part of each entry's ``extra_info``; its ``schema`` says which layout it has.
 EXTRA_KEY = "ollama_cpu"
@@ -68,11 +68,11 @@ STALE_TURN = 20.0
 _DAMAGED = "the file is damaged or was edited by hand"
 
 
-class BaselineError(OllamaCpuError):
+class SavedRunError(OllamaCpuError):
     """A saved run that cannot be used; the message names the file and what to do."""
 
 
-class NoSavedRuns(BaselineError):
+class NoSavedRuns(SavedRunError):
     """The storage holds no run of this machine yet (a pipeline's first run)."""
 
     def __init__(self, folder: Path, elsewhere: str) -> None:
@@ -219,7 +219,7 @@ def machine_info(recorded: Sequence[RecordedSweep]) -> dict[str, Any]:
     return info
 
 
-def build_document(
+def saved_run_document(
     recorded: Sequence[RecordedSweep],
     machine: dict[str, Any] | None = None,
     commit: dict[str, Any] | None = None,
@@ -253,22 +253,22 @@ def check_name(name: str) -> str:
     so no name leads out of the storage folder. Refuses a name that would be lost in
     cleaning, too long for a file, or read as something else by --ollama-cpu-compare."""
     if len(name) > MAX_NAME:
-        raise BaselineError(
+        raise SavedRunError(
             f"--ollama-cpu-save {name[:20] + '...'!r}: {len(name)} characters is too long "
             f"for a file name; give at most {MAX_NAME}"
         )
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
     if not cleaned:
-        raise BaselineError(
+        raise SavedRunError(
             f"--ollama-cpu-save {name!r}: give a name of letters, digits, '.', '_' or '-'"
         )
     if cleaned.isdigit():
-        raise BaselineError(
+        raise SavedRunError(
             f"--ollama-cpu-save {name!r}: a name of digits alone would be read as a run "
             f"number by --ollama-cpu-compare; add a letter, e.g. 'v{cleaned}'"
         )
     if cleaned == "latest":
-        raise BaselineError(
+        raise SavedRunError(
             f"--ollama-cpu-save {name!r}: --ollama-cpu-compare reads 'latest' as the newest "
             "run, whatever its name; choose another name"
         )
@@ -290,20 +290,20 @@ def _folder_of_this_machine(storage: Path) -> Path:
     """This machine's folder of saved runs, once it is known to be usable: refuses a
     storage path that is a file and a folder reached through a link out of it."""
     if storage.exists() and not storage.is_dir():
-        raise BaselineError(
+        raise SavedRunError(
             f"the storage folder {storage} is a file, not a folder: move it away or choose "
             "another storage folder"
         )
     folder = machine_folder(storage)
     target = _outside(folder, storage) if folder.is_symlink() else None
     if target is not None:
-        raise BaselineError(
+        raise SavedRunError(
             f"{folder} is a link to {target}, outside the storage folder {storage}: runs are "
             "neither saved nor read through a link out of the storage folder. Remove the "
             "link, or choose another storage folder"
         )
     if folder.exists() and not folder.is_dir():
-        raise BaselineError(f"{folder} is a file, not a folder of saved runs: move it away")
+        raise SavedRunError(f"{folder} is a file, not a folder of saved runs: move it away")
     return folder
 
 
@@ -314,7 +314,7 @@ def check_storage(storage: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise BaselineError(
+        raise SavedRunError(
             f"cannot save runs in {folder}: {existing} is a file, not a folder; move it away "
             "or choose another storage folder with --ollama-cpu-storage"
         )
@@ -323,7 +323,7 @@ def check_storage(storage: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise BaselineError(
+        raise SavedRunError(
             f"cannot save runs in {existing}: {reason(exc)}; {advice(exc)}, or choose another "
             "storage folder with --ollama-cpu-storage"
         ) from None
@@ -353,8 +353,8 @@ def saved_under(storage: Path, name: str) -> list[Path]:
     return [p for p in saved_runs(machine_folder(storage)) if run_name(p) == wanted]
 
 
-def _not_saved(folder: Path, error: OSError) -> BaselineError:
-    return BaselineError(
+def _not_saved(folder: Path, error: OSError) -> SavedRunError:
+    return SavedRunError(
         f"{folder}: {reason(error)}; nothing was written there and the runs saved there are "
         f"untouched. {advice(error).capitalize()}, or choose another storage folder with "
         "--ollama-cpu-storage"
@@ -382,7 +382,7 @@ def _numbering(folder: Path) -> Iterator[None]:
                 os.rmdir(turn)  # left by a run killed while numbering
                 continue
         if time.monotonic() > deadline:
-            raise BaselineError(
+            raise SavedRunError(
                 f"{folder}: another run has been numbering its file there for "
                 f"{NUMBERING_TIMEOUT:g}s ({turn} exists); if no other pytest is saving there, "
                 "remove it and save again"
@@ -421,7 +421,7 @@ def save(document: dict[str, Any], storage: Path, name: str) -> Path:
                 except FileExistsError:
                     continue
                 return target
-        raise BaselineError(f"could not find a free file name in {folder}")
+        raise SavedRunError(f"could not find a free file name in {folder}")
     except OSError as exc:
         raise _not_saved(folder, exc) from None
     finally:
@@ -450,34 +450,34 @@ class SavedRun:
 
 
 def validate(raw: Any, where: str) -> dict[str, Any]:
-    """Check the layout and upgrade an older schema of ours; raise ``BaselineError``.
+    """Check the layout and upgrade an older schema of ours; raise ``SavedRunError``.
 
     Whatever a comparison or the gate reads from the file is checked here, so a file
     damaged or edited by hand stops with its place named, never a traceback or a row
     judged on a NaN."""
     if not isinstance(raw, dict):
-        raise BaselineError(f"{where} is not a saved run: expected a JSON object")
+        raise SavedRunError(f"{where} is not a saved run: expected a JSON object")
     document: dict[str, Any] = raw
     missing = [k for k in ("machine_info", "benchmarks") if k not in document]
     if missing:
-        raise BaselineError(
+        raise SavedRunError(
             f"{where} is not in pytest-benchmark's format (missing {', '.join(missing)})"
         )
     ours = document.get(EXTRA_KEY)
     if not isinstance(ours, dict) or "schema" not in ours:
-        raise BaselineError(
+        raise SavedRunError(
             f"{where} was not saved by pytest-ollama-cpu (no '{EXTRA_KEY}' section): save a "
             "baseline with --ollama-cpu-save or --ollama-cpu-autosave"
         )
     schema = _expect(ours["schema"], _is_whole, "a whole number", where, f"{EXTRA_KEY}.schema")
     if schema > SCHEMA:
-        raise BaselineError(
+        raise SavedRunError(
             f"{where} has schema {schema!r}, newer than this pytest-ollama-cpu understands "
             f"({SCHEMA}): upgrade pytest-ollama-cpu"
         )
     while schema < SCHEMA:
         if schema not in UPGRADES:
-            raise BaselineError(
+            raise SavedRunError(
                 f"{where} has schema {schema}, which this pytest-ollama-cpu cannot upgrade: "
                 "save a new baseline with --ollama-cpu-save NAME"
             )
@@ -494,7 +494,7 @@ def validate(raw: Any, where: str) -> dict[str, Any]:
         extra = bench.get("extra_info") if isinstance(bench, dict) else None
         extra = extra.get(EXTRA_KEY) if isinstance(extra, dict) else None
         if not isinstance(extra, dict) or "samples" not in extra:
-            raise BaselineError(
+            raise SavedRunError(
                 f"{where}: benchmark #{i} has no samples of ours; the file is damaged"
             )
         fullname = bench.get("fullname", _MISSING)
@@ -553,7 +553,7 @@ def _shown(value: Any) -> str:
 
 def _expect(value: Any, ok: Callable[[Any], bool], allowed: str, where: str, name: str) -> Any:
     if not ok(value):
-        raise BaselineError(
+        raise SavedRunError(
             f"{where}: '{name}' is {_shown(value)}, which should be {allowed}; {_DAMAGED}"
         )
     return value
@@ -600,18 +600,18 @@ def _check_samples(samples: list[Any], where: str) -> None:
     zero must stop the run with its place named, never read as 'ok'."""
     for k, sample in enumerate(samples, 1):
         if not isinstance(sample, dict):
-            raise BaselineError(f"{where}: sample {k} is not a JSON object; the file is damaged")
+            raise SavedRunError(f"{where}: sample {k} is not a JSON object; the file is damaged")
         for name, (allowed, ok) in SAMPLE_FIGURES.items():
             value = sample.get(name)
             if value is None and name != "tokens_per_second":
                 continue  # not measured (a remote server, a short request)
             if not _number_in_range(value, ok):
-                raise BaselineError(
+                raise SavedRunError(
                     f"{where}: sample {k} has {name} {value!r}, which should be {allowed}; "
                     f"{_DAMAGED}"
                 )
         if not isinstance(sample.get("disturbed", False), bool):
-            raise BaselineError(
+            raise SavedRunError(
                 f"{where}: sample {k} has disturbed {sample['disturbed']!r}, which should be "
                 f"true or false; {_DAMAGED}"
             )
@@ -623,25 +623,25 @@ def load_file(path: Path, role: str = "baseline") -> SavedRun:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise BaselineError(f"{where} does not exist") from None
+        raise SavedRunError(f"{where} does not exist") from None
     except OSError as exc:
-        raise BaselineError(f"cannot read {where}: {reason(exc)}") from None
+        raise SavedRunError(f"cannot read {where}: {reason(exc)}") from None
     if not data.strip():
-        raise BaselineError(
+        raise SavedRunError(
             f"{where} is empty: it was cut short or is not a saved run; give another saved "
             "run, or save a new one with --ollama-cpu-save NAME"
         )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise BaselineError(
+        raise SavedRunError(
             f"{where} is not UTF-8 text, so not a saved run; give a file saved with "
             "--ollama-cpu-save or --ollama-cpu-autosave"
         ) from None
     try:
         document = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise BaselineError(
+        raise SavedRunError(
             f"{where} is not valid JSON ({exc}); it may be truncated: give another saved "
             "run, or save a new one with --ollama-cpu-save NAME"
         ) from None
@@ -674,7 +674,7 @@ def recorded_sweeps(run: SavedRun) -> list[RecordedSweep]:
         try:
             found.append(RecordedSweep(key[0], _sweep_of(entries, facts), order=len(found)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BaselineError(f"{where}: cannot be read back ({exc!r}); {_DAMAGED}") from None
+            raise SavedRunError(f"{where}: cannot be read back ({exc!r}); {_DAMAGED}") from None
     return found
 
 
@@ -739,8 +739,9 @@ def _other_machines(storage: Path, folder: Path) -> str:
     )
 
 
-def find(storage: Path, which: str) -> Path:
-    """Resolve ``latest``, a number (``3``, ``0003``), a name or a path to a saved file.
+def find(storage: Path, which: str, role: str = "baseline") -> Path:
+    """Resolve ``latest``, a number (``3``, ``0003``), a name or a path to a saved file;
+    ``role`` names it in an error ("baseline", "new run", "saved run").
 
     Saved runs come first: a file in the current folder that happens to be
     called ``main`` does not hide the run saved as ``main``. A path is read as
@@ -763,8 +764,8 @@ def find(storage: Path, which: str) -> Path:
     if candidate.is_file():
         return candidate
     if candidate.suffix == ".json" or "/" in which or os.sep in which:
-        raise BaselineError(
-            f"baseline {candidate} does not exist (neither a file nor a saved run's name)"
+        raise SavedRunError(
+            f"{role} {candidate} does not exist (neither a file nor a saved run's name)"
         )
     if not files:
         raise NoSavedRuns(folder, _other_machines(storage, folder))
@@ -773,11 +774,11 @@ def find(storage: Path, which: str) -> Path:
         return _not_led_out(matches[0], storage)
     listed = ", ".join(p.name for p in reversed(files[-5:]))
     if not matches:
-        raise BaselineError(
+        raise SavedRunError(
             f"no saved run {which!r} in {folder}; give a number, a name or a path "
             f"({len(files)} saved there, newest first: {listed})"
         )
-    raise BaselineError(
+    raise SavedRunError(
         f"{which!r} matches several saved runs in {folder}: "
         f"{', '.join(p.name for p in matches)}; give the number"
     )
@@ -789,7 +790,7 @@ def _not_led_out(path: Path, storage: Path) -> Path:
     and comparing with its target unasked would compare with a file nobody chose."""
     target = _outside(path, storage) if path.is_symlink() else None
     if target is not None:
-        raise BaselineError(
+        raise SavedRunError(
             f"saved run {path} is a link to {target}, outside the storage folder {storage}; "
             f"it was not read. To compare with that file, give its path ({target}); or "
             "remove the link"
@@ -801,5 +802,5 @@ def _cleaned(name: str) -> str:
     """The name as ``save`` writes it into the file name, or the name itself."""
     try:
         return check_name(name)
-    except BaselineError:
+    except SavedRunError:
         return name
