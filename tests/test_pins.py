@@ -1,5 +1,7 @@
 """Versions are written once: the embedded server's pins live in ``embedded.py`` and
-everything that installs the server asks the package for them."""
+everything that installs the server asks the package for them; the declared minimum
+versions of the dependencies live in ``pyproject.toml`` and ``requirements/minimum.txt``
+repeats them for ``tox -e minimum``."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 from pytest_ollama_cpu import cli, embedded
 from pytest_ollama_cpu.embedded import (
@@ -40,7 +43,7 @@ def _spelled_versions(text: str) -> list[tuple[str, str]]:
 
 
 def _project_files() -> list[Path]:
-    names = [*INSTALLERS, ".ci/run", "pyproject.toml"]
+    names = [*INSTALLERS, ".ci/run", "pyproject.toml", "requirements/minimum.txt"]
     files = [ROOT / name for name in names]
     for folder in ("pytest_ollama_cpu", "tests", "benchmarks", "example_project", "docs"):
         files += [
@@ -177,3 +180,35 @@ def test_another_server_version_is_named_against_the_pin(
         message
     )
     assert INSTALL_COMMAND in message
+
+
+def _floors() -> dict[str, Version]:
+    """Each dependency's declared lowest version (pyproject.toml, extras test and report)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    texts = [*project["dependencies"]]
+    for extra in ("test", "report"):
+        texts += project["optional-dependencies"][extra]
+    floors = {}
+    for text in texts:
+        requirement = Requirement(text)
+        lowest = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
+        if lowest:
+            floors[requirement.name] = lowest[0]
+    return floors
+
+
+def test_the_minimum_environment_pins_every_declared_floor() -> None:
+    """``tox -e minimum`` proves the floors only while it installs exactly them."""
+    pinned = {}
+    for line in (ROOT / "requirements" / "minimum.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            [spec] = requirement.specifier
+            if spec.operator == "==":
+                pinned[requirement.name] = Version(spec.version)
+    floors = _floors()
+    # the linters' floors are not what the tests run on
+    del floors["mypy"], floors["ruff"]
+    assert pinned == floors
