@@ -100,7 +100,8 @@ def test_the_server_and_its_runner_listen_on_loopback_only(
     listening = [
         (p.name(), c.laddr)
         for p in processes
-        for c in p.net_connections(kind="inet")
+        # net_connections from psutil 6.0 on; connections before (the package allows 5.9)
+        for c in getattr(p, "net_connections", getattr(p, "connections", None))(kind="inet")
         if c.status == psutil.CONN_LISTEN
     ]
     assert port in {addr.port for _, addr in listening}, listening
