@@ -182,7 +182,7 @@ def _build_stub(target: Path) -> None:
 def provision(root: Path = DEFAULT_ROOT) -> Installation:
     """Lay out a runnable copy of the server under ``root`` (idempotent, about a second)."""
     check_platform()
-    libs = _dist_file("bigdl-core-cpp", "ollama-lib").parent
+    libs = _dist_file(SERVER_DIST, "ollama-lib").parent
     runtime = tuple(sorted({_dist_file(dist, lib).parent for dist, lib in _RUNTIME_LIBS.items()}))
     root = root.resolve()
     bin_dir = root / "bin"
