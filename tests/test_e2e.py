@@ -368,7 +368,8 @@ def test_stops(ollama_cpu):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*short replies: * of 3 samples stopped after * of the 32 tokens asked (done_reason "
+            # of 3 samples, or more where a busy machine had some retaken
+            "*short replies: * of * samples stopped after * of the 32 tokens asked (done_reason "
             "'stop': *); their rates are over the tokens generated*",
         ]
     )
