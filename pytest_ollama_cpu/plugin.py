@@ -262,7 +262,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
             item.warn(warning)
         except OllamaCpuWarning:  # -W error: the message, not this hook's traceback
             raise pytest.fail.Exception(f"OllamaCpuWarning: {warning}", pytrace=False) from None
-    if not _uses_fixture(item) or not item.config.stash[SETTINGS_KEY].enabled:
+    if not item.config.stash[SETTINGS_KEY].enabled:
         return (yield)
     from .results import MachineBusy
     from .verdicts import decide_test

@@ -42,6 +42,24 @@ def test_scales(ollama_cpu):
     )
 
 
+def test_a_fixture_asked_for_at_run_time_gets_its_verdicts_applied(
+    pytester: pytest.Pytester, fake_ollama: FakeOllama
+) -> None:
+    # request.getfixturevalue: the test does not name the fixture among its arguments
+    # (so it takes its thread counts and thresholds from the options)
+    pytester.makepyfile(
+        """
+def test_scales(request):
+    request.getfixturevalue("ollama_cpu").generate("x", num_predict=8)
+"""
+    )
+    result = run(
+        pytester, fake_ollama, "--ollama-cpu-threads=1,2,4", "--ollama-cpu-min-efficiency=0.8"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["num_thread=4: efficiency 0.76 (*) below 0.8: cause: *"])
+
+
 def test_a_threshold_shown_missed_fails_the_test_with_the_numbers(
     pytester: pytest.Pytester, fake_ollama: FakeOllama
 ) -> None:
