@@ -581,16 +581,11 @@ class Settings:
 
     @property
     def has_work(self) -> bool:
-        """Whether the plugin measures, writes or compares anything in this run: without
-        ``--ollama-cpu`` and the file options its tests are only skipped."""
-        return bool(
-            self.enabled
-            or self.json_path
-            or self.html_path
-            or self.save
-            or self.autosave
-            or self.compare
-        )
+        """Whether the plugin measures, saves or compares in this run. Without
+        ``--ollama-cpu`` its tests are only skipped and the results file and report have
+        nothing to hold (an ini file may name them for every run); saving and comparing
+        still say that nothing was measured."""
+        return bool(self.enabled or self.save or self.autosave or self.compare)
 
     def rounds_limit(self, rounds: int, marker_max: int | None = None) -> int:
         """Most rounds a thread count may get: marker, then option, then 4 x rounds."""

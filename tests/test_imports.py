@@ -37,6 +37,11 @@ def test_the_command_line_does_not_load_scipy() -> None:
 
 
 def test_a_run_without_the_flag_skips_its_tests_and_loads_none_of_them(tmp_path: Path) -> None:
+    # an ini file may name the results file and the report for every run: without
+    # --ollama-cpu they have nothing to hold, and are neither checked nor written
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nollama_cpu_json = out/r.json\nollama_cpu_html = out/r.html\n"
+    )
     (tmp_path / "test_perf.py").write_text(
         "import pytest\n\n"
         "@pytest.mark.threads(1, 2, min_speedup=1.2)\n"
@@ -59,3 +64,4 @@ def test_a_run_without_the_flag_skips_its_tests_and_loads_none_of_them(tmp_path:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed, 1 skipped" in result.stdout
     assert "run pytest with --ollama-cpu to measure it" in result.stdout
+    assert not (tmp_path / "out").exists()

@@ -729,3 +729,21 @@ def test_a_time_rule_fails_when_the_time_is_shown_higher_and_a_rate_rule_when_lo
     same = _timed([0.525, 0.535, 0.515, 0.525, 0.546], [300, 298, 303, 301, 299], tmp_path, "c")
     row = compare(base, same, rules[:1], 0.01).rows[0]
     assert not row.regression and row.change == "+5.0%"
+
+
+def test_without_the_flag_a_compare_says_nothing_was_measured(pytester: pytest.Pytester) -> None:
+    """--ollama-cpu-compare (say from a CI ini file) in a run without --ollama-cpu: the
+    baseline is still found (a bad one stops the run), and the summary says why nothing
+    was compared instead of passing silently."""
+    pytester.makepyfile(SWEEP_TEST)
+    first = run_behaviour(pytester, Behaviour(), "--ollama-cpu-save=base")
+    first.assert_outcomes(passed=1)
+    plain = pytester.runpytest("-p", "no:cacheprovider", "--ollama-cpu-compare=base")
+    plain.assert_outcomes(skipped=1)
+    assert plain.ret == pytest.ExitCode.OK
+    plain.stdout.fnmatch_lines(
+        ["ollama-cpu: nothing was measured, so nothing was saved or compared"]
+    )
+    missing = pytester.runpytest("-p", "no:cacheprovider", "--ollama-cpu-compare=nosuch")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines(["ERROR: no saved run 'nosuch' in *"])
