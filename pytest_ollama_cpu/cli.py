@@ -48,7 +48,7 @@ from .report import comparison_lines, comparison_markdown
 from .results_file import OutputFileError, check_writable, temporary_beside
 from .rules import RuleError, parse_rule
 from .saved_runs import SavedRunError, find, load_file, recorded_sweeps, run_label
-from .thresholds import Thresholds
+from .thresholds import DEFAULT_ALPHA, ThresholdError, Thresholds, check_alpha
 from .verdicts import evaluate
 
 
@@ -217,7 +217,9 @@ def _compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if not 0 < args.alpha < 0.5:
+    try:
+        check_alpha(args.alpha)
+    except ThresholdError:
         print("pytest-ollama-cpu compare: --alpha must be between 0 and 0.5", file=sys.stderr)
         return 2
     try:
@@ -405,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EXPR",
         help="rule such as tokens_per_second:5%% or utilization:0.1 (several allowed)",
     )
-    comparing.add_argument("--alpha", type=float, default=0.01, help="significance (0.01)")
+    comparing.add_argument(
+        "--alpha", type=float, default=DEFAULT_ALPHA, help=f"significance ({DEFAULT_ALPHA})"
+    )
     comparing.add_argument(
         "--storage", default=".benchmarks", help="folder of saved runs (.benchmarks)"
     )

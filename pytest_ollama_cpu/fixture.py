@@ -340,7 +340,7 @@ class OllamaCpu:
             runner.extend(sweep, workload, more)
 
         # the saved entry this sweep is compared with carries a #n after the first
-        # sweep of the same workload in a test (baseline.entry_name)
+        # sweep of the same workload in a test (saved_runs.entry_name)
         repeat = 1 + sum(
             1 for s in self.sweeps if s.model.name == sweep.model.name and s.kind == sweep.kind
         )

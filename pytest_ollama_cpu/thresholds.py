@@ -1,6 +1,6 @@
 """The minimums a test asks for: their names, their checks and their record.
 
-A threshold is given on a ``threads`` marker, by ``Sweep.check`` (verdicts.check)
+A threshold is given on a ``threads`` marker, by ``sweep.check`` (``verdicts.check``)
 or on the command line; each is read here, so that a bad value gets the same
 message wherever it was written.
 """
