@@ -578,42 +578,45 @@ def _roofline_change(shares: tuple[float | None, float | None]) -> str:
     return " -> ".join("-" if v is None else f"{v:.0%}" for v in shares)
 
 
-def _difference_notes(comparison: Comparison) -> list[str]:
-    return [f"the baseline's machine differs: {d}" for d in comparison.differences]
-
-
 def comparison_notes(comparison: Comparison) -> list[str]:
-    notes = []
+    return [line.text for line in _noted(comparison)]
+
+
+def _noted(comparison: Comparison) -> list[Line]:
+    """The comparison's notes; a machine that differs is red."""
+    notes: list[Line] = []
     if comparison.baseline == comparison.new:
         notes.append(
-            f"the baseline and the new run are the same file ({comparison.new}): name two "
-            "different runs"
+            Line(
+                f"the baseline and the new run are the same file ({comparison.new}): name two "
+                "different runs"
+            )
         )
-    notes += _difference_notes(comparison)
-    notes += [f"only in the baseline: {name}" for name in comparison.only_in_baseline]
-    notes += [f"only in this run: {name}" for name in comparison.only_in_new]
+    notes += [Line(f"the baseline's machine differs: {d}", "red") for d in comparison.differences]
+    plain = [f"only in the baseline: {name}" for name in comparison.only_in_baseline]
+    plain += [f"only in this run: {name}" for name in comparison.only_in_new]
     if comparison.gating and not comparison.rows:
-        notes.append("no test was measured in both runs, so no rule was applied")
+        plain.append("no test was measured in both runs, so no rule was applied")
     missing = comparison.not_compared
     if missing and comparison.gating:
-        notes.append(
+        plain.append(
             f"{len(missing)} row(s) 'not compared': fewer than two usable samples on a side "
             "(--ollama-cpu-rounds 1, or requests too short for CPU figures), so no rule was "
             "applied to them"
         )
     for row in comparison.busy:
-        notes.append(
+        plain.append(
             f"{row.test} at {row.threads} threads was not compared because the machine was "
             f"busy ({row.busy}): samples taken under load are never judged"
         )
     undecided = comparison.undecided
     if undecided:
-        notes.append(
+        plain.append(
             f"{len(undecided)} row(s) marked 'ok?' passed because their samples are too few or "
             "too noisy to show a drop of the rule's size, not because there is none: take more "
             "rounds in both runs, or widen the rule"
         )
-    return notes
+    return notes + [Line(note) for note in plain]
 
 
 def comparison_title(comparison: Comparison) -> str:
@@ -662,10 +665,7 @@ def comparison_report(comparison: Comparison) -> list[Line]:
         ]
     else:
         lines.append(Line("  no test was measured in both runs"))
-    differs = set(_difference_notes(comparison))
-    lines += [
-        Line(f"  note: {n}", "red" if n in differs else None) for n in comparison_notes(comparison)
-    ]
+    lines += [Line(f"  note: {note.text}", note.colour) for note in _noted(comparison)]
     lines += [Line(f"  {line}") for line in comparison_legend(comparison)]
     return lines
 
