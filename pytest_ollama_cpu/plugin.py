@@ -156,7 +156,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     from .report import run_header
 
-    return run_header(state, is_distributing(config))
+    distributing = is_distributing(config)  # the workers measure, not this process
+    return run_header(state.settings, None if distributing else state.start_facts())
 
 
 @pytest.hookimpl(wrapper=True)

@@ -7,7 +7,6 @@ only write what these functions return.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -15,10 +14,9 @@ from typing import Literal
 from .client import ModelFacts
 from .comparison import Comparison
 from .disturbance import MARGIN_CORES
-from .errors import OllamaCpuError
 from .limits import MachineLimits
 from .machine import MachineFacts, cpus_text
-from .options import MODEL
+from .options import MODEL, Settings
 from .quantities import (
     GENERATION_RATE,
     GENERATION_ROOFLINE,
@@ -31,8 +29,8 @@ from .quantities import (
 )
 from .records import RecordedSweep, by_machine, merged_limits
 from .results import Sweep, ThreadResult, stopped_because
-from .roofline import OVER_LIMIT, ModelCost, ModelFactsMissing
-from .run import RunState
+from .roofline import OVER_LIMIT, ModelCost
+from .run import StartFacts
 from .statistics import Summary, format_interval
 from .verdicts import Recommendation, Verdict, roofline_cause
 
@@ -452,47 +450,37 @@ def describe_model(model: ModelFacts) -> str:
     return f"model {model.name}: {', '.join(parts)}"
 
 
-def run_header(state: RunState, distributing: bool) -> list[str] | None:
+def run_header(settings: Settings, facts: StartFacts | None) -> list[str]:
     """The lines pytest prints above the tests: settings, server, model, machine and,
-    where already probed, its limits; None when the plugin is off. Connects to the
-    server (a failure is said here, and again by each test that needs it)."""
-    settings = state.settings
-    if not settings.enabled:
-        return None
-    if distributing:
+    where already probed, its limits. ``facts`` None: the pytest-xdist workers measure,
+    each against its own server."""
+    if facts is None:
         # the workers measure, each against its own OLLAMA_HOST (see --tx env:)
         return [
             f"ollama-cpu: {settings.describe()}",
             "ollama-cpu: measured by the pytest-xdist workers, each against its own server; "
             "sweeps take turns per server and CPU",
         ]
-    try:
-        connection = state.connect()
-    except OllamaCpuError as exc:
-        return header_lines(settings.describe(), None, None, f"NOT CONNECTED: {exc}")
-    model = (
-        f"NO MODEL GIVEN: pass {MODEL.flag} NAME or set {MODEL.env}; each test that does not "
-        "call generate(..., model=NAME) fails until then"
-    )
-    cost = None
-    if settings.model:
-        try:
-            facts = connection.client.model_facts(settings.model)
-            model = describe_model(facts)
-        except OllamaCpuError as exc:
-            model = f"MODEL NOT AVAILABLE: {exc}"
-        else:
-            if connection.server is not None and settings.roofline != "off":
-                with contextlib.suppress(OllamaCpuError, ModelFactsMissing):
-                    cost = connection.cost_of(facts)
+    connection = facts.connection
+    if connection is None:
+        return header_lines(settings.describe(), None, None, f"NOT CONNECTED: {facts.error}")
+    if facts.model is not None:
+        model = describe_model(facts.model)
+    elif facts.model_error is not None:
+        model = f"MODEL NOT AVAILABLE: {facts.model_error}"
+    else:
+        model = (
+            f"NO MODEL GIVEN: pass {MODEL.flag} NAME or set {MODEL.env}; each test that does "
+            "not call generate(..., model=NAME) fails until then"
+        )
     return header_lines(
         settings.describe(),
         connection.facts.version,
         connection.machine,
         connection.facts.utilization_note,
         model,
-        cost,
-        state.known_limits(connection),
+        facts.cost,
+        facts.limits,
     )
 
 

@@ -8,11 +8,13 @@ machine's limits for the roofline (cached per machine, see ``limits.py``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .client import ModelFacts
 from .comparison import Gate
 from .connection import Connection, connect
 from .errors import OllamaCpuError
@@ -29,9 +31,24 @@ from .machine import parse_proc_cgroup
 from .options import Settings
 from .records import RecordedSweep
 from .results import Sweep
+from .roofline import ModelCost, ModelFactsMissing
 from .saved_runs import SavedRun, entry_of
 from .thresholds import Thresholds
 from .verdicts import Verdict
+
+
+@dataclass(frozen=True)
+class StartFacts:
+    """What a run finds before its tests, for the header: the server and its machine,
+    the model, a token's cost and the machine's limits where already probed; what
+    could not be read says why (``error``, ``model_error``)."""
+
+    connection: Connection | None = None
+    error: str | None = None
+    model: ModelFacts | None = None
+    model_error: str | None = None
+    cost: ModelCost | None = None
+    limits: MachineLimits | None = None
 
 
 @dataclass
@@ -120,6 +137,27 @@ class RunState:
             return None
         cache = LimitsFile(limits_cache_path())
         return peek_limits(cache, _limits_key(connection), self._limits_age())
+
+    def start_facts(self) -> StartFacts:
+        """Connect and read what the header shows; errors are kept as text (each test
+        that needs the server says them again)."""
+        try:
+            connection = self.connect()
+        except OllamaCpuError as exc:
+            return StartFacts(error=str(exc))
+        model = cost = None
+        model_error = None
+        if self.settings.model:
+            try:
+                model = connection.client.model_facts(self.settings.model)
+            except OllamaCpuError as exc:
+                model_error = str(exc)
+            else:
+                if connection.server is not None and self.settings.roofline != "off":
+                    with contextlib.suppress(OllamaCpuError, ModelFactsMissing):
+                        cost = connection.cost_of(model)
+        limits = self.known_limits(connection)
+        return StartFacts(connection, None, model, model_error, cost, limits)
 
     def _limits_age(self) -> float:
         """How old probed limits may be: a day, or this run's age (``fresh``)."""
