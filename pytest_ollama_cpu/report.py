@@ -203,16 +203,21 @@ def _workload_lines(sweep: Sweep, verdict: Verdict) -> list[str]:
     request = verdict.for_quantity(REQUEST_SECONDS.name)
     if request is None or len(sweep.results) < 2:
         return []
-    times = ", ".join(
-        f"{summary.median:.3f} s at {r.threads}"
+    timed = [
+        (r.threads, summary.median)
         for r in sweep
         if not r.busy and (summary := r.summary(REQUEST_SECONDS)) is not None
-    )
+    ]
+    times = ", ".join(f"{median:.3f} s at {threads}" for threads, median in timed)
+    times += " thread" if [t for t, _ in timed] == [1] else " threads"
     if request.shown:
-        text = f"whole request: num_thread {request.threads} is quickest ({times} threads)"
+        text = f"whole request: num_thread {request.threads} is quickest ({times})"
     else:
         counts = " or ".join(str(t) for t in sorted({*request.unsettled, request.threads}))
-        text = f"whole request: no num_thread shown quickest ({times} threads; {counts} alike)"
+        text = f"whole request: no num_thread shown quickest ({times}; {counts} alike)"
+    if request.busy:
+        busy = ", ".join(str(t) for t in request.busy)
+        text += f"; not compared: {busy} threads (the machine was busy)"
     lines = [f"  {text}"]
     prefill = verdict.for_quantity(PREFILL_RATE.name)
     generation = verdict.for_quantity(GENERATION_RATE.name)

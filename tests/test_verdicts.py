@@ -638,6 +638,26 @@ def test_speedup_and_efficiency_thresholds_per_phase():
     }
 
 
+def test_the_whole_request_says_which_counts_a_busy_machine_left_out():
+    from dataclasses import replace
+
+    from pytest_ollama_cpu.records import RecordedSweep
+    from pytest_ollama_cpu.report import sweep_lines
+
+    jitter = (-0.4, 0.0, 0.3, 0.5, -0.2)
+    data = {
+        1: [replace(prefilled(1, 60.0 + d, 300.0), wall_seconds=0.65 + d / 100) for d in jitter],
+        2: [disturbed(2, 45.0)],
+    }
+    sweep = sweep_of(data)
+    lines = sweep_lines(RecordedSweep("t.py::test_a", sweep, evaluate(sweep, Thresholds())))
+    # quickest of what was measured, and the count that was not measured said so
+    assert (
+        "  whole request: num_thread 1 is quickest (0.650 s at 1 thread); "
+        "not compared: 2 threads (the machine was busy)"
+    ) in lines
+
+
 def test_the_whole_request_decides_when_the_phases_disagree():
     from dataclasses import replace
 
