@@ -72,7 +72,7 @@ from typing import Any
 import psutil
 
 from .errors import OllamaCpuError
-from .machine import CGROUP_ROOT, PROC_ROOT, parse_proc_cgroup
+from .machine import CGROUP_ROOT, PROC_ROOT, parse_proc_cgroup, threads_text
 
 #: Bytes each worker reads round and round: far beyond any last-level cache.
 DEFAULT_BYTES = 256 * 2**20
@@ -183,7 +183,7 @@ class MachineLimits:
         for i, threads in enumerate(counts):
             limit = self.limits[threads]
             mark = " (disturbed)" if limit.disturbed else ""
-            at = f"{threads} thread{'' if threads == 1 else 's'}" if i == 0 else str(threads)
+            at = threads_text(threads) if i == 0 else str(threads)
             gb = f"{limit.gb_per_second:.1f}" + (" GB/s" if i == 0 else "")
             gflops = _gflops_text(limit.gflops) + (" GFLOP/s" if i == 0 else "")
             memory.append(f"{gb} at {at}{mark}")

@@ -187,6 +187,11 @@ def cpus_text(count: float) -> str:
     return f"{count:g} CPU{'' if count == 1 else 's'}"
 
 
+def threads_text(count: int) -> str:
+    """'1 thread', '2 threads': a thread count as a message says it."""
+    return f"{count} thread{'' if count == 1 else 's'}"
+
+
 def auto_thread_counts(usable: int) -> list[int]:
     """1, 2, 4, ... below ``usable``, and ``usable`` itself."""
     counts = []

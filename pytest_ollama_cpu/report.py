@@ -15,7 +15,7 @@ from .client import ModelFacts
 from .comparison import Comparison
 from .disturbance import MARGIN_CORES
 from .limits import MachineLimits
-from .machine import MachineFacts, cpus_text
+from .machine import MachineFacts, cpus_text, threads_text
 from .options import MODEL, Settings
 from .quantities import (
     GENERATION_RATE,
@@ -376,15 +376,15 @@ def _disturbance_lines(sweep: Sweep) -> list[str]:
         if aside:
             text = (
                 f"  retaken: {aside} disturbed sample{'s' if aside != 1 else ''} at "
-                f"{result.threads} threads set aside ({result.describe_load()}, more than "
+                f"{threads_text(result.threads)} set aside ({result.describe_load()}, more than "
                 f"{MARGIN_CORES:g} beyond the {_spare(result)} they could not use anyway)"
             )
             if result.waited_seconds >= 0.1:
                 text += f"; waited {result.waited_seconds:.1f} s for quiet"
         else:
             text = (
-                f"  waited {result.waited_seconds:.1f} s at {result.threads} threads for quiet: "
-                "other processes took CPU its threads needed after the warm-up"
+                f"  waited {result.waited_seconds:.1f} s at {threads_text(result.threads)} for "
+                "quiet: other processes took CPU its threads needed after the warm-up"
             )
         if result.gave_up:
             text += (
@@ -599,7 +599,7 @@ def _noted(comparison: Comparison) -> list[Line]:
         )
     for row in comparison.busy:
         plain.append(
-            f"{row.test} at {row.threads} threads was not compared because the machine was "
+            f"{row.test} at {threads_text(row.threads)} was not compared because the machine was "
             f"busy ({row.busy}): samples taken under load are never judged"
         )
     undecided = comparison.undecided

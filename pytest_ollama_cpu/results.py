@@ -15,7 +15,7 @@ from .client import ModelFacts, RequestKind, Timings, request_kind
 from .connection import ServerFacts
 from .disturbance import describe_load, excess_cores, spare_cpus
 from .errors import OllamaCpuError
-from .machine import MachineFacts
+from .machine import MachineFacts, threads_text
 from .quantities import GENERATION_RATE, MIN_RATE_TOKENS, QUANTITIES, Quantity, lookup, names
 from .roofline import Roofline, share
 from .statistics import Summary, ratio
@@ -299,10 +299,10 @@ class ThreadResult:
     @cached_property
     def tokens_per_second(self) -> Summary:
         if not self.samples:
-            raise ValueError(f"no samples were taken at {self.threads} threads")
+            raise ValueError(f"no samples were taken at {threads_text(self.threads)}")
         if not self.undisturbed:
             raise MachineBusy(
-                f"no undisturbed sample at {self.threads} threads: {self.describe_load()} "
+                f"no undisturbed sample at {threads_text(self.threads)}: {self.describe_load()} "
                 f"during all {len(self.samples)} of them, so its tokens/s is not known. "
                 "Measure on a quieter machine, or raise --ollama-cpu-retakes / "
                 "--ollama-cpu-quiet-wait"

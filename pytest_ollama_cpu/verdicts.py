@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .machine import cpus_text
+from .machine import cpus_text, threads_text
 from .quantities import (
     GENERATION,
     GENERATION_RATE,
@@ -193,7 +193,7 @@ class Recommendation:
 
     def _describe_not_shown(self) -> str:
         counts = " or ".join(str(t) for t in sorted({*self.unsettled, self.threads}))
-        threads = f"{self.threads} thread{'' if self.threads == 1 else 's'}"
+        threads = threads_text(self.threads)
         return (
             f"no num_thread shown best: {threads} measured fastest "
             f"({self._figure(self.tokens_per_second)}; Modelfile: {self.modelfile_line}), "
@@ -488,7 +488,7 @@ def busy_cause(result: ThreadResult) -> str:
     aside = len(result.set_aside)
     kept = len(result.undisturbed)
     return (
-        f"{result.describe_load()} at {result.threads} threads; {aside} disturbed "
+        f"{result.describe_load()} at {threads_text(result.threads)}; {aside} disturbed "
         f"sample{'s' if aside != 1 else ''} set aside, {kept} undisturbed"
     )
 
@@ -635,7 +635,7 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
         return Check(plan.quantity, plan.threads, plan.threshold, "unavailable", cause=cause)
 
     if plan.threads not in sweep.results:
-        return unavailable(f"{plan.threads} threads were not measured")
+        return unavailable(f"{threads_text(plan.threads)} were not measured")
     result = sweep.results[plan.threads]
     if plan.kind in (SPEEDUP, EFFICIENCY):
         if plan.threads == base:
@@ -693,7 +693,7 @@ def _decide(sweep: Sweep, plan: _Plan, alpha: float) -> Check:
     values = _values(result, plan.rate)
     if plan.kind == ROOFLINE:
         if not values:
-            why = sweep.roofline_note or f"the limit at {plan.threads} threads is not known"
+            why = sweep.roofline_note or f"the limit at {threads_text(plan.threads)} is not known"
             return unavailable(f"no roofline: {why}")
         if sorted(values)[len(values) // 2] > OVER_LIMIT:
             over = roofline_cause(sweep, plan.threads, QUANTITIES[plan.rate].phase or GENERATION)
@@ -818,7 +818,7 @@ def evaluate(
             check = _with_look(check, look)
         checks.append(check)
     notes = [
-        f"{len(r.set_aside)} disturbed sample(s) at {r.threads} threads set aside: "
+        f"{len(r.set_aside)} disturbed sample(s) at {threads_text(r.threads)} set aside: "
         f"{r.describe_load()}; decided on the {len(r.undisturbed)} undisturbed"
         for r in sweep
         if r.set_aside and not r.busy
@@ -966,7 +966,7 @@ def decide_test(
     if unmeasured:
         messages.append(
             "no undisturbed sample at "
-            + "; ".join(f"{r.threads} threads ({r.describe_load()})" for r in unmeasured)
+            + "; ".join(f"{threads_text(r.threads)} ({r.describe_load()})" for r in unmeasured)
             + ": the test's figures there were not measured"
         )
     if busy is not None:

@@ -349,7 +349,7 @@ def test_disturbed_samples_are_never_compared():
         "now: other processes used 1.00 of the server's 2 CPUs; 4 of 4 samples set aside"
     )
     text = "\n".join(comparison_lines(result))
-    assert "t.py::test_a at 1 threads was not compared because the machine was busy (now:" in text
+    assert "t.py::test_a at 1 thread was not compared because the machine was busy (now:" in text
     markdown = comparison_markdown(result)
     assert markdown.startswith(
         "### pytest-ollama-cpu: No regressions (2 row(s) inconclusive: the machine was busy)"
