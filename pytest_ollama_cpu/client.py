@@ -359,12 +359,16 @@ class OllamaClient:
         if on_first is None:
             return dict(self._call(lambda: request(False), what=what, model=model).model_dump())
 
+        pieces = 0
+
         def streamed() -> Any:
+            nonlocal pieces
             last = None
             for piece in request(True):
                 if last is None:
                     on_first()
                 last = piece
+                pieces += 1
             return last
 
         reply = self._call(streamed, what=what, model=model)
@@ -372,6 +376,14 @@ class OllamaClient:
             raise BadReply(
                 f"the Ollama server at {self.host} ended its reply while {what} before "
                 "sending anything. Check its log."
+            )
+        if pieces > 1 and not reply.done:
+            # Ollama streams a piece a token and ends with the one that is done and
+            # carries the timings: a stream without it was cut short, not another server
+            raise BadReply(
+                f"the Ollama server at {self.host} ended its streamed reply while {what} "
+                f"after {pieces} pieces without the last one (done, with the request's "
+                "timings): the connection was cut or the server stopped mid-reply. Check its log."
             )
         return dict(reply.model_dump())
 

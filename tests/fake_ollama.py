@@ -28,7 +28,7 @@ from typing import Any
 #: headers and part of the body, then nothing; ``trickle``: the headers, then one
 #: byte at a time forever; ``huge``: a reply of ``huge_bytes`` (its length in the
 #: headers if ``huge_declared``, else ended by closing the connection).
-FAULTS = ("error", "missing_fields", "malformed", "stall", "trickle", "huge")
+FAULTS = ("error", "missing_fields", "malformed", "stall", "trickle", "huge", "cut_stream")
 
 #: The longest a faulty reply keeps a handler thread busy, whatever the client does.
 FAULT_SECONDS = 120.0
@@ -175,6 +175,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(500, {"error": "llama runner process has terminated: signal: killed"})
         elif b.fault == "missing_fields":
             self._reply(200, {k: v for k, v in reply.items() if k not in b.missing})
+        elif b.fault == "cut_stream":
+            # a streamed reply's token pieces, and then the end of the body without the
+            # last piece (done, with the timings)
+            pieces = [{"model": reply["model"], "done": False, "response": "ok"}] * 3
+            data = b"".join(json.dumps(piece).encode() + b"\n" for piece in pieces)
+            self._send_headers(len(data))
+            self._send(b, data)
         elif b.fault == "malformed":
             data = json.dumps(reply).encode()[:40]
             self._send_headers(len(data))

@@ -113,6 +113,24 @@ def test_a_reply_without_its_timings(pytester: pytest.Pytester, missing: tuple[s
     assert took < 30
 
 
+def test_a_streamed_reply_cut_short_is_named_as_such(pytester: pytest.Pytester) -> None:
+    """A stream of token pieces that ends before its last piece (done, with the timings)
+    was cut: not "not an Ollama server", which a reply of one piece without done is."""
+    result, sweep, took = sweep_into_a_fault(
+        pytester, Behaviour(fault="cut_stream", fault_after=BEFORE_THE_FAULT)
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*the Ollama server at * ended its streamed reply while generating with tiny after "
+            "3 pieces without the last one (done, with the request's timings): the connection "
+            "was cut or the server stopped mid-reply. Check its log.",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*which every finished Ollama reply carries*")
+    assert_every_sample_kept(result, sweep)
+    assert took < 30
+
+
 def test_a_reply_that_generated_nothing(pytester: pytest.Pytester) -> None:
     """Ollama leaves out an eval_count and eval_duration of 0: a reply without both
     generated no token, and says so rather than that the server is not Ollama."""
