@@ -215,10 +215,7 @@ def _workload_lines(sweep: Sweep, verdict: Verdict) -> list[str]:
     else:
         counts = " or ".join(str(t) for t in sorted({*request.unsettled, request.threads}))
         text = f"whole request: no num_thread shown quickest ({times}; {counts} alike)"
-    if request.busy:
-        busy = ", ".join(str(t) for t in request.busy)
-        text += f"; not compared: {busy} threads (the machine was busy)"
-    lines = [f"  {text}"]
+    lines = [f"  {text}{request.busy_note}"]
     prefill = verdict.for_quantity(PREFILL_RATE.name)
     generation = verdict.for_quantity(GENERATION_RATE.name)
     if prefill is not None and generation is not None and _disagree(prefill, generation):

@@ -186,10 +186,15 @@ class Recommendation:
 
     def describe(self) -> str:
         text = self._describe_shown() if self.shown else self._describe_not_shown()
-        if self.busy:
-            counts = ", ".join(str(t) for t in self.busy)
-            text += f"; not compared: {counts} threads (the machine was busy)"
-        return text
+        return text + self.busy_note
+
+    @property
+    def busy_note(self) -> str:
+        """'; not compared: 2 threads (the machine was busy)', or '' when every count took part."""
+        if not self.busy:
+            return ""
+        counts = ", ".join(str(t) for t in self.busy)
+        return f"; not compared: {counts} threads (the machine was busy)"
 
     def _describe_not_shown(self) -> str:
         counts = " or ".join(str(t) for t in sorted({*self.unsettled, self.threads}))
