@@ -68,6 +68,23 @@ class ReplyTooLarge(OllamaCpuError):
     pass
 
 
+#: Ollama guards against a runaway model (0.5.4's ``llm/server.go``, ``Completion``;
+#: ``llm/llama_server.go`` in 0.30 and later): when a token's text, trimmed of white
+#: space, comes more than 30 times in a row, it returns ``ctx.Err()``, which is nil,
+#: so the reply ends with HTTP 200 and no last piece (done, with the timings). Every
+#: white-space token counts as the same text, so a model that writes blank lines trips
+#: it. (Ollama's commit 4a1adcc, August 2026, ends such a reply as done with
+#: done_reason "repeat" instead.) So a streamed reply that ends without its last piece
+#: after this many pieces of one text in a row was stopped by that guard.
+REPEAT_GUARD_PIECES = 31
+
+
+class RepeatStopped(BadReply):
+    """The server's runaway guard ended a reply whose token repeated: no timings came.
+    What the model writes depends on the prompt, so asking again with another first
+    line (the sampler does) usually gets a finished reply."""
+
+
 @dataclass(frozen=True)
 class Timings:
     """One reply's own timings, durations in seconds (Ollama reports nanoseconds)."""
@@ -359,16 +376,20 @@ class OllamaClient:
         if on_first is None:
             return dict(self._call(lambda: request(False), what=what, model=model).model_dump())
 
-        pieces = 0
+        pieces = repeats = 0
+        repeated = ""
 
         def streamed() -> Any:
-            nonlocal pieces
+            nonlocal pieces, repeats, repeated
             last = None
             for piece in request(True):
                 if last is None:
                     on_first()
                 last = piece
                 pieces += 1
+                text = _piece_text(piece).strip()  # as the guard compares (Go's TrimSpace)
+                repeats = repeats + 1 if pieces > 1 and text == repeated else 1
+                repeated = text
             return last
 
         reply = self._call(streamed, what=what, model=model)
@@ -379,11 +400,23 @@ class OllamaClient:
             )
         if pieces > 1 and not reply.done:
             # Ollama streams a piece a token and ends with the one that is done and
-            # carries the timings: a stream without it was cut short, not another server
+            # carries the timings: a stream without it was stopped by the server's
+            # runaway guard, or cut short; either way not another server
+            ending = (
+                f"after {pieces} pieces without the last one (done, with the request's timings)"
+            )
+            if repeats >= REPEAT_GUARD_PIECES:
+                token = repr(repeated) if repeated else "white space"
+                raise RepeatStopped(
+                    f"the Ollama server at {self.host} ended its streamed reply while {what} "
+                    f"{ending}: the model wrote the same token ({token}) {repeats} times in a "
+                    f"row, and Ollama stops such a reply as a runaway, without its "
+                    "timings, so nothing was measured. Use a prompt the model answers "
+                    "in prose, or set repeat_penalty in the request's options."
+                )
             raise BadReply(
                 f"the Ollama server at {self.host} ended its streamed reply while {what} "
-                f"after {pieces} pieces without the last one (done, with the request's "
-                "timings): the connection was cut or the server stopped mid-reply. Check its log."
+                f"{ending}: the connection was cut or the server stopped mid-reply. Check its log."
             )
         return dict(reply.model_dump())
 
@@ -471,6 +504,16 @@ class OllamaClient:
                 f"{what} ({_shorten(str(exc))}). Check --ollama-cpu-host points at an "
                 "Ollama server, and its log."
             ) from None
+
+
+def _piece_text(piece: Any) -> str:
+    """The text one streamed piece carries: ``response`` (generate) or the message's
+    content (chat)."""
+    text = getattr(piece, "response", None)
+    if text is None:
+        message = getattr(piece, "message", None)
+        text = getattr(message, "content", None)
+    return text if isinstance(text, str) else ""
 
 
 def _mib(size: int) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .client import ModelFacts, OllamaClient, RequestKind, Timings
+from .client import ModelFacts, OllamaClient, RepeatStopped, RequestKind, Timings
 from .connection import ServerFacts
 from .disturbance import QUIET_WINDOW, RetakeBudget, is_disturbed, spare_cpus
 from .errors import OllamaCpuError
@@ -167,18 +167,19 @@ class SweepRunner:
         return self.client.generate(workload.model, workload.prompt, options, on_first=on_first)
 
     def _sample(self, workload: Workload, threads: int, round_: int) -> Sample:
-        """One sample; a reply too short for a rate is asked again, with another unique
-        first line (which changes what the model writes), up to ``SHORT_REPLY_TRIES``;
-        so is any reply short of ``num_predict`` in a ``full_length`` workload."""
+        """One sample; a reply too short for a rate, or one the server's runaway guard
+        stopped (the model repeated a token), is asked again with another unique first
+        line (which changes what the model writes), up to ``SHORT_REPLY_TRIES``; so is
+        any reply short of ``num_predict`` in a ``full_length`` workload."""
         for attempt in range(1, SHORT_REPLY_TRIES + 1):
             # a failed request leaves the runner's state unknown
             self._loaded = None
             try:
                 sample = self._measure(workload, threads, round_)
-            except ShortReply as exc:
+            except (ShortReply, RepeatStopped) as exc:
                 if workload.prompt_cache or attempt == SHORT_REPLY_TRIES:
                     tries = "" if workload.prompt_cache else f" ({attempt} requests in a row)"
-                    raise ShortReply(f"{exc}{tries}") from None
+                    raise type(exc)(f"{exc}{tries}") from None
                 self._loaded = threads
                 continue
             self._loaded = threads

@@ -45,6 +45,9 @@ class Behaviour:
     error_status: int | None = None
     stop_after: int | None = None  # replies end (done_reason "stop") after N tokens
     short_on: tuple[int, ...] = ()  # request numbers (1-based) whose reply ends after 1 token
+    #: request numbers (1-based) whose streamed reply Ollama's runaway guard stops: a
+    #: few token pieces, then 31 white-space ones, and the end without the done piece
+    repeat_on: tuple[int, ...] = ()
     reload_on: tuple[int, ...] = ()  # request numbers (1-based) whose reply carries a load
     jitter: float = 0.0  # sd of log throughput between requests
     fault: str | None = None  # one of FAULTS
@@ -168,7 +171,28 @@ class _Handler(BaseHTTPRequestHandler):
         if b.fault is not None and len(b.requests) > b.fault_after:
             self._faulty_reply(b, reply)
             return
+        if len(b.requests) in b.repeat_on and body.get("stream", True):
+            self._repeat_guarded(reply)
+            return
         self._reply(200, reply)
+
+    def _repeat_guarded(self, reply: dict[str, Any]) -> None:
+        """As Ollama's Completion returns when a token's trimmed text came 31 times in
+        a row: every piece sent so far, HTTP 200, and no done piece."""
+        key = "message" if "message" in reply else "response"
+        # 31 pieces in a row whose text, trimmed, is the same (nothing)
+        texts = ["One", " answer", ":", "\n\n", "\n", " "] + ["\n"] * 28
+        pieces = [
+            {
+                "model": reply["model"],
+                "done": False,
+                key: {"role": "assistant", "content": text} if key == "message" else text,
+            }
+            for text in texts
+        ]
+        data = b"".join(json.dumps(piece).encode() + b"\n" for piece in pieces)
+        self._send_headers(len(data))
+        self.wfile.write(data)
 
     def _faulty_reply(self, b: Behaviour, reply: dict[str, Any]) -> None:
         if b.fault == "error":
@@ -308,6 +332,7 @@ if __name__ == "__main__":
     config = json.loads(sys.argv[1])
     config["models"] = tuple(config["models"])
     config["reload_on"] = tuple(config["reload_on"])
+    config["repeat_on"] = tuple(config["repeat_on"])
     config["missing"] = tuple(config["missing"])
     fake = FakeOllama(Behaviour(**config))
     fake._thread.start()

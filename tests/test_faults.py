@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 
 from pytest_ollama_cpu.client import (
+    REPEAT_GUARD_PIECES,
+    BadReply,
     OllamaClient,
+    RepeatStopped,
     ReplyTooLarge,
     RequestTimedOut,
     ServerFailed,
@@ -129,6 +132,41 @@ def test_a_streamed_reply_cut_short_is_named_as_such(pytester: pytest.Pytester) 
     result.stdout.no_fnmatch_line("*which every finished Ollama reply carries*")
     assert_every_sample_kept(result, sweep)
     assert took < 30
+
+
+@pytest.mark.parametrize("kind", ["generate", "chat"])
+def test_a_streamed_reply_the_runaway_guard_stopped_is_named_as_such(kind: str) -> None:
+    """Ollama ends a reply whose token (trimmed) came 31 times in a row with HTTP 200 and
+    no done piece (the cause of the 'cut' chat replies in CI): that is the model
+    repeating itself, not a cut connection, and the message says which token."""
+    with FakeOllama(Behaviour(repeat_on=(1,))) as fake:
+        client = OllamaClient(fake.host, timeout=5)
+        with pytest.raises(RepeatStopped) as stopped:
+            if kind == "chat":
+                client.chat("tiny", [{"role": "user", "content": "x"}], {}, on_first=lambda: None)
+            else:
+                client.generate("tiny", "x", {}, on_first=lambda: None)
+        # the next request on the same pooled connection is read whole
+        assert client.generate("tiny", "x", {"num_predict": 8}, on_first=lambda: None).eval_count
+        client.close()
+    assert isinstance(stopped.value, BadReply)
+    what = "chatting with" if kind == "chat" else "generating with"
+    assert str(stopped.value).startswith(
+        f"the Ollama server at {fake.host} ended its streamed reply while {what} tiny after "
+        "34 pieces without the last one (done, with the request's timings): the model wrote "
+        f"the same token (white space) {REPEAT_GUARD_PIECES} times in a row, and Ollama stops "
+        "such a reply as a runaway"
+    )
+
+
+def test_a_stream_cut_within_a_shorter_run_of_one_token_is_not_called_the_guard() -> None:
+    # the fake's cut stream is 3 pieces of "ok": a run, but far shorter than the guard's
+    with FakeOllama(Behaviour(fault="cut_stream")) as fake:
+        client = OllamaClient(fake.host, timeout=5)
+        with pytest.raises(BadReply, match="the connection was cut") as cut:
+            client.generate("tiny", "x", {}, on_first=lambda: None)
+        client.close()
+    assert not isinstance(cut.value, RepeatStopped)
 
 
 def test_a_reply_that_generated_nothing(pytester: pytest.Pytester) -> None:

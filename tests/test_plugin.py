@@ -535,6 +535,25 @@ def test_a_reply_that_stops_short_once_is_asked_again(pytester: pytest.Pytester)
     result.stdout.fnmatch_lines(["*stopped after 1 of the 8 tokens asked*(3 requests in a row)*"])
 
 
+def test_a_reply_the_runaway_guard_stopped_is_asked_again(pytester: pytest.Pytester) -> None:
+    # Ollama's guard ends a reply whose token repeats 31 times without its timings; what
+    # the model writes depends on the first line, so it is asked again as a short reply is
+    pytester.makepyfile(SWEEP_TEST)
+    with FakeOllama(Behaviour(repeat_on=(2, 5))) as fake:
+        result = run_fake(pytester, fake)
+        assert len(fake.behaviour.requests) == 6 + 2
+    result.assert_outcomes(passed=1)
+    with FakeOllama(Behaviour(repeat_on=(2, 3, 4))) as fake:
+        result = run_fake(pytester, fake)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*the model wrote the same token (white space) 31 times in a row, and Ollama stops "
+            "such a reply as a runaway*(3 requests in a row)*"
+        ]
+    )
+
+
 def test_replies_that_stop_short_but_give_a_rate_are_named_in_the_summary(
     pytester: pytest.Pytester,
 ) -> None:
