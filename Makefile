@@ -24,9 +24,13 @@ $(VENV)/.embedded: $(STAMP) pytest_ollama_cpu/embedded.py
 
 embedded: $(VENV)/.embedded
 
-# The project's tests; the end-to-end ones must run, not skip.
+# The project's tests; the end-to-end ones must run, not skip. The fast ones share the
+# CPUs (pytest-xdist, UNIT_WORKERS of them); the end-to-end ones measure the machine and
+# run after them, alone: beside other tests a sweep's samples would be set aside as busy.
+UNIT_WORKERS ?= 2
 test: embedded
-	OLLAMA_CPU_REQUIRE_E2E=1 $(BIN)/pytest
+	$(BIN)/pytest -m "not e2e" -n $(UNIT_WORKERS)
+	OLLAMA_CPU_REQUIRE_E2E=1 $(BIN)/pytest -m e2e
 
 # Fast tests only: no Ollama server needed.
 unit: venv

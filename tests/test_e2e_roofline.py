@@ -12,7 +12,7 @@ import pytest
 
 from pytest_ollama_cpu.embedded import EmbeddedServer
 
-from .conftest import cpu_quota, run_embedded
+from .conftest import cpu_quota, run_embedded, run_quiet
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,8 @@ def test_a_free_server_gets_limits_per_thread_count_and_shares_per_row(
 ) -> None:
     pytester.makepyfile(SWEEP)
     out = pytester.path / "run.json"
-    result = run_embedded(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
+    # every row's limits and shares: both thread counts must be measured
+    result = run_quiet(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
