@@ -177,10 +177,13 @@ def test_dies(ollama_cpu):
 def test_the_example_project_passes(
     pytester: pytest.Pytester, embedded_ollama: EmbeddedServer, prefill_scaling: float
 ) -> None:
-    # its long-prompt test asks prefill to scale 1.3x with two threads
-    needs_prefill_scaling(prefill_scaling, 1.5)
+    # its long-prompt test fails where prefill is shown to scale less than 1.3x
+    needs_prefill_scaling(prefill_scaling, 1.3)
     shutil.copy(ROOT / "example_project" / "test_performance.py", pytester.path)
-    result = run_embedded(pytester, embedded_ollama, "--ollama-cpu-rounds=2")
+    # two looks at most: a check left undecided passes with a warning (the default policy)
+    result = run_embedded(
+        pytester, embedded_ollama, "--ollama-cpu-rounds=2", "--ollama-cpu-max-rounds=4"
+    )
     result.assert_outcomes(passed=4)
 
 
@@ -401,7 +404,7 @@ def test_a_real_reply_the_runaway_guard_stops_is_named_not_measured(
         """
 import pytest
 
-YES = "Continue this list exactly: " + "yes " * 16
+YES = "Continue this list exactly: " + " ".join(["yes"] * 16)
 
 @pytest.mark.threads(1)
 def test_repeats(ollama_cpu):
@@ -444,11 +447,13 @@ def test_cached(ollama_cpu):
 """
     )
     out = pytester.path / "run.json"
-    result = run_embedded(pytester, embedded_ollama, f"--ollama-cpu-json={out}")
+    # about the prompt: a few tokens after it are enough
+    args = (f"--ollama-cpu-json={out}", "--ollama-cpu-num-predict=8")
+    result = run_embedded(pytester, embedded_ollama, *args)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
-            "*::test_prefill: generate with gemma3-270m*, 32 tokens per request, *-token "
+            "*::test_prefill: generate with gemma3-270m*, 8 tokens per request, *-token "
             "prompt (a unique first line per request: no prompt cache hits)",
             "*::test_cached: generate with gemma3-270m*-token prompt (sent as given: repeats "
             "may reuse Ollama's prompt cache)",
@@ -499,7 +504,12 @@ def test_ttft(ollama_cpu):
     ollama_cpu.generate(PROMPT, num_predict=8)  # about the prompt: few tokens after it
 """
     )
-    compare = ["--ollama-cpu-compare=base", "--ollama-cpu-compare-fail=ttft:10%"]
+    # the unchanged rerun may end "ok?" (undecided): 8 rounds show the confined run's rise
+    compare = [
+        "--ollama-cpu-compare=base",
+        "--ollama-cpu-compare-fail=ttft:10%",
+        "--ollama-cpu-max-rounds=8",
+    ]
     run_quiet(pytester, embedded_ollama, "--ollama-cpu-save=base").assert_outcomes(passed=1)
     result = run_quiet(pytester, embedded_ollama, *compare)
     assert result.ret == pytest.ExitCode.OK
@@ -514,11 +524,13 @@ def test_ttft(ollama_cpu):
 def test_a_real_prefill_threshold_passes_on_two_cpus_and_fails_on_one(
     pytester: pytest.Pytester, embedded_ollama: EmbeddedServer, prefill_scaling: float
 ) -> None:
-    """A threshold this machine meets (four fifths of the scaling measured with plain
-    requests: the level drifts up to 18% in minutes on a VM) passes, and fails with the
-    server confined to one CPU, where two threads cannot be faster than one."""
-    needs_prefill_scaling(prefill_scaling, 1.5)
-    bar = round(0.8 * prefill_scaling, 2)
+    """A threshold this machine meets passes, and fails with the server confined to one
+    CPU, where two threads cannot be faster than one. The bar is halfway between no
+    scaling and the scaling measured with plain requests: the 1-thread prefill rate
+    spreads 160-220 tokens/s between requests here, and a bar of 0.8 of it was still
+    undecided after 16 rounds."""
+    needs_prefill_scaling(prefill_scaling, 1.3)  # a bar of 1.15 or more: above one CPU's
+    bar = round(1 + (prefill_scaling - 1) / 2, 2)
     pytester.makepyfile(
         f"""
 import pytest

@@ -81,6 +81,7 @@ def test_healthy(ollama_cpu):
         [
             f"*retaken: * at {cpus} threads set aside (other processes used * of the server's "
             f"{cpus} CPUs, more than 0.1 beyond the 0 CPUs they could not use anyway)*gave up*",
+            f"*not compared: {cpus} threads (the machine was busy)",
             f"*BUSY  num_thread={cpus}: efficiency not decided because the machine was busy: "
             f"other processes used * of the server's {cpus} CPUs*",
             f"*BUSY  num_thread={cpus}: thread utilization not decided because the machine*",
@@ -91,12 +92,7 @@ def test_healthy(ollama_cpu):
     one = json.loads(out.read_text())["sweeps"][0]["results"][0]
     if one["busy"]:
         skip_where_busy(load, "1 thread was called busy", neighbour)
-    result.stdout.fnmatch_lines(
-        [
-            "*ok  num_thread=1: thread utilization * not below 0.7",
-            f"*not compared: {cpus} threads (the machine was busy)",
-        ]
-    )
+    result.stdout.fnmatch_lines(["*ok  num_thread=1: thread utilization * not below 0.7"])
 
 
 def test_the_busy_policy_can_make_it_fail(
@@ -146,6 +142,7 @@ def test_generation(ollama_cpu):
                 embedded_ollama,
                 "--ollama-cpu-compare=quiet",
                 "--ollama-cpu-compare-fail=tokens_per_second:10%",
+                "--ollama-cpu-max-rounds=6",  # an undecided 1-thread row is an answer here
                 "--ollama-cpu-compare-markdown=summary.md",
                 "--ollama-cpu-save=loaded",
             )
