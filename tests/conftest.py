@@ -129,6 +129,29 @@ def run_embedded(pytester: pytest.Pytester, server: EmbeddedServer, *args: str) 
     )
 
 
+def assert_one_section_per_server(
+    result: pytest.RunResult, servers: list[EmbeddedServer], out: Path
+) -> None:
+    """What the plugin promises of many machines: each worker measured its own server,
+    the summary has a section per server, the JSON a ``machines`` entry per server."""
+    import json
+
+    result.assert_outcomes(passed=2)
+    hosts = sorted(s.host for s in servers)
+    result.stdout.fnmatch_lines(
+        ["ollama-cpu: measured by the pytest-xdist workers, each against its own server*"]
+    )
+    groups = [line for line in result.stdout.lines if line.startswith("--- machine ")]
+    assert sorted(line.split("server ")[1].split(" ")[0] for line in groups) == hosts
+    data = json.loads(out.read_text())
+    assert data["machine"] is None
+    assert sorted(m["server"]["host"] for m in data["machines"]) == hosts
+    assert sorted(tuple(m["machine"]["affinity"]) for m in data["machines"]) == sorted(
+        (s.cpus or ()) for s in servers
+    )
+    assert sorted(s["server"]["host"] for s in data["sweeps"]) == hosts
+
+
 class Neighbour:
     """A busy process in a session of its own, as another service or CI job would be.
 

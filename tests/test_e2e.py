@@ -15,6 +15,7 @@ from pytest_ollama_cpu.embedded import MODEL_NAME, EmbeddedServer
 from .conftest import (
     LONG_PROMPT,
     OtherLoad,
+    assert_one_section_per_server,
     busy_in,
     needs_prefill_scaling,
     run_embedded,
@@ -318,21 +319,7 @@ def test_generation(ollama_cpu):
     finally:
         for server in servers:
             server.stop()
-    result.assert_outcomes(passed=2)
-    hosts = sorted(s.host for s in servers)
-    result.stdout.fnmatch_lines(
-        ["ollama-cpu: measured by the pytest-xdist workers, each against its own server*"]
-    )
-    groups = [line for line in result.stdout.lines if line.startswith("--- machine ")]
-    assert sorted(line.split("server ")[1].split(" ")[0] for line in groups) == hosts
-    data = json.loads(out.read_text())
-    assert data["machine"] is None
-    assert sorted(m["server"]["host"] for m in data["machines"]) == hosts
-    assert sorted(tuple(m["machine"]["affinity"]) for m in data["machines"]) == [
-        (cpus[0],),
-        (cpus[1],),
-    ]
-    assert sorted(s["server"]["host"] for s in data["sweeps"]) == hosts
+    assert_one_section_per_server(result, servers, out)
 
 
 def test_a_real_reply_that_stops_at_once_is_named_not_measured(

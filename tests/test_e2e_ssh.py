@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import pwd
 import shutil
@@ -29,6 +28,8 @@ import pytest
 
 from pytest_ollama_cpu.embedded import MODEL_NAME, EmbeddedServer, free_port
 from pytest_ollama_cpu.locking import LOCK_DIR_ENV, lock_dir
+
+from .conftest import assert_one_section_per_server
 
 SBIN = os.pathsep.join(("/usr/sbin", "/usr/local/sbin", "/sbin", os.environ.get("PATH", "")))
 SSHD = shutil.which("sshd", path=SBIN)
@@ -273,27 +274,6 @@ def _worker_keys(server: EmbeddedServer, home: Path) -> tuple[str, ...]:
     )
 
 
-def _assert_one_section_per_server(
-    result: pytest.RunResult, servers: list[EmbeddedServer], out: Path
-) -> None:
-    """What the plugin promises of many machines: each worker measured its own server,
-    the summary has a section per server, the JSON a ``machines`` entry per server."""
-    result.assert_outcomes(passed=2)
-    hosts = sorted(s.host for s in servers)
-    result.stdout.fnmatch_lines(
-        ["ollama-cpu: measured by the pytest-xdist workers, each against its own server*"]
-    )
-    groups = [line for line in result.stdout.lines if line.startswith("--- machine ")]
-    assert sorted(line.split("server ")[1].split(" ")[0] for line in groups) == hosts
-    data = json.loads(out.read_text())
-    assert data["machine"] is None
-    assert sorted(m["server"]["host"] for m in data["machines"]) == hosts
-    assert sorted(tuple(m["machine"]["affinity"]) for m in data["machines"]) == sorted(
-        (s.cpus or ()) for s in servers
-    )
-    assert sorted(s["server"]["host"] for s in data["sweeps"]) == hosts
-
-
 def test_the_readmes_command_runs_the_suite_on_two_hosts_over_ssh(
     pytester: pytest.Pytester, sshd: Sshd, two_servers: list[EmbeddedServer]
 ) -> None:
@@ -323,7 +303,7 @@ def test_the_readmes_command_runs_the_suite_on_two_hosts_over_ssh(
         timeout=RUN_TIMEOUT,
     )
     print(sshd.log_text())  # shown when the test fails
-    _assert_one_section_per_server(result, two_servers, out)
+    assert_one_section_per_server(result, two_servers, out)
     assert sshd.logins() - logins == 2  # a worker per host, each through sshd
     # the suite was copied to each host and run there, against that host's server
     for home, server in zip(homes, two_servers, strict=True):
@@ -359,7 +339,7 @@ def test_a_suite_already_on_each_host_runs_there_with_its_ini_file(
         timeout=RUN_TIMEOUT,
     )
     print(sshd.log_text())  # shown when the test fails
-    _assert_one_section_per_server(result, two_servers, out)
+    assert_one_section_per_server(result, two_servers, out)
     assert sshd.logins() - logins == 2
     for home, server in zip(homes, two_servers, strict=True):
         assert (home / "tests" / "perf" / "measured").read_text() == f"127.0.0.1:{server.port}"

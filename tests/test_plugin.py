@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 import pytest
 
@@ -521,37 +522,42 @@ def test_a_reply_too_short_for_a_rate_is_an_error_that_says_why(
     result.stdout.no_fnmatch_line("*recommended num_thread*")
 
 
-def test_a_reply_that_stops_short_once_is_asked_again(pytester: pytest.Pytester) -> None:
-    # what the model writes depends on the request's unique first line: one early stop
+def _short_on(requests: tuple[int, ...]) -> Behaviour:
+    return Behaviour(short_on=requests)
+
+
+def _repeat_on(requests: tuple[int, ...]) -> Behaviour:
+    return Behaviour(repeat_on=requests)
+
+
+@pytest.mark.parametrize(
+    ("faulty", "said"),
+    [
+        (_short_on, "*stopped after 1 of the 8 tokens asked*(3 requests in a row)*"),
+        # Ollama's runaway guard ends a reply whose token repeats 31 times, without its
+        # timings: nothing to measure, as from a reply that stops at once
+        (
+            _repeat_on,
+            "*the model wrote the same token (white space) 31 times in a row, and Ollama "
+            "stops such a reply as a runaway*(3 requests in a row)*",
+        ),
+    ],
+    ids=["stopped-short", "runaway-guard"],
+)
+def test_a_reply_with_nothing_to_measure_once_is_asked_again(
+    pytester: pytest.Pytester, faulty: Callable[[tuple[int, ...]], Behaviour], said: str
+) -> None:
+    # what the model writes depends on the request's unique first line: one such reply
     # is retaken with another; three in a row end the sweep
     pytester.makepyfile(SWEEP_TEST)
-    with FakeOllama(Behaviour(short_on=(2, 5))) as fake:
+    with FakeOllama(faulty((2, 5))) as fake:
         result = run_fake(pytester, fake)
         assert len(fake.behaviour.requests) == 6 + 2
     result.assert_outcomes(passed=1)
-    with FakeOllama(Behaviour(short_on=(2, 3, 4))) as fake:
+    with FakeOllama(faulty((2, 3, 4))) as fake:
         result = run_fake(pytester, fake)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*stopped after 1 of the 8 tokens asked*(3 requests in a row)*"])
-
-
-def test_a_reply_the_runaway_guard_stopped_is_asked_again(pytester: pytest.Pytester) -> None:
-    # Ollama's guard ends a reply whose token repeats 31 times without its timings; what
-    # the model writes depends on the first line, so it is asked again as a short reply is
-    pytester.makepyfile(SWEEP_TEST)
-    with FakeOllama(Behaviour(repeat_on=(2, 5))) as fake:
-        result = run_fake(pytester, fake)
-        assert len(fake.behaviour.requests) == 6 + 2
-    result.assert_outcomes(passed=1)
-    with FakeOllama(Behaviour(repeat_on=(2, 3, 4))) as fake:
-        result = run_fake(pytester, fake)
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*the model wrote the same token (white space) 31 times in a row, and Ollama stops "
-            "such a reply as a runaway*(3 requests in a row)*"
-        ]
-    )
+    result.stdout.fnmatch_lines([said])
 
 
 def test_replies_that_stop_short_but_give_a_rate_are_named_in_the_summary(
