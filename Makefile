@@ -30,7 +30,7 @@ embedded: $(VENV)/.embedded
 UNIT_WORKERS ?= 2
 test: embedded
 	$(BIN)/pytest -m "not e2e" -n $(UNIT_WORKERS)
-	OLLAMA_CPU_REQUIRE_E2E=1 $(BIN)/pytest -m e2e --durations=15
+	OLLAMA_CPU_REQUIRE_E2E=1 $(BIN)/pytest -m e2e -rs --durations=15
 
 # Fast tests only: no Ollama server needed.
 unit: venv

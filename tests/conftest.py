@@ -27,6 +27,7 @@ with contextlib.suppress(ImportError):  # the report extra: drawn inside pyteste
     import matplotlib.style  # noqa: F401
 
 import pytest_ollama_cpu
+from pytest_ollama_cpu.client import OllamaClient
 from pytest_ollama_cpu.embedded import (
     MODEL_NAME,
     EmbeddedServer,
@@ -35,7 +36,7 @@ from pytest_ollama_cpu.embedded import (
     running,
 )
 from pytest_ollama_cpu.embedded import cpu_quota as embedded_cpu_quota
-from pytest_ollama_cpu.locking import LOCK_DIR_ENV
+from pytest_ollama_cpu.locking import LOCK_DIR_ENV, taking_turns
 
 from .fake_ollama import Behaviour, FakeOllama, SpawnedFakeOllama
 
@@ -385,10 +386,7 @@ def run_quiet(
     return result
 
 
-def _prompt_rate(client: object, threads: int, prompt: str) -> float:
-    from pytest_ollama_cpu.client import OllamaClient
-
-    assert isinstance(client, OllamaClient)
+def _prompt_rate(client: OllamaClient, threads: int, prompt: str) -> float:
     timings = client.generate(MODEL_NAME, prompt, {"num_thread": threads, "num_predict": 1})
     return timings.prompt_eval_count / timings.prompt_eval_duration
 
@@ -398,9 +396,6 @@ def prompt_rates(server: EmbeddedServer, plan: list[int], prompt: str = LONG_PRO
     after a warm-up where the count changes, with a unique first line (no prompt cache
     hits). The plugin's CPU locks are held: no sweep runs beside it."""
     import random
-
-    from pytest_ollama_cpu.client import OllamaClient
-    from pytest_ollama_cpu.locking import taking_turns
 
     client = OllamaClient(server.host, timeout=120)
     rng = random.Random()
@@ -452,9 +447,6 @@ def neighbour_slowdown(
     property: 1% on one VM, 4-17% on another (shared caches and memory)."""
     import random
     import statistics
-
-    from pytest_ollama_cpu.client import OllamaClient
-    from pytest_ollama_cpu.locking import taking_turns
 
     if isinstance(neighbour, _AlreadyBusy):
         pytest.skip("the busy process was not this test's: it cannot be paused to compare")

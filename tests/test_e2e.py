@@ -448,17 +448,20 @@ def test_cached(ollama_cpu):
     )
     fresh, cached = json.loads(out.read_text())["sweeps"]
     one, two = fresh["results"]
+    # Ollama's prompt cache served the repeats (what the plugin reported before: about
+    # 14,000 "tokens/s" here, 25 times a processed prompt), and no sample of the fresh
+    # sweep, disturbed or not, at either thread count
+    cached_rate = max(s["prompt_tokens_per_second"] for s in cached["results"][0]["samples"])
+    fresh_rates = [s["prompt_tokens_per_second"] for r in (one, two) for s in r["samples"]]
+    assert cached_rate > 5 * max(fresh_rates), (cached_rate, fresh_rates)
     for result_ in (one, two):
-        rates = [s["prompt_tokens_per_second"] for s in result_["samples"] if not s["disturbed"]]
         counts = {s["timings"]["prompt_eval_count"] for s in result_["samples"]}
         assert len(counts) == 1 and counts.pop() > 200
-        # no cache hit among them: one reads 14,000 tokens/s here, 25 times the rest (how
-        # far the rest spread is the machine's: 1-4% at 1 thread, 5-15% at 2 here)
-        assert max(rates) / min(rates) < 3, rates
-        ttft = [s["time_to_first_token"] for s in result_["samples"]]
-        assert all(t > 0 for t in ttft), ttft
+        undisturbed = [s for s in result_["samples"] if not s["disturbed"]]
+        assert all(s["time_to_first_token"] > 0 for s in result_["samples"])
         # the client saw the first token a little after Ollama's timings say it was ready
-        for s in result_["samples"]:
+        # (where other processes took the CPUs, the client may wait for one too)
+        for s in undisturbed:
             assert (
                 s["time_to_first_token"] < s["first_token_seconds"] < s["time_to_first_token"] + 0.2
             )
@@ -468,9 +471,6 @@ def test_cached(ollama_cpu):
             assert 0.7 < pp_util < 1.3, pp_util
     # how prefill scales with threads is the machine's (see prefill_scaling): the
     # threshold tests below ask it first
-    cached_rate = cached["results"][0]["summary"]["prompt_tokens_per_second"]["median"]
-    fresh = [s["prompt_tokens_per_second"] for s in one["samples"]]
-    assert cached_rate > 10 * max(fresh)  # what the plugin reported before
 
 
 def test_a_real_ttft_rule_fails_on_one_cpu_and_passes_an_unchanged_rerun(
