@@ -200,17 +200,17 @@ def assert_usage_error(
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
 
 
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (not idle, not waiting on I/O)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
 def busy_cores(seconds: float = 1.0) -> float:
     """Cores kept busy on this machine, watched for ``seconds``."""
-    import psutil
-
-    def busy() -> float:
-        times = psutil.cpu_times()
-        return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
-
-    before = busy()
+    before = _machine_busy()
     time.sleep(seconds)
-    return (busy() - before) / seconds
+    return (_machine_busy() - before) / seconds
 
 
 class _AlreadyBusy(Neighbour):
@@ -304,11 +304,6 @@ def _tree_cpu(pid: int) -> float:
             t = process.cpu_times()
             total += t.user + t.system + t.children_user + t.children_system
     return total
-
-
-def _machine_busy() -> float:
-    times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 class OtherLoad:
